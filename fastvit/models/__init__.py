@@ -1,0 +1,1 @@
+"""fastvit.models"""
