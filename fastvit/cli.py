@@ -1,0 +1,81 @@
+"""`fastvit train | eval | bench | info | convert | data`: parse, build, run; nothing else lives here."""
+
+import argparse
+import importlib
+import sys
+
+USAGE = """fastvit <command> [args]
+
+  train [RECIPE|FILE.yaml] [key=value ...]     train (default recipe: demo); resumes a run folder
+  eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]   frozen-feature evaluation, prints JSON
+  bench kernels|step|data [key=value ...]      benchmarks: print a table, write JSON
+  convert SRC DST [--to hf|native] [...]       checkpoint converters (Web-SSL / DINOv2 / Hugging Face)
+  data make-shards SRC_FOLDER OUT_DIR [...]    write webdataset tar shards from an image folder
+  info                                         versions, devices, the build and the backends of each op
+"""
+
+# command -> (module, function): each takes the remaining argv and returns an exit code.
+_BENCHES = {"kernels": "fastvit.bench.kernels", "step": "fastvit.bench.step", "data": "fastvit.bench.data"}
+_DATA = {"make-shards": "fastvit.data.shards"}
+
+
+def _dispatch(table, what, argv):
+    if not argv or argv[0] not in table:
+        got = argv[0] if argv else "nothing"
+        print(f"fastvit {what}: expected one of {', '.join(table)}, got {got}", file=sys.stderr)
+        return 2
+    return importlib.import_module(table[argv[0]]).main(argv[1:])
+
+
+def cmd_info(argv):
+    from fastvit.info import main
+
+    return main(argv)
+
+
+def cmd_train(argv):
+    from fastvit.train.run import main
+
+    return main(argv)
+
+
+def cmd_eval(argv):
+    from fastvit.eval.run import main
+
+    return main(argv)
+
+
+def cmd_convert(argv):
+    from fastvit.interop.convert import main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": lambda argv: _dispatch(_BENCHES, "bench", argv),
+    "convert": cmd_convert,
+    "data": lambda argv: _dispatch(_DATA, "data", argv),
+    "info": cmd_info,
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="fastvit", usage=USAGE, add_help=True)
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    args = parser.parse_args(argv[:1])
+    try:
+        return COMMANDS[args.command](argv[1:])
+    except ValueError as e:
+        # What a user can get wrong (a config key, a path, a shape) ends in one clear line.
+        print(f"fastvit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The typed root config: one dataclass per section, YAML recipes, dotted key=value overrides.
+
+    cfg = load_config("demo", ["model.name=vit_b", "train.steps=100"])
+    write_config(cfg, "runs/x/config.yaml")
+
+A recipe is a YAML mapping of section -> field -> value (a partial config). Overrides are parsed
+as YAML scalars and checked against the field's type; an unknown key is a ValueError naming the
+closest valid key.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "vit_s"  # vit_s ... vit_7b (fastvit.models.vit size table)
+    patch_size: int = 14
+    img_size: int = 224  # resolution the position embedding is stored at
+    n_registers: int = 0
+    layerscale_init: float | None = 1e-5  # None disables LayerScale
+    drop_path: float = 0.0
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    qkv_bias: bool = True
+    attn_backend: str = "auto"
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    source: str = "builtin"  # builtin | imagefolder:PATH | webdataset:PATTERN
+    val_source: str = "builtin:val"  # labelled data for kNN / linear evaluation
+    loader: Literal["auto", "torch", "dali"] = "auto"
+    num_workers: int = 2
+    n_global_crops: int = 2
+    n_local_crops: int = 8
+    global_crops_size: int = 224
+    local_crops_size: int = 98
+    global_crops_scale: tuple[float, float] = (0.32, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.32)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)  # iBOT block masks, ratio drawn per image
+    mask_probability: float = 0.5  # share of global crops that get masked
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    name: Literal["web_dino", "web_mae", "clip"] = "web_dino"
+    dino_out_dim: int = 131072
+    ibot_out_dim: int = 131072
+    head_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 384
+    ibot_bottleneck_dim: int = 256
+    centering: Literal["sinkhorn", "softmax"] = "sinkhorn"
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.04
+    teacher_temp_warmup_steps: int = 37500
+    momentum_teacher: float = 0.994
+    momentum_teacher_final: float = 1.0
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3.5e-4  # peak lr at the recipe's batch size
+    min_lr: float = 1e-6
+    warmup_steps: int = 100000
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 3.0  # 0 disables clipping
+    layer_decay: float = 1.0  # layer-wise lr decay; 1.0 disables
+    patch_embed_lr_mult: float = 0.2
+    freeze_last_layer_steps: int = 1250
+    grad_accum: int = 1
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    dp: int = -1  # -1: whatever the world size leaves after tp * pp
+    tp: int = 1
+    pp: int = 1
+    data_parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    compile: bool = False
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    out: str = "runs/demo"
+    steps: int = 1000
+    batch_size: int = 64  # global, over all ranks and accumulation steps
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs
+    eval_every: int = 0  # run kNN every N steps; 0 disables
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    train_source: str = ""  # labelled data the kNN / linear probe fits on; "" = data.source
+    features: Literal["cls", "cls_patch"] = "cls"
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_epochs: int = 10
+    linear_lr: float = 1e-3
+    batch_size: int = 256
+    max_images: int = 0  # 0: all images of each split
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def valid_keys(cfg=None):
+    """All dotted keys of the config, e.g. ['model.name', ...]."""
+    cfg = cfg if cfg is not None else Config()
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+def _field_types(section_obj):
+    hints = typing.get_type_hints(type(section_obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_obj)}
+
+
+def _coerce(key, value, tp):
+    """Checks `value` (already YAML-parsed) against the annotation `tp`; returns the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0])
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ValueError(f"{key} expects a list of {len(args)} values like [0.1, 0.5], got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} expects true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, list | dict):
+            raise ValueError(f"{key} expects a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported config annotation {tp} for {key}")
+
+
+def _unknown_key(key, keys):
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid sections: {sorted({k.split('.')[0] for k in keys})}"
+    return ValueError(f"unknown config key {key!r}{hint}")
+
+
+def set_key(cfg, key, value):
+    """Sets the dotted `key` to `value` (a Python value), type-checked; returns cfg."""
+    keys = valid_keys(cfg)
+    if key not in keys:
+        raise _unknown_key(key, keys)
+    section_name, name = key.split(".", 1)
+    section = getattr(cfg, section_name)
+    setattr(section, name, _coerce(key, value, _field_types(section)[name]))
+    return cfg
+
+
+def apply_overrides(cfg, overrides):
+    """Applies dotted `key=value` strings; values are parsed as YAML scalars (1e-4, true, [0.1, 0.5])."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse the value ({e})") from e
+        set_key(cfg, key.strip(), value)
+    return cfg
+
+
+def apply_mapping(cfg, mapping, origin="recipe"):
+    """Applies a nested {section: {field: value}} mapping (a recipe or a saved config)."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{origin}: expected a mapping of sections, got {type(mapping).__name__}")
+    for section, fields in mapping.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{origin}: section {section!r} must be a mapping of field: value")
+        for name, value in fields.items():
+            set_key(cfg, f"{section}.{name}", value)
+    return cfg
+
+
+def recipe_names():
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(recipe):
+    """A shipped recipe name (demo, web_dino_vit7b, ...) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"config file {recipe!r} does not exist")
+        return path
+    path = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(recipe, recipe_names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown recipe {recipe!r}; {hint}shipped recipes: {', '.join(recipe_names())}")
+    return path
+
+
+def load_config(recipe="demo", overrides=()):
+    """Config defaults <- recipe (name or YAML file) <- dotted overrides."""
+    cfg = Config()
+    if recipe:
+        path = recipe_path(recipe)
+        apply_mapping(cfg, yaml.safe_load(path.read_text()) or {}, origin=str(path.name))
+    return apply_overrides(cfg, overrides)
+
+
+def to_dict(cfg):
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    return {s: {k: plain(v) for k, v in d.items()} for s, d in dataclasses.asdict(cfg).items()}
+
+
+def write_config(cfg, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def read_config(path):
+    """A config written by write_config (e.g. a run folder's config.yaml)."""
+    return apply_mapping(Config(), yaml.safe_load(Path(path).read_text()) or {}, origin=str(path))
