@@ -1,0 +1,112 @@
+"""Step metrics: throughput, model TFLOP/s and MFU, memory; written to metrics.jsonl, TensorBoard
+and the terminal (a rich progress bar when attached to one, plain lines otherwise)."""
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peak TFLOP/s per GPU (datasheets, without sparsity); matched by substring of the name.
+GPU_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+}
+
+
+def measure_cpu_peak_tflops(n=1024, repeats=5):
+    """Best fp32 matmul rate of this CPU with torch's threads, in TFLOP/s (the CPU's MFU denominator)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def peak_tflops(device):
+    """(peak TFLOP/s, where it came from) for the device the model runs on."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops, f"table ({key} dense bf16)"
+        return None, f"no peak known for {name!r}: add it to GPU_PEAK_TFLOPS"
+    return measure_cpu_peak_tflops(), "measured fp32 matmul on this CPU"
+
+
+def peak_memory_gib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to metrics.jsonl (resumed runs append) and mirrors it
+    to TensorBoard and the terminal. Only rank 0 writes."""
+
+    def __init__(self, run_dir, total_steps, enabled=True, tensorboard=True):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        self.progress = None
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                self.tb = None
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.progress = Progress()
+            self.task = self.progress.add_task("train", total=total_steps)
+            self.progress.start()
+
+    def log(self, record):
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, record["step"])
+        line = " ".join(_fmt(k, v) for k, v in record.items() if k in _SHOWN)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=record["step"], description=line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tb is not None:
+            self.tb.close()
+
+
+_SHOWN = ("step", "loss", "dino_global", "dino_local", "ibot", "koleo", "lr", "images_per_s", "mfu", "skipped_files")
+
+
+def _fmt(k, v):
+    if isinstance(v, float):
+        return f"{k}={v:.4g}"
+    return f"{k}={v}"
