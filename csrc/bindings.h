@@ -4,4 +4,5 @@
 
 namespace fastvit {
 void bind_build_info(pybind11::module_& m);
+void bind_augment(pybind11::module_& m);
 }  // namespace fastvit

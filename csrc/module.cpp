@@ -5,4 +5,5 @@
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastvit C++/OpenMP kernels";
   fastvit::bind_build_info(m);
+  fastvit::bind_augment(m);
 }

@@ -26,10 +26,13 @@ class ModelConfig:
     name: str = "vit_s"  # vit_s ... vit_7b (fastvit.models.vit size table)
     patch_size: int = 14
     img_size: int = 224  # resolution the position embedding is stored at
+    width: int = 0  # 0: the size table's; set width/depth/heads for a custom size
+    depth: int = 0
+    heads: int = 0
     n_registers: int = 0
     layerscale_init: float | None = 1e-5  # None disables LayerScale
     drop_path: float = 0.0
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp: Literal["", "swiglu", "gelu"] = ""  # "": the size table's MLP kind
     qkv_bias: bool = True
     attn_backend: str = "auto"
 

@@ -19,5 +19,6 @@ inline void check(cudaError_t err, const char* what) {
 void require_device();
 
 void bind_device(pybind11::module_& m);
+void bind_augment_cuda(pybind11::module_& m);
 
 }  // namespace fastvit::cuda

@@ -8,4 +8,5 @@
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "fastvit CUDA kernels (compiled for " FASTVIT_CUDA_ARCHS ")";
   fastvit::cuda::bind_device(m);
+  fastvit::cuda::bind_augment_cuda(m);
 }

@@ -86,9 +86,7 @@ def swiglu_bwd(dy, x):
     dy_MH = dy.reshape(M, H).contiguous()
     dx_M2H = torch.empty((M, 2 * H), dtype=x.dtype, device=x.device)
     if M * H:
-        _swiglu_bwd_kernel[(triton.cdiv(M * H, _BLOCK),)](
-            x_M2H, dy_MH, dx_M2H, M, H, x_M2H.stride(0), BLOCK=_BLOCK
-        )
+        _swiglu_bwd_kernel[(triton.cdiv(M * H, _BLOCK),)](x_M2H, dy_MH, dx_M2H, M, H, x_M2H.stride(0), BLOCK=_BLOCK)
     return dx_M2H.view(x.shape)
 
 
@@ -96,3 +94,7 @@ def swiglu_ref(x):
     """Plain-torch reference: silu(x[..., :h]) * x[..., h:]."""
     gate, value = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * value
+
+
+# True when this module was imported with TRITON_INTERPRET=1: the kernels then run on CPU tensors.
+INTERPRETED = type(_swiglu_fwd_kernel).__name__ == "InterpretedFunction"

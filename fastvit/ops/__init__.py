@@ -1,7 +1,37 @@
 """The public functional ops. Each picks a backend ("auto", "triton", "torch", ...) per call."""
 
+import importlib
+
+import torch
+
 from fastvit.ops.attention import attention
 from fastvit.ops.layer_norm import add_layer_norm, layer_norm
 from fastvit.ops.swiglu import swiglu
 
-__all__ = ["attention", "layer_norm", "add_layer_norm", "swiglu"]
+__all__ = ["attention", "layer_norm", "add_layer_norm", "swiglu", "available_backends"]
+
+# op name -> module exposing available(device) -> list[str] (the concrete backends for that device)
+BACKEND_MODULES = {
+    "attention": "fastvit.ops.attention",
+    "layer_norm": "fastvit.ops.layer_norm",
+    "add_layer_norm": "fastvit.ops.layer_norm",
+    "swiglu": "fastvit.ops.swiglu",
+}
+
+
+def available_backends() -> dict[str, list[str]]:
+    """Backends ("triton", "flash_attn", "apex", "torch", ...) each op can use on this machine's devices."""
+    devices = [torch.device("cuda")] * torch.cuda.is_available() + [torch.device("cpu")]
+    found = {}
+    for op, module in BACKEND_MODULES.items():
+        available = importlib.import_module(module).available
+        found[op] = list(dict.fromkeys(b for device in devices for b in available(device)))
+    return found
+
+
+# Web-DINO loss ops (issue 5)
+from fastvit.ops.prototype_cross_entropy import prototype_cross_entropy  # noqa: E402
+from fastvit.ops.sinkhorn import sinkhorn_knopp  # noqa: E402
+from fastvit.ops.soft_cross_entropy import soft_cross_entropy  # noqa: E402
+
+__all__ += ["soft_cross_entropy", "sinkhorn_knopp", "prototype_cross_entropy"]

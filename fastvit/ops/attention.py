@@ -1,35 +1,272 @@
-"""fastvit.ops.attention: non-causal attention, dense (B, H, N, D) or packed (T, H, D) + cu_seqlens."""
+"""fastvit.ops.attention: non-causal attention, dense (B, H, N, D) or packed (T, H, D) + cu_seqlens.
+
+Custom ops fastvit::attention -> (out, lse) and fastvit::attention_backward -> (dq, dk, dv), with
+fakes and autograd. Layouts are the same for every backend: dense outputs and gradients are
+(B, H, N, D) views of (B, N, H, D) memory (so out.transpose(1, 2).reshape(B, N, H * D) is free),
+packed ones are contiguous (T, H, D); lse is the natural-log log-sum-exp of the scaled scores,
+(B, H, N) over (B, N, H) memory or (T, H), or an empty tensor for the backends whose backward
+recomputes the forward ("flash_attn", and "torch" off the CPU).
+Backends: "triton" (fastvit.kernels.attention), "flash_attn" (when importable), "torch" (SDPA;
+packed sequences of equal length are batched into one call, never a T x T mask).
+"""
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
 
+BACKENDS = ("auto", "triton", "flash_attn", "torch")
 
-def _packed_torch(q_THD, k_THD, v_THD, cu_seqlens, scale):
-    """Packed attention with SDPA: sequences of equal length are batched into one call."""
+
+def triton_usable(device):
+    """Triton kernels run on CUDA, or on the CPU when fastvit.kernels was imported under TRITON_INTERPRET=1."""
+    try:
+        from fastvit.kernels import attention as kernels
+    except ImportError:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+
+
+def flash_attn_usable(device):
+    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+
+
+def available(device):
+    """Backends (besides "auto") usable for tensors on `device`."""
+    return ["triton"] * triton_usable(device) + ["flash_attn"] * flash_attn_usable(device) + ["torch"]
+
+
+def _resolve(backend, q):
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        fast = q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q.device)
+        return "triton" if fast else "torch"
+    if backend != "torch" and backend not in available(q.device):
+        raise ValueError(f"attention backend {backend!r} is not available for tensors on {q.device}")
+    if backend == "flash_attn" and q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attention backend 'flash_attn' needs fp16 or bf16 inputs, got {q.dtype}")
+    return backend
+
+
+def _saves_lse(backend, device):
+    return backend == "triton" or (backend == "torch" and device.type == "cpu")
+
+
+# ---- layouts shared by every backend (and by the fakes) -------------------------------------------
+
+
+def _empty_out(q, packed):
+    if packed:
+        return q.new_empty(q.shape)
+    B, H, N, D = q.shape
+    return q.new_empty((B, N, H, D)).transpose(1, 2)
+
+
+def _empty_lse(q, packed, backend):
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if not _saves_lse(backend, q.device):
+        return q.new_empty((0,), dtype=dtype)
+    if packed:
+        return q.new_empty(q.shape[:2], dtype=dtype)
+    B, H, N, _ = q.shape
+    return q.new_empty((B, N, H), dtype=dtype).permute(0, 2, 1)
+
+
+def _conform(t, like):
+    """t with the strides of `like` (no copy when they already agree)."""
+    return t if t.stride() == like.stride() else like.copy_(t)
+
+
+# ---- torch backend ---------------------------------------------------------------------------------
+
+
+def _dense_torch(q, k, v, scale):
+    """(B, H, N, D) -> (out, lse); lse is None off the CPU (SDPA does not return it there)."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale), None
+
+
+def _groups(cu_seqlens, T):
+    """[(n, starts)] for each distinct sequence length n > 0 of the packed batch."""
     bounds = cu_seqlens.tolist()
-    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-    out_THD = torch.empty_like(q_THD)
-    for n in sorted(set(lengths)):
-        starts = [bounds[i] for i, length in enumerate(lengths) if length == n]
-        idx = torch.tensor(starts, device=q_THD.device)[:, None] + torch.arange(n, device=q_THD.device)  # (S_n, n)
-        q, k, v = (t[idx].transpose(1, 2) for t in (q_THD, k_THD, v_THD))  # (S_n, H, n, D)
-        o = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        out_THD[idx] = o.transpose(1, 2)
-    return out_THD
+    if bounds[0] != 0 or bounds[-1] != T or any(b < a for a, b in zip(bounds[:-1], bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise from 0 to the token count {T}, got {bounds}")
+    by_len = {}
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            by_len.setdefault(b - a, []).append(a)
+    return sorted(by_len.items())
+
+
+def _rows(t, n, starts):
+    """Token rows of the sequences starting at `starts` (all of length n) -> (S_n, n, ...): a view when
+    they are back to back (the multi-crop packing), else a gather."""
+    a = starts[0]
+    if starts == list(range(a, a + n * len(starts), n)):
+        return t[a : a + n * len(starts)].unflatten(0, (len(starts), n))
+    idx = torch.tensor(starts, device=t.device)[:, None] + torch.arange(n, device=t.device)
+    return t[idx]
+
+
+def _put(dst, n, starts, src):
+    """dst rows of the sequences at `starts` <- src (S_n, n, ...)."""
+    a = starts[0]
+    if starts == list(range(a, a + n * len(starts), n)):
+        dst[a : a + n * len(starts)].unflatten(0, (len(starts), n)).copy_(src)
+    else:
+        dst[torch.tensor(starts, device=dst.device)[:, None] + torch.arange(n, device=dst.device)] = src
+
+
+def _packed_torch(q, k, v, cu_seqlens, scale, out, lse):
+    """Packed (T, H, D) attention with one SDPA call per distinct sequence length; fills out and lse."""
+    for n, starts in _groups(cu_seqlens, q.shape[0]):
+        q_g, k_g, v_g = (_rows(t, n, starts).transpose(1, 2) for t in (q, k, v))  # (S_n, H, n, D)
+        o_g, lse_g = _dense_torch(q_g, k_g, v_g, scale)
+        _put(out, n, starts, o_g.transpose(1, 2))
+        if lse.numel():
+            _put(lse, n, starts, lse_g.transpose(1, 2))
+    return out, lse
+
+
+def _forward_torch(q, k, v, cu_seqlens, scale):
+    packed = cu_seqlens is not None
+    out, lse = _empty_out(q, packed), _empty_lse(q, packed, "torch")
+    if packed:
+        return _packed_torch(q, k, v, cu_seqlens, scale, out, lse)
+    o, lse_BHN = _dense_torch(q, k, v, scale)
+    return _conform(o, out), (lse if lse_BHN is None else _conform(lse_BHN, lse))
+
+
+def _backward_torch_cpu(do, q, k, v, o, lse, cu_seqlens, scale):
+    grads = [_empty_out(q, cu_seqlens is not None) for _ in range(3)]
+    bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if cu_seqlens is None:
+        return tuple(_conform(g, e) for g, e in zip(bwd(do, q, k, v, o, lse, 0.0, False, scale=scale), grads))
+    for n, starts in _groups(cu_seqlens, q.shape[0]):
+        args = [_rows(t, n, starts).transpose(1, 2) for t in (do, q, k, v, o, lse)]  # (S_n, H, n, ...)
+        for g, g_n in zip(grads, bwd(*args[:5], args[5], 0.0, False, scale=scale)):
+            _put(g, n, starts, g_n.transpose(1, 2))
+    return tuple(grads)
+
+
+# ---- flash_attn backend -----------------------------------------------------------------------------
+
+
+def _forward_flash(q, k, v, cu_seqlens, max_seqlen, scale):
+    import flash_attn
+
+    if cu_seqlens is None:
+        o = flash_attn.flash_attn_func(*(t.transpose(1, 2) for t in (q, k, v)), softmax_scale=scale)
+        return _conform(o.transpose(1, 2), _empty_out(q, False))
+    o = flash_attn.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale)
+    return _conform(o, _empty_out(q, True))
+
+
+def _backward_recompute(do, q, k, v, cu_seqlens, max_seqlen, scale, backend):
+    """Gradients by re-running the backend's forward under autograd (backends that keep no lse)."""
+    with torch.enable_grad():
+        q_, k_, v_ = (t.detach().requires_grad_() for t in (q, k, v))
+        if backend == "flash_attn":
+            o = _forward_flash(q_, k_, v_, cu_seqlens, max_seqlen, scale)
+        else:
+            o = _forward_torch(q_, k_, v_, cu_seqlens, scale)[0]
+        grads = torch.autograd.grad(o, (q_, k_, v_), do)
+    return tuple(_conform(g, _empty_out(q, cu_seqlens is not None)) for g in grads)
+
+
+# ---- the custom ops ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvit::attention", mutates_args=())
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        from fastvit.kernels.attention import attention_fwd
+
+        return attention_fwd(q, k, v, scale, cu_seqlens, max_seqlen)
+    if backend == "flash_attn":
+        return _forward_flash(q, k, v, cu_seqlens, max_seqlen, scale), _empty_lse(q, cu_seqlens is not None, backend)
+    return _forward_torch(q, k, v, cu_seqlens, scale)
+
+
+@_attention.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale, backend):
+    packed = cu_seqlens is not None
+    return _empty_out(q, packed), _empty_lse(q, packed, backend)
+
+
+@torch.library.custom_op("fastvit::attention_backward", mutates_args=())
+def _attention_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
+    max_seqlen: int,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "triton":
+        from fastvit.kernels.attention import attention_bwd
+
+        return attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens, max_seqlen)
+    if backend == "torch" and q.device.type == "cpu":
+        return _backward_torch_cpu(do, q, k, v, o, lse, cu_seqlens, scale)
+    return _backward_recompute(do, q, k, v, cu_seqlens, max_seqlen, scale, backend)
+
+
+@_attention_backward.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, backend):
+    return tuple(_empty_out(q, cu_seqlens is not None) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, scale, backend = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+    ctx.args = (max_seqlen, scale, backend)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = torch.ops.fastvit.attention_backward(do, q, k, v, o, lse, cu_seqlens, *ctx.args)
+    return dq, dk, dv, None, None, None, None
+
+
+_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(q, k, v, *, cu_seqlens=None, max_seqlen=None, scale=None, backend="auto"):
     """Non-causal softmax attention.
 
     Dense: q, k, v (B, H, N, D) -> (B, H, N, D). Packed: (T, H, D) with int32 cu_seqlens (S+1,)
-    -> (T, H, D), each sequence attending only to itself.
+    -> (T, H, D), each sequence attending only to itself; max_seqlen (the longest sequence) is
+    computed from cu_seqlens when not given (a host sync).
     """
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"attention backend {backend!r} is not available; choose 'auto' or 'torch'")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"attention: q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")  # fmt: skip
     if cu_seqlens is None:
         if q.dim() != 4:
             raise ValueError(f"dense attention expects (B, H, N, D) inputs, got q of shape {tuple(q.shape)}")
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    if q.dim() != 3:
-        raise ValueError(f"packed attention expects (T, H, D) inputs, got q of shape {tuple(q.shape)}")
-    return _packed_torch(q, k, v, cu_seqlens, scale)
+        max_seqlen = q.shape[2]
+    else:
+        if q.dim() != 3:
+            raise ValueError(f"packed attention expects (T, H, D) inputs, got q of shape {tuple(q.shape)}")
+        if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must be int32 (S + 1,), got {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return torch.ops.fastvit.attention(q, k, v, cu_seqlens, int(max_seqlen), scale, _resolve(backend, q))[0]

@@ -1,13 +1,87 @@
-"""fastvit.ops.swiglu: [..., 2h] -> silu(x[..., :h]) * x[..., h:] (the Web-SSL w12 layout)."""
+"""fastvit.ops.swiglu: [..., 2h] -> silu(x[..., :h]) * x[..., h:] (the Web-SSL w12 layout).
 
+Registered as the custom op fastvit::swiglu (+ fastvit::swiglu_backward) with a fake and an
+autograd formula; backends "triton" (fastvit.kernels.swiglu) and "torch".
+"""
+
+import torch
 import torch.nn.functional as F
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def triton_usable(device):
+    """Triton kernels run on CUDA, or on the CPU when fastvit.kernels was imported under TRITON_INTERPRET=1."""
+    try:
+        from fastvit.kernels import swiglu as kernels
+    except ImportError:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+
+
+def available(device):
+    """Backends (besides "auto") usable for tensors on `device`."""
+    return (["triton"] if triton_usable(device) else []) + ["torch"]
+
+
+def _resolve(backend, x):
+    if backend not in BACKENDS:
+        raise ValueError(f"swiglu backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        fast = x.device.type == "cuda" and x.dtype != torch.float64 and triton_usable(x.device)
+        return "triton" if fast else "torch"
+    if backend == "triton" and not triton_usable(x.device):
+        raise ValueError(f"swiglu backend 'triton' cannot run on device {x.device} (set TRITON_INTERPRET=1 for CPU)")
+    return backend
+
+
+@torch.library.custom_op("fastvit::swiglu", mutates_args=())
+def _swiglu(x: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        from fastvit.kernels.swiglu import swiglu_fwd
+
+        return swiglu_fwd(x)
+    gate, value = x.chunk(2, dim=-1)
+    return F.silu(gate) * value
+
+
+@_swiglu.register_fake
+def _(x, backend):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.custom_op("fastvit::swiglu_backward", mutates_args=())
+def _swiglu_backward(dy: torch.Tensor, x: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        from fastvit.kernels.swiglu import swiglu_bwd
+
+        return swiglu_bwd(dy, x)
+    gate, value = x.chunk(2, dim=-1)
+    dgate = torch.ops.aten.silu_backward(dy * value, gate)  # the same fused kernel plain autograd uses
+    return torch.cat([dgate, dy * F.silu(gate)], dim=-1)
+
+
+@_swiglu_backward.register_fake
+def _(dy, x, backend):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, backend = inputs
+    ctx.save_for_backward(x)
+    ctx.backend = backend
+
+
+def _backward(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return torch.ops.fastvit.swiglu_backward(dy, x, ctx.backend), None
+
+
+_swiglu.register_autograd(_backward, setup_context=_setup_context)
 
 
 def swiglu(x, *, backend="auto"):
-    """SiLU-gated linear unit on a fused [gate | value] last dimension."""
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"swiglu backend {backend!r} is not available; choose 'auto' or 'torch'")
-    if x.shape[-1] % 2:
+    """SiLU-gated linear unit on a fused [gate | value] last dimension: (..., 2h) -> (..., h)."""
+    if x.dim() == 0 or x.shape[-1] % 2:
         raise ValueError(f"swiglu expects an even last dimension [..., 2h], got {tuple(x.shape)}")
-    gate, value = x.chunk(2, dim=-1)
-    return F.silu(gate) * value
+    return torch.ops.fastvit.swiglu(x, _resolve(backend, x))

@@ -12,6 +12,7 @@ extra_rank<r>.pt beside the DCP files.
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,7 +53,9 @@ def save_checkpoint(run_dir, step, state, extra, keep=2):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(state, checkpoint_id=str(tmp))
+    with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, checkpoint_id=str(tmp))
     torch.save(extra, tmp / f"extra_rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
@@ -75,7 +78,9 @@ def _prune(root, keep):
 def load_checkpoint(path, state):
     """Loads a DCP checkpoint into `state` in place (resharding as needed); returns this rank's extra
     state, or None when the checkpoint was written by fewer ranks than there are now."""
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path))
     extra = Path(path) / f"extra_rank{_rank()}.pt"
     return torch.load(extra, weights_only=False) if extra.is_file() else None
 

@@ -54,7 +54,8 @@ def build_optimizer(named_params, depth, cfg_optim):
 
 def schedule_values(step, total_steps, cfg_optim):
     """(lr, weight decay) at `step` for the recipe's cosine schedules with linear warmup."""
-    lr = cosine_schedule(step, total_steps, cfg_optim.lr, cfg_optim.min_lr, warmup_steps=cfg_optim.warmup_steps)
+    warmup = min(cfg_optim.warmup_steps, total_steps)  # a run shorter than the warmup never leaves it
+    lr = cosine_schedule(step, total_steps, cfg_optim.lr, cfg_optim.min_lr, warmup_steps=warmup)
     wd = cosine_schedule(step, total_steps, cfg_optim.weight_decay, cfg_optim.weight_decay_end)
     return lr, wd
 

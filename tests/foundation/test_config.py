@@ -27,7 +27,7 @@ def test_overrides_are_typed():
         ("train.steps=1.5", "expects an integer"),
         ("optim.lr=fast", "optim.lr expects a number"),
         ("parallel.compile=3", "expects true or false"),
-        ("model.mlp=relu", "is not one of 'swiglu', 'gelu'"),
+        ("model.mlp=relu", "is not one of '', 'swiglu', 'gelu'"),
         ("data.local_crops_scale=[0.1]", "expects a list of 2 values"),
         ("train.steps", "is not of the form key=value"),
     ],

@@ -1,0 +1,133 @@
+"""The DALI loader: DALI decodes, the fused multi-crop kernel crops, with the torch loader's
+sampler, crop table and batch dict.
+
+Division of work (a deliberate choice): the host reads encoded bytes in sampler order and feeds
+them to a DALI pipeline (`fn.external_source` -> `fn.decoders.image`, `device="cpu"` when
+device_id is None, `device="mixed"` (nvJPEG) on a GPU). The crop table is then drawn from each
+decoded size exactly as in the torch loader (no draft scaling: DALI decodes at full size), and the
+C++ kernel (CPU) or the CUDA kernel (GPU) makes every crop of the batch in one call. Keeping the
+crops in our kernel keeps the two loaders' semantics identical and the batch reproducible.
+"""
+
+import logging
+
+import numpy as np
+import torch
+
+from fastvit.data import augment as A
+from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch
+from fastvit.data.multicrop import multicrop
+from fastvit.data.sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+
+
+def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
+    def decode_pipeline():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+
+    pipe = decode_pipeline()
+    pipe.build()
+    return pipe
+
+
+class DaliLoader:
+    """Endless iterator of batch dicts (same keys as `Loader`); resumable between steps."""
+
+    def __init__(
+        self,
+        source,
+        cfg: A.MultiCropConfig,
+        sampler: ResumableSampler,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        mask: MaskConfig | None = None,
+        device_id: int | None = None,
+        num_threads: int = 2,
+        out_dtype: torch.dtype = torch.float32,
+        max_retries: int = 16,
+    ):
+        if batch_size < 1 or batch_size > sampler.per_rank:
+            raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
+        if getattr(source, "spec", "").startswith("builtin"):
+            raise ValueError("the DALI loader decodes files; the builtin source has none (use loader=torch)")
+        self.source, self.cfg, self.sampler, self.batch_size = source, cfg, sampler, batch_size
+        self.seed, self.mask, self.device_id, self.out_dtype = seed, mask, device_id, out_dtype
+        self.max_retries = max_retries
+        self.pipe = _build_pipeline(batch_size, num_threads, device_id)
+        self.skipped_total = 0
+        self.batches_per_epoch = sampler.per_rank // batch_size
+
+    def _decode(self, encoded: list[np.ndarray]) -> list:
+        """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
+        self.pipe.feed_input("encoded", encoded)
+        (out,) = self.pipe.run()
+        if self.device_id is None:
+            return [np.asarray(out.at(i)) for i in range(len(encoded))]
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        stream = torch.cuda.current_stream(self.device_id)
+        images = []
+        for i in range(len(encoded)):
+            t = torch.empty(tuple(out[i].shape()), dtype=torch.uint8, device=f"cuda:{self.device_id}")
+            images.append(feed_ndarray(out[i], t, cuda_stream=stream))
+        return images
+
+    def _read_ok(self, j: int):
+        """(encoded bytes, label) of sample j, or None when unreadable or undecodable."""
+        try:
+            data, label = self.source.read(j)
+            encoded = np.frombuffer(data, np.uint8)
+            self._decode([encoded])
+            return encoded, label
+        except (OSError, RuntimeError) as e:
+            log.warning("skipping %s sample %d: %s", self.source.spec, j, str(e).splitlines()[0])
+            return None
+
+    def _gather(self, keys: list[tuple[int, int]]) -> tuple[list, list[Sample]]:
+        encoded, samples = [], []
+        for epoch, index in keys:
+            data, label = self.source.read(index)
+            encoded.append(np.frombuffer(data, np.uint8))
+            samples.append(Sample(None, None, label, epoch, index, 0))
+        try:
+            return self._decode(encoded), samples
+        except RuntimeError:  # some sample is bad: find and replace it, one at a time
+            pass
+        for b, (epoch, index) in enumerate(keys):
+            for t in range(self.max_retries):
+                got = self._read_ok((index + t) % len(self.source))
+                if got is not None:
+                    encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t)
+                    break
+            else:
+                raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}")
+        return self._decode(encoded), samples
+
+    def __iter__(self):
+        batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=False)
+        for keys in batches:
+            images, samples = self._gather(keys)
+            for s, im in zip(samples, images):
+                H, W = im.shape[:2]
+                s.params = A.draw_sample_params(self.cfg, H, W, self.seed, s.epoch, s.index, s.skipped)
+            flat = multicrop(
+                images, crop_table([s.params for s in samples]), mean=self.cfg.mean, std=self.cfg.std,
+                blur_radius=self.cfg.blur_radius, out_dtype=self.out_dtype,
+            )  # fmt: skip
+            batch = finish_batch(flat, samples, self.cfg, self.seed, self.mask)
+            self.sampler.advance(self.batch_size)
+            self.skipped_total += batch["skipped"]
+            yield add_crop_list(batch, self.cfg)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.skipped_total = int(state["skipped_total"])

@@ -1,0 +1,175 @@
+"""The torch data loader: read -> decode (Pillow, draft mode) -> crop table, in DataLoader
+workers; the collate runs the fused multi-crop kernel over the whole batch and adds iBOT masks.
+
+A sample that cannot be read or decoded is replaced by the next index (deterministically) and
+counted; a batch carries its count in `skipped`, and `Loader.skipped_total` sums them.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastvit.data import augment as A
+from fastvit.data.decode import DecodeError, decode_rgb, open_image, oriented_size
+from fastvit.data.masking import ibot_masks
+from fastvit.data.multicrop import multicrop
+from fastvit.data.sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+MASK_STREAM = 1 << 20  # generator stream of the iBOT masks (sample streams count retries from 0)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """iBOT masks on the global crops: patch grid = global_size // patch_size."""
+
+    patch_size: int = 16
+    ratio: tuple[float, float] = (0.1, 0.5)
+    prob: float = 0.5
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W, 3) uint8, decoded
+    params: np.ndarray  # (n_crops, NUM_COLS) float64, boxes in decoded pixels
+    label: int
+    epoch: int
+    index: int
+    skipped: int  # unreadable samples replaced on the way to this one
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """dataset[(epoch, index)] -> Sample; decode and parameter draw for one sample."""
+
+    def __init__(self, source, cfg: A.MultiCropConfig, *, seed: int = 0, draft: bool = True, max_retries: int = 16):
+        self.source, self.cfg, self.seed, self.draft, self.max_retries = source, cfg, seed, draft, max_retries
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        epoch, index = key
+        errors = []
+        for t in range(self.max_retries):
+            j = (index + t) % len(self.source)
+            try:
+                payload, label = self.source.read(j)
+                image, params = self.prepare(payload, epoch, index, t)
+            except (DecodeError, OSError) as e:
+                errors.append(f"sample {j}: {e}")
+                log.warning("skipping %s sample %d: %s", getattr(self.source, "spec", "?"), j, e)
+                continue
+            return Sample(image, params, label, epoch, index, t)
+        raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}: {errors}")
+
+    def prepare(self, payload, epoch: int, index: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(decoded image, crop table rows); encoded bytes are decoded at the draft scale the crops allow."""
+        if isinstance(payload, np.ndarray):
+            H, W = payload.shape[:2]
+            return payload, A.draw_sample_params(self.cfg, H, W, self.seed, epoch, index, stream)
+        img = open_image(payload)
+        H, W = oriented_size(img)
+        rows = A.draw_sample_params(self.cfg, H, W, self.seed, epoch, index, stream)
+        arr = decode_rgb(img, A.draft_factor(rows) if self.draft else 1)
+        if arr.shape[:2] != (H, W):
+            rows = A.rescale_boxes(rows, H, W, *arr.shape[:2])
+        return arr, rows
+
+
+def crop_table(params_per_sample: list[np.ndarray]) -> np.ndarray:
+    """(n_crops * B, NUM_COLS) crop-major table (row k * B + b is crop k of sample b)."""
+    rows = np.stack(params_per_sample, axis=1)  # (n_crops, B, NUM_COLS)
+    rows[:, :, A.IMAGE] = np.arange(rows.shape[1])[None, :]
+    return rows.reshape(-1, A.NUM_COLS)
+
+
+def split_groups(flat: torch.Tensor, cfg: A.MultiCropConfig, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global_crops (n_global*B, 3, Sg, Sg), local_crops (n_local*B, 3, Sl, Sl)) views of the flat output."""
+    g, s = cfg.n_global * B, cfg.global_size
+    n_g = g * 3 * s * s
+    local = flat[n_g:].view(cfg.n_local * B, 3, cfg.local_size, cfg.local_size)
+    return flat[:n_g].view(g, 3, s, s), local
+
+
+class MultiCropCollate:
+    """list[Sample] -> batch dict (see `build_loader`), multi-crop on the CPU kernel."""
+
+    def __init__(self, cfg, *, seed=0, mask: MaskConfig | None = None, out_dtype=torch.float32, num_threads=0):
+        self.cfg, self.seed, self.mask, self.out_dtype, self.num_threads = cfg, seed, mask, out_dtype, num_threads
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        table = crop_table([s.params for s in samples])
+        flat = multicrop(
+            [s.image for s in samples], table, mean=self.cfg.mean, std=self.cfg.std,
+            blur_radius=self.cfg.blur_radius, out_dtype=self.out_dtype, backend="cpp", num_threads=self.num_threads,
+        )  # fmt: skip
+        return finish_batch(flat, samples, self.cfg, self.seed, self.mask)
+
+
+def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask: MaskConfig | None) -> dict:
+    """The batch dict around the flat multi-crop output (shared by the torch and DALI loaders)."""
+    B = len(samples)
+    global_crops, local_crops = split_groups(flat, cfg, B)
+    batch = {
+        "global_crops": global_crops,
+        "local_crops": local_crops,
+        "labels": torch.tensor([s.label for s in samples], dtype=torch.int64),
+        "indices": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "epochs": torch.tensor([s.epoch for s in samples], dtype=torch.int64),
+        "skipped": sum(s.skipped for s in samples),
+    }
+    if mask is not None:
+        grid = (cfg.global_size // mask.patch_size,) * 2
+        rng = A.sample_rng(seed, samples[0].epoch, samples[0].index, MASK_STREAM)
+        batch.update(ibot_masks(rng, cfg.n_global * B, grid, ratio=mask.ratio, prob=mask.prob))
+    return batch
+
+
+def add_crop_list(batch: dict, cfg: A.MultiCropConfig) -> dict:
+    """batch['crops']: one (B, 3, S, S) view per crop index, globals then locals."""
+    B = batch["labels"].numel()
+    crops = list(batch["global_crops"].unflatten(0, (cfg.n_global, B)).unbind(0))
+    if cfg.n_local:
+        crops += list(batch["local_crops"].unflatten(0, (cfg.n_local, B)).unbind(0))
+    batch["crops"] = crops
+    return batch
+
+
+class Loader:
+    """Endless iterator of batch dicts over a ResumableSampler; resumable between steps."""
+
+    def __init__(self, dataset, collate, sampler: ResumableSampler, batch_size: int, *, num_workers=2, pin_memory=None):
+        if batch_size < 1 or batch_size > sampler.per_rank:
+            raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
+        self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.skipped_total = 0
+        self.batches_per_epoch = sampler.per_rank // batch_size
+
+    def __iter__(self):
+        batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=False)
+        dl = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=self.collate,
+            pin_memory=self.pin_memory, prefetch_factor=2 if self.num_workers else None,
+        )  # fmt: skip
+        for batch in dl:
+            self.sampler.advance(self.batch_size)
+            self.skipped_total += batch["skipped"]
+            yield add_crop_list(batch, self.dataset.cfg)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.skipped_total = int(state["skipped_total"])
+
+
+def kernel_threads(num_workers: int) -> int:
+    """OpenMP threads per worker so that workers x threads ~ the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, num_workers))

@@ -1,0 +1,94 @@
+"""Patch masks: iBOT block-wise masks (DINOv2 semantics) and MAE random masking.
+
+iBOT: of the n global crops of a batch, `int(n * prob)` are masked (prob 0.5: half of them);
+their ratios are stratified over [ratio_min, ratio_max] (crop i draws its ratio uniformly from
+the i-th of equal sub-intervals), each mask is grown from random rectangles (area >= 4 patches,
+aspect in [0.3, 1/0.3]) until it holds int(ratio * N) patches or no rectangle adds any, and the
+masked crops are shuffled among the unmasked ones.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+
+def block_mask(
+    rng: np.random.Generator, grid: tuple[int, int], n_target: int, *, min_block: int = 4, max_block: int | None = None
+) -> np.ndarray:
+    """(gh, gw) bool mask grown from rectangles until it holds about n_target patches."""
+    gh, gw = grid
+    max_block = max_block if max_block is not None else max(min_block, (gh * gw) // 2)
+    log_aspect = (math.log(0.3), math.log(1 / 0.3))
+    mask = np.zeros(grid, bool)
+    count = 0
+    while count < n_target:
+        budget = min(n_target - count, max_block)
+        added = 0
+        for _ in range(10):
+            area = rng.uniform(min_block, max(budget, min_block))
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if not (0 < h < gh and 0 < w < gw):
+                continue
+            top, left = int(rng.integers(0, gh - h + 1)), int(rng.integers(0, gw - w + 1))
+            new = h * w - int(mask[top : top + h, left : left + w].sum())
+            if 0 < new <= budget:
+                mask[top : top + h, left : left + w] = True
+                added = new
+                break
+        if added == 0:
+            break
+        count += added
+    return mask
+
+
+def ibot_masks(
+    rng: np.random.Generator,
+    n_crops: int,
+    grid: tuple[int, int],
+    *,
+    ratio: tuple[float, float] = (0.1, 0.5),
+    prob: float = 0.5,
+) -> dict:
+    """Masks for n_crops global crops (crop-major order) on a (gh, gw) patch grid.
+
+    Returns masks (n_crops, gh*gw) bool, mask_indices (M,) int64 flat indices into masks.view(-1),
+    mask_weights (M,) float32 = 1 / (masked patches of that crop), n_masked (int M).
+    """
+    if not 0 <= ratio[0] <= ratio[1] < 1:
+        raise ValueError(f"mask ratio must satisfy 0 <= low <= high < 1, got {ratio}")
+    if not 0 <= prob <= 1:
+        raise ValueError(f"mask probability must be in [0, 1], got {prob}")
+    n_patches = grid[0] * grid[1]
+    n_masked_crops = int(n_crops * prob)
+    bounds = np.linspace(ratio[0], ratio[1], n_masked_crops + 1)
+    masks = np.zeros((n_crops, n_patches), bool)
+    for i in range(n_masked_crops):
+        target = int(n_patches * rng.uniform(bounds[i], bounds[i + 1]))
+        masks[i] = block_mask(rng, grid, target).reshape(-1)
+    masks = masks[rng.permutation(n_crops)]
+    masks_t = torch.from_numpy(masks)
+    indices = masks_t.view(-1).nonzero().view(-1)
+    per_crop = masks_t.sum(1, keepdim=True).clamp(min=1).float()
+    weights = (1.0 / per_crop).expand_as(masks_t)[masks_t]
+    return {"masks": masks_t, "mask_indices": indices, "mask_weights": weights, "n_masked": int(indices.numel())}
+
+
+def mae_random_masking(
+    batch: int, n_patches: int, ratio: float = 0.75, *, generator: torch.Generator | None = None, device=None
+) -> dict:
+    """MAE masking: each sample keeps a random subset of int(n_patches * (1 - ratio)) patches.
+
+    Returns keep_idx (B, K) int64 (the kept patches, in shuffled order), mask (B, N) bool (True:
+    removed), restore_idx (B, N) int64 (argsort of the shuffle, to unshuffle decoder tokens).
+    """
+    if not 0 <= ratio < 1:
+        raise ValueError(f"MAE mask ratio must be in [0, 1), got {ratio}")
+    n_keep = int(n_patches * (1 - ratio))
+    noise = torch.rand(batch, n_patches, generator=generator, device=generator.device if generator else device)
+    shuffle = noise.argsort(dim=1)
+    restore = shuffle.argsort(dim=1)
+    mask = torch.ones(batch, n_patches, dtype=torch.bool, device=noise.device)
+    mask[:, :n_keep] = False
+    return {"keep_idx": shuffle[:, :n_keep], "mask": mask.gather(1, restore), "restore_idx": restore}

@@ -1,0 +1,65 @@
+"""Frozen-feature extraction: labelled images -> resize + centre crop + normalise -> backbone features."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastvit.data import IMAGENET_MEAN, IMAGENET_STD
+from fastvit.data.decode import DecodeError, decode_bytes
+
+
+def eval_transform(img_HW3, size, crop_ratio=0.875):
+    """uint8 (H, W, 3) -> float (3, size, size): shorter side to size / crop_ratio (bicubic, antialiased),
+    centre crop, ImageNet mean/std normalisation."""
+    x = torch.from_numpy(np.ascontiguousarray(img_HW3)).permute(2, 0, 1)[None].float() / 255.0
+    h, w = x.shape[-2:]
+    short = round(size / crop_ratio)
+    scale = short / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[0, :, top : top + size, left : left + size]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def labelled_images(source, size, max_images=0):
+    """Yields (image (3, size, size), label) of a labelled source; unreadable files are skipped and counted."""
+    n = len(source) if not max_images else min(max_images, len(source))
+    stats = {"skipped": 0}
+    for i in range(n):
+        try:
+            payload, label = source.read(i)
+            img = decode_bytes(payload) if isinstance(payload, bytes | bytearray) else payload
+        except (DecodeError, OSError):
+            stats["skipped"] += 1
+            continue
+        if label is None or label < 0:
+            raise ValueError(f"{source.spec}: image {i} has no label; kNN / linear evaluation needs labelled data")
+        yield eval_transform(img, size), label
+
+
+@torch.no_grad()
+def extract_features(backbone, source, size, *, mode="cls", batch_size=256, max_images=0, device="cpu"):
+    """(features (N, D or 2D), labels (N,)) of a labelled source under a frozen backbone."""
+    backbone.eval()
+    feats, labels, xs, ys = [], [], [], []
+
+    def flush():
+        out = backbone(torch.stack(xs).to(device))
+        f = out["cls"] if mode == "cls" else torch.cat([out["cls"], out["patch"].mean(1)], dim=1)
+        feats.append(f.float().cpu())
+        labels.extend(ys)
+        xs.clear()
+        ys.clear()
+
+    for x, y in labelled_images(source, size, max_images):
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == batch_size:
+            flush()
+    if xs:
+        flush()
+    if not feats:
+        raise ValueError(f"{source.spec}: no readable images to evaluate on")
+    return torch.cat(feats), torch.tensor(labels, dtype=torch.int64)

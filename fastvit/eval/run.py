@@ -1,0 +1,100 @@
+"""`fastvit eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]`: evaluate a run's teacher backbone
+(or a randomly initialised one) on frozen features; prints one JSON object and writes eval.json."""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from fastvit.config import apply_overrides, read_config
+from fastvit.data import source_from_spec
+from fastvit.eval.features import extract_features
+from fastvit.eval.knn import knn_accuracy
+from fastvit.eval.linear import linear_probe_accuracy
+from fastvit.train import checkpoint as ckpt
+from fastvit.train.web_dino import build_backbone
+
+KINDS = ("knn", "linear")
+
+
+def is_main_process():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def resolve_checkpoint(path):
+    """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        latest = ckpt.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"{path} has no checkpoint yet; train it first (train.steps=0 writes the initial one)")
+        return path, latest
+    if path.name.startswith("step_") and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent, path
+    raise ValueError(f"{path} is neither a run folder (with config.yaml) nor a checkpoints/step_<n> folder")
+
+
+def load_teacher_backbone(cfg, checkpoint_path):
+    """The teacher backbone of a DCP checkpoint (the EMA teacher is what DINO evaluates)."""
+    backbone = build_backbone(cfg.model)
+    backbone.to_empty(device="cpu")
+    backbone.init_weights()
+    state = {"teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
+    dcp.load(state, checkpoint_id=str(checkpoint_path))
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state["teacher"].items()})
+    return backbone
+
+
+def random_backbone(cfg):
+    torch.manual_seed(cfg.train.seed + 1)
+    backbone = build_backbone(cfg.model)
+    backbone.to_empty(device="cpu")
+    backbone.init_weights()
+    return backbone
+
+
+def score(backbone, cfg, kind):
+    """Top-1 (in %) of `kind` evaluation of a backbone on the config's eval sources."""
+    e = cfg.eval
+    train_spec = e.train_source or cfg.data.source
+    if not cfg.data.val_source:
+        raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=imagefolder:DIR")
+    train_src = source_from_spec(train_spec, "train", seed=cfg.train.seed)
+    val_src = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
+    size = cfg.data.global_crops_size
+    kw = {"mode": e.features, "batch_size": e.batch_size, "max_images": e.max_images}
+    train_x, train_y = extract_features(backbone, train_src, size, **kw)
+    val_x, val_y = extract_features(backbone, val_src, size, **kw)
+    if kind == "knn":
+        return knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)
+    return linear_probe_accuracy(train_x, train_y, val_x, val_y, epochs=e.linear_epochs, lr=e.linear_lr,
+                                 batch_size=e.batch_size, seed=cfg.train.seed)  # fmt: skip
+
+
+def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=False):
+    """Evaluates the run's latest (or the given) checkpoint; writes and returns the result dict."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown evaluation {kind!r}; choose one of {KINDS}")
+    checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
+    result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
+    if is_main_process():
+        result["top1"] = score(load_teacher_backbone(cfg, checkpoint), cfg, kind)
+        if compare_random_init:
+            result["top1_random_init"] = score(random_backbone(cfg), cfg, kind)
+        path = Path(run_dir) / "eval.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        previous[kind] = result
+        path.write_text(json.dumps(previous, indent=2) + "\n")
+    return result
+
+
+def main(argv):
+    if len(argv) < 2 or argv[0] not in KINDS:
+        raise ValueError("usage: fastvit eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]")
+    kind, target, overrides = argv[0], argv[1], argv[2:]
+    run_dir, checkpoint = resolve_checkpoint(target)
+    cfg = apply_overrides(read_config(run_dir / "config.yaml"), overrides)
+    print(json.dumps(evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)))
+    return 0

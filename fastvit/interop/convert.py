@@ -1,0 +1,92 @@
+"""`fastvit convert SRC DST [--to hf|native] [--model NAME]`: checkpoint conversion on the command line.
+
+SRC: a native Web-SSL / DINOv2 file (.pth / .pt / .safetensors; flat or chunked blocks, teacher or
+student prefixes) or a Hugging Face Dinov2 folder (config.json + model.safetensors or pytorch_model.bin)
+or HF state-dict file. --to hf writes a folder that Dinov2Model.from_pretrained reads; --to native
+writes one file (.safetensors by suffix, else torch.save). The default target is the other layout.
+With --model the checkpoint must match that size-table row (a ValueError names the first key that
+does not); otherwise the architecture is inferred from the weights.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastvit.interop.hf import config_from_hf, detect_layout, hf_config_dict, hf_to_native, native_to_hf
+from fastvit.interop.io import load_state_file, save_state_file
+from fastvit.interop.native import check_state, infer_config, normalize_native
+from fastvit.models.vit import VisionTransformer, vit_config
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _read(src):
+    """(state dict, HF config dict or None) from a file or an HF folder."""
+    src = Path(src)
+    if not src.is_dir():
+        return load_state_file(src), None
+    cfg_path = src / "config.json"
+    for name in _HF_WEIGHTS:
+        if (src / name).is_file():
+            hf_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+            return load_state_file(src / name), hf_cfg
+    raise ValueError(f"folder {str(src)!r} holds none of {_HF_WEIGHTS}")
+
+
+def _is_hf(state):
+    try:
+        detect_layout({k.removeprefix("dinov2."): v for k, v in state.items()})
+    except ValueError:
+        return False
+    return True
+
+
+def _expected_shapes(cfg):
+    return {k: tuple(v.shape) for k, v in VisionTransformer(cfg, device="meta").state_dict().items()}
+
+
+def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"):
+    """Converts SRC to DST; returns (source kind, target kind, ViTConfig)."""
+    state, hf_cfg = _read(src)
+    kind = "hf" if _is_hf(state) else "native"
+    native = hf_to_native(state) if kind == "hf" else normalize_native(state, prefix)
+    if hf_cfg is not None:
+        cfg = config_from_hf(hf_cfg, name=model or "custom")
+    else:
+        cfg = infer_config(native, name=model, heads=heads)
+    if model is not None:  # the checkpoint must fit the chosen row, at the checkpoint's resolution
+        cfg = vit_config(model, img_size=cfg.img_size, interpolate_offset=cfg.interpolate_offset)
+    check_state(_expected_shapes(cfg), native, what=f"model {cfg.name}")
+    to = to or ("native" if kind == "hf" else "hf")
+    if to == "hf":
+        dst = Path(dst)
+        dst.mkdir(parents=True, exist_ok=True)
+        save_state_file(native_to_hf(native, layout), dst / "model.safetensors")
+        (dst / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+    else:
+        save_state_file(native, dst)
+    return kind, to, cfg
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="fastvit convert", description=__doc__.split("\n")[0])
+    p.add_argument("src", help="native checkpoint file, HF Dinov2 folder or HF state-dict file")
+    p.add_argument("dst", help="HF folder (--to hf) or native file (--to native)")
+    p.add_argument("--to", choices=("hf", "native"), default=None, help="target layout (default: the other one)")
+    p.add_argument("--model", default=None, help="size-table name (vit_s ... vit_7b) the checkpoint must match")
+    p.add_argument("--heads", type=int, default=None, help="attention heads, for widths not in the size table")
+    p.add_argument("--prefix", default=None, help="key prefix of the backbone (default: detected)")
+    p.add_argument("--layout", choices=("hub", "modular"), default="hub", help="HF names to write (default hub)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        kind, to, cfg = convert(args.src, args.dst, args.to, args.model, args.heads, args.prefix, args.layout)
+    except ValueError as e:
+        print(f"fastvit convert: error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted {kind} -> {to}: {cfg.name} width {cfg.width} depth {cfg.depth} heads {cfg.heads} -> {args.dst}")
+    return 0

@@ -1,0 +1,381 @@
+"""Non-causal FlashAttention-2 style attention for dense (B, H, N, D) and packed (T, H, D) inputs.
+
+One launch covers every sequence: the grid is (query or key blocks, heads, sequences) and a
+sequence's start and length come from int32 cu_seqlens (packed) or from b * N (dense). Keys
+outside a sequence are masked, so sequences of different lengths (257- and 50-token crops) share
+a launch. Forward: online softmax in base 2 with fp32 accumulation; it saves the natural-log
+log-sum-exp of the scaled scores, lse (T, H) (dense: (B, H, N) stored token-major). Backward:
+delta = rowsum(dO * O), then one kernel for dK/dV (loop over query blocks) and one for dQ (loop
+over key blocks), recomputing P from lse; no N x N matrix is ever stored. Head dims are padded to
+the next power of two with masks. Low-precision values are upcast to fp32 before tl.dot only
+under the interpreter (UPCAST), where bf16 arithmetic is not emulated.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, s, N, PACKED: tl.constexpr):
+    """(first row in the (T, H) statistics, first token index, length) of sequence s (dense rows: b * N + n)."""
+    if PACKED:
+        start = tl.load(cu_ptr + s).to(tl.int64)
+        return start, start, tl.load(cu_ptr + s + 1).to(tl.int64) - start
+    return s.to(tl.int64) * N, s.to(tl.int64) * 0, N
+
+
+@triton.jit
+def _tile(ptr, s, tok, h, offs_d, stride_b, stride_t, stride_h):
+    """Pointers to the (len(tok), BLOCK_D) tile of sequence s (batch stride 0 when packed), head h."""
+    return ptr + s * stride_b + tok[:, None] * stride_t + h * stride_h + offs_d[None, :]
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr,  # (B, N, H, D) or (T, H, D): q_ptr + s * stride_qb + token * stride_qt + h * stride_qh + d
+    k_ptr,  # like q, with the k strides
+    v_ptr,  # like q, with the v strides
+    o_ptr,  # output like q, with the o strides
+    lse_ptr,  # (T, H) fp32 log-sum-exp of the scaled scores (dense: T = B * N), contiguous
+    cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+    N,  # dense sequence length (unused when PACKED)
+    H,
+    HEAD_DIM,
+    scale_log2,  # softmax scale * log2(e)
+    PACKED: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
+    if pid_m * BLOCK_M >= seq_len:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < seq_len
+    m_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(_tile(q_ptr, s, tok0 + offs_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for start_n in range(0, seq_len, BLOCK_N):
+        n_ok = (start_n + offs_n) < seq_len
+        n_mask = n_ok[:, None] & d_ok[None, :]
+        tok_n = tok0 + start_n + offs_n
+        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+        qk = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N), base-2 logits
+        qk = tl.where(n_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    o_ptrs = _tile(o_ptr, s, tok0 + offs_m, h, offs_d, stride_ob, stride_ot, stride_oh)
+    tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), m_mask)
+    tl.store(lse_ptr + (row0 + offs_m) * H + h, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, m_ok)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    o_ptr,  # forward output, (B, N, H, D) or (T, H, D) with the o strides
+    do_ptr,  # output gradient like o, with the do strides
+    delta_ptr,  # (T, H) fp32 rowsum(dO * O), contiguous
+    cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
+    stride_ob, stride_ot, stride_oh, stride_dob, stride_dot, stride_doh,
+    N,
+    H,
+    HEAD_DIM,
+    PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
+    if pid_m * BLOCK_M >= seq_len:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < seq_len
+    mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(_tile(o_ptr, s, tok0 + offs_m, h, offs_d, stride_ob, stride_ot, stride_oh), mask, other=0.0)
+    do = tl.load(_tile(do_ptr, s, tok0 + offs_m, h, offs_d, stride_dob, stride_dot, stride_doh), mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(delta_ptr + (row0 + offs_m) * H + h, delta, m_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr,  # (B, N, H, D) or (T, H, D) with the q strides, as in the forward
+    k_ptr,  # like q, with the k strides
+    v_ptr,  # like q, with the v strides
+    do_ptr,  # output gradient like q, with the do strides
+    lse_ptr,  # (T, H) fp32 natural-log log-sum-exp from the forward, contiguous
+    delta_ptr,  # (T, H) fp32 rowsum(dO * O), contiguous
+    dk_ptr,  # key gradient like q, with the dk strides
+    dv_ptr,  # value gradient like q, with the dk strides too
+    cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh, stride_dkb, stride_dkt, stride_dkh,
+    N,
+    H,
+    HEAD_DIM,
+    scale,
+    PACKED: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_n, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
+    if pid_n * BLOCK_N >= seq_len:
+        return
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    n_mask = (offs_n < seq_len)[:, None] & d_ok[None, :]
+    k = tl.load(_tile(k_ptr, s, tok0 + offs_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+    v = tl.load(_tile(v_ptr, s, tok0 + offs_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    scale_log2 = scale * 1.4426950408889634
+    for start_m in range(0, seq_len, BLOCK_M):
+        m_ok = (start_m + offs_m) < seq_len
+        m_mask = m_ok[:, None] & d_ok[None, :]
+        tok_m = tok0 + start_m + offs_m
+        q = tl.load(_tile(q_ptr, s, tok_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+        do = tl.load(_tile(do_ptr, s, tok_m, h, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
+        rows = row0 + start_m + offs_m
+        lse2 = tl.load(lse_ptr + rows * H + h, m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptr + rows * H + h, m_ok, other=0.0)
+        qk_T = _dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2  # (BLOCK_N, BLOCK_M)
+        p_T = tl.where(m_ok[None, :], tl.math.exp2(qk_T - lse2[None, :]), 0.0)
+        dv += _dot(p_T.to(do.dtype), do, UPCAST, PRECISION)
+        dp_T = _dot(v, tl.trans(do), UPCAST, PRECISION)
+        ds_T = p_T * (dp_T - delta[None, :])
+        dk += _dot(ds_T.to(q.dtype), q, UPCAST, PRECISION)
+    dk_ptrs = _tile(dk_ptr, s, tok0 + offs_n, h, offs_d, stride_dkb, stride_dkt, stride_dkh)
+    dv_ptrs = _tile(dv_ptr, s, tok0 + offs_n, h, offs_d, stride_dkb, stride_dkt, stride_dkh)
+    tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty), n_mask)
+    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), n_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr,  # (B, N, H, D) or (T, H, D) with the q strides, as in the forward
+    k_ptr,  # like q, with the k strides
+    v_ptr,  # like q, with the v strides
+    do_ptr,  # output gradient like q, with the do strides
+    lse_ptr,  # (T, H) fp32 natural-log log-sum-exp from the forward, contiguous
+    delta_ptr,  # (T, H) fp32 rowsum(dO * O), contiguous
+    dq_ptr,  # query gradient like q, with the dq strides
+    cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh, stride_dqb, stride_dqt, stride_dqh,
+    N,
+    H,
+    HEAD_DIM,
+    scale,
+    PACKED: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
+    if pid_m * BLOCK_M >= seq_len:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < seq_len
+    m_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(_tile(q_ptr, s, tok0 + offs_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+    do = tl.load(_tile(do_ptr, s, tok0 + offs_m, h, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
+    lse2 = tl.load(lse_ptr + (row0 + offs_m) * H + h, m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + (row0 + offs_m) * H + h, m_ok, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    scale_log2 = scale * 1.4426950408889634
+    for start_n in range(0, seq_len, BLOCK_N):
+        n_ok = (start_n + offs_n) < seq_len
+        n_mask = n_ok[:, None] & d_ok[None, :]
+        tok_n = tok0 + start_n + offs_n
+        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+        qk = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
+        p = tl.where(n_ok[None, :], tl.math.exp2(qk - lse2[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
+    dq_ptrs = _tile(dq_ptr, s, tok0 + offs_m, h, offs_d, stride_dqb, stride_dqt, stride_dqh)
+    tl.store(dq_ptrs, (dq * scale).to(dq_ptr.dtype.element_ty), m_mask)
+
+
+# True when this module was imported with TRITON_INTERPRET=1: the kernels then run on CPU tensors.
+INTERPRETED = type(_attn_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _configs(pairs):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in pairs]
+
+
+# On a GPU each kernel picks its tile among a few configs (keyed by head dim and dense length);
+# the interpreter runs one fixed 64 x 64 tile (never autotune without a GPU).
+_KEY = ["HEAD_DIM", "N", "PACKED"]
+if not INTERPRETED:
+    _fwd = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)]), _KEY)(
+        _attn_fwd_kernel
+    )
+    _dkdv = triton.autotune(_configs([(32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]), _KEY)(
+        _attn_bwd_dkdv_kernel
+    )
+    _dq = triton.autotune(_configs([(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)]), _KEY)(
+        _attn_bwd_dq_kernel
+    )
+    _TILE = {}
+else:
+    _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
+    _TILE = {"BLOCK_M": 64, "BLOCK_N": 64}
+
+
+class _Layout:
+    """How the kernels see a dense (B, H, N, D) or packed (T, H, D) problem."""
+
+    def __init__(self, q, cu_seqlens, max_seqlen):
+        self.packed = cu_seqlens is not None
+        self.D = q.shape[-1]
+        if self.packed:
+            self.T, self.H = q.shape[0], q.shape[1]
+            self.S, self.N, self.max_seqlen = cu_seqlens.numel() - 1, 0, max_seqlen
+        else:
+            B, self.H, self.N = q.shape[0], q.shape[1], q.shape[2]
+            self.T, self.S, self.max_seqlen = B * self.N, B, self.N
+        self.cu = cu_seqlens if self.packed else torch.zeros(1, dtype=torch.int32, device=q.device)
+
+    def strides(self, t):
+        """(batch, token, head) strides of a (B, H, N, D) or (T, H, D) tensor; batch is 0 when packed."""
+        assert t.stride(-1) == 1, "kernel tensors need a unit stride on the head dim"
+        return (0, t.stride(0), t.stride(1)) if self.packed else (t.stride(0), t.stride(2), t.stride(1))
+
+    def empty_like_q(self, q):
+        """Output / gradient buffer: dense ones are (B, N, H, D) in memory, viewed as (B, H, N, D)."""
+        if self.packed:
+            return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        B, H, N, D = q.shape
+        return torch.empty((B, N, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+
+    def empty_stats(self, q):
+        """(T, H) fp32 row statistics; dense ones are returned as (B, H, N) views of (B, N, H) memory."""
+        stats = torch.empty((self.T, self.H), dtype=torch.float32, device=q.device)
+        return stats if self.packed else stats.view(self.T // self.N, self.N, self.H).permute(0, 2, 1)
+
+    def grid(self, meta, block):
+        return (triton.cdiv(self.max_seqlen, meta[block]), self.H, self.S)
+
+
+def _check(q, k, v, cu_seqlens, max_seqlen):
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"attention (triton): q, k, v dtypes must match and be one of {_DTYPES}, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")  # fmt: skip
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"attention (triton): q, k, v shapes must match, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
+    if q.shape[-1] > 256:
+        raise ValueError(f"attention (triton) supports head dims up to 256, got {q.shape[-1]}")
+    if cu_seqlens is None and q.dim() != 4:
+        raise ValueError(f"dense attention expects (B, H, N, D) inputs, got {tuple(q.shape)}")
+    if cu_seqlens is not None:
+        if q.dim() != 3 or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"packed attention expects (T, H, D) inputs and int32 cu_seqlens (S + 1,), got q "
+                             f"{tuple(q.shape)}, cu_seqlens {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")  # fmt: skip
+        if max_seqlen is None or max_seqlen < 0:
+            raise ValueError(f"packed attention (triton) needs max_seqlen >= 0, got {max_seqlen}")
+
+
+def _unit(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 inputs stay fp32 (no TF32 rounding)
+
+
+def attention_fwd(q, k, v, scale, cu_seqlens=None, max_seqlen=None):
+    """Dense (B, H, N, D) or packed (T, H, D) + cu_seqlens -> (out like q, lse (T, H) or (B, H, N) fp32)."""
+    _check(q, k, v, cu_seqlens, max_seqlen)
+    q, k, v = _unit(q), _unit(k), _unit(v)
+    lay = _Layout(q, cu_seqlens, max_seqlen)
+    o, lse = lay.empty_like_q(q), lay.empty_stats(q)
+    if lay.T and lay.max_seqlen:
+        _fwd[lambda meta: lay.grid(meta, "BLOCK_M")](
+            q, k, v, o, lse, lay.cu, *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(o),
+            lay.N, lay.H, lay.D, scale * _LOG2E, PACKED=lay.packed, UPCAST=INTERPRETED,
+            PRECISION=_precision(q.dtype), BLOCK_D=max(triton.next_power_of_2(lay.D), 16), **_TILE,
+        )  # fmt: skip
+    return o, lse
+
+
+def attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens=None, max_seqlen=None):
+    """Gradients (dq, dk, dv) of attention_fwd, recomputing the probabilities from lse."""
+    _check(q, k, v, cu_seqlens, max_seqlen)
+    if do.shape != q.shape or o.shape != q.shape:
+        raise ValueError(f"attention backward: do {tuple(do.shape)} and o {tuple(o.shape)} must match q "
+                         f"{tuple(q.shape)}")  # fmt: skip
+    q, k, v, o, do = (_unit(t) for t in (q, k, v, o, do))
+    lay = _Layout(q, cu_seqlens, max_seqlen)
+    dq, dk, dv, delta = lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_stats(q)
+    if not (lay.T and lay.max_seqlen):
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    block_d = max(triton.next_power_of_2(lay.D), 16)
+    _attn_bwd_delta_kernel[(triton.cdiv(lay.max_seqlen, 64), lay.H, lay.S)](
+        o, do, delta, lay.cu, *lay.strides(o), *lay.strides(do), lay.N, lay.H, lay.D,
+        PACKED=lay.packed, BLOCK_M=64, BLOCK_D=block_d,
+    )  # fmt: skip
+    common = dict(PACKED=lay.packed, UPCAST=INTERPRETED, PRECISION=_precision(q.dtype), BLOCK_D=block_d, **_TILE)
+    qkv_do = (*lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(do))
+    _dkdv[lambda meta: lay.grid(meta, "BLOCK_N")](
+        q, k, v, do, lse, delta, dk, dv, lay.cu, *qkv_do, *lay.strides(dk), lay.N, lay.H, lay.D, scale, **common
+    )
+    _dq[lambda meta: lay.grid(meta, "BLOCK_M")](
+        q, k, v, do, lse, delta, dq, lay.cu, *qkv_do, *lay.strides(dq), lay.N, lay.H, lay.D, scale, **common
+    )
+    return dq, dk, dv
+
+
+def attention_ref(q, k, v, scale=None, cu_seqlens=None):
+    """Plain-torch reference: softmax(q k^T * scale) v per sequence, computed the straightforward way."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if cu_seqlens is None:
+        return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
+    bounds = cu_seqlens.tolist()
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        q_HND, k_HND, v_HND = (t[a:b].transpose(0, 1) for t in (q, k, v))
+        outs.append((torch.softmax(q_HND @ k_HND.transpose(-1, -2) * scale, dim=-1) @ v_HND).transpose(0, 1))
+    return torch.cat(outs) if outs else q.new_empty(q.shape)

@@ -1,0 +1,110 @@
+"""The Web-DINO student / teacher module and the pieces of one training step that are specific to it.
+
+Student and teacher are two WebDINO modules (backbone + DINO head + iBOT head); the teacher is a
+copy of the student updated by EMA. Calls go through `forward` so DDP / FSDP2 hooks see them.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+from fastvit.models.heads import DINOHead, PrototypeLogits
+from fastvit.models.vit import build_vit
+from fastvit.objectives.web_dino import WebDINOObjective
+
+
+def build_backbone(cfg_model, device="meta"):
+    overrides = {k: getattr(cfg_model, k) for k in ("width", "depth", "heads") if getattr(cfg_model, k)}
+    if cfg_model.mlp:
+        overrides["mlp"] = cfg_model.mlp
+    return build_vit(
+        cfg_model.name, device=device, patch_size=cfg_model.patch_size, img_size=cfg_model.img_size,
+        n_registers=cfg_model.n_registers, layerscale_init=cfg_model.layerscale_init,
+        drop_path=cfg_model.drop_path, qkv_bias=cfg_model.qkv_bias, **overrides,
+    )  # fmt: skip
+
+
+class WebDINO(nn.Module):
+    """backbone -> DINO head on CLS tokens, iBOT head on masked patch tokens."""
+
+    def __init__(self, backbone, cfg_obj):
+        super().__init__()
+        dim = backbone.cfg.width
+        self.backbone = backbone
+        self.dino_head = DINOHead(dim, cfg_obj.dino_out_dim, cfg_obj.head_hidden_dim, cfg_obj.dino_bottleneck_dim)
+        self.ibot_head = DINOHead(dim, cfg_obj.ibot_out_dim, cfg_obj.head_hidden_dim, cfg_obj.ibot_bottleneck_dim)
+
+    def init_weights(self):
+        self.backbone.init_weights()
+        self.dino_head.init_weights()
+        self.ibot_head.init_weights()
+
+    def forward(self, global_crops, local_crops=None, masks=None, *, teacher=False):
+        """global_crops (n_g*B, 3, S, S) crop-major, local_crops (n_l*B, 3, s, s) or None, masks (n_g*B, N) bool.
+
+        The student masks its global crops' patch tokens (iBOT); the teacher sees them unmasked and
+        only reads its patch outputs at the masked positions. Returns plain tensors (DDP-friendly):
+        cls_g (n_g*B, D), dino_g / dino_l / ibot bottleneck features (L2-normalised), and the two
+        normalised prototype matrices.
+        """
+        crops = [global_crops] + ([local_crops] if local_crops is not None and not teacher else [])
+        in_masks = [None if teacher else masks] + [None] * (len(crops) - 1)
+        outs = self.backbone(crops, in_masks)
+        out = {
+            "cls_g": outs[0]["cls"],
+            "dino_g": self.dino_head.features(outs[0]["cls"]),
+            "dino_protos": self.dino_head.prototypes(),
+        }
+        if len(outs) > 1:
+            out["dino_l"] = self.dino_head.features(outs[1]["cls"])
+        if masks is not None:
+            out["ibot"] = self.ibot_head.features(outs[0]["patch"][masks])
+            out["ibot_protos"] = self.ibot_head.prototypes()
+        return out
+
+
+def build_student_teacher(cfg, device):
+    """Student and teacher WebDINO modules on `device`, initialised identically; teacher has no grads."""
+    with torch.device("meta"):
+        student = WebDINO(build_backbone(cfg.model), cfg.objective)
+    student.to_empty(device=device)
+    student.init_weights()
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    return student, teacher
+
+
+def build_objective(cfg, group=None):
+    o = cfg.objective
+    return WebDINOObjective(
+        n_global=cfg.data.n_global_crops, n_local=cfg.data.n_local_crops, student_temp=o.student_temp,
+        dino_weight=o.dino_weight, ibot_weight=o.ibot_weight, koleo_weight=o.koleo_weight, centering=o.centering,
+        dino_out_dim=o.dino_out_dim, ibot_out_dim=o.ibot_out_dim, group=group,
+    )  # fmt: skip
+
+
+def compute_losses(student, teacher, objective, batch, n_global, n_local, teacher_temp):
+    """Student and teacher forwards on one (micro-)batch and the objective's dict of loss terms."""
+    g, masks = batch["global_crops"], batch.get("masks")
+    local = batch["local_crops"] if n_local else None
+    B = g.shape[0] // n_global
+    s = student(g, local, masks)
+    with torch.no_grad():
+        t = teacher(g, None, masks, teacher=True)
+
+    def factored(out, key, protos, n):
+        feats = out[key]
+        return PrototypeLogits(feats.view(n, B, -1) if n else feats, out[protos])
+
+    has_ibot = masks is not None and bool(masks.any())
+    return objective(
+        factored(s, "dino_g", "dino_protos", n_global),
+        factored(s, "dino_l", "dino_protos", n_local) if n_local else None,
+        factored(t, "dino_g", "dino_protos", n_global),
+        factored(s, "ibot", "ibot_protos", 0) if has_ibot else None,
+        factored(t, "ibot", "ibot_protos", 0) if has_ibot else None,
+        masks,
+        s["cls_g"].view(n_global, B, -1),
+        teacher_temp=teacher_temp,
+    )
