@@ -201,7 +201,7 @@ def _plot(op, rows, path):
     colors = {"reference": (120, 120, 120), "torch.compile": (230, 150, 40), "torch": (70, 130, 200)}
     for i, r in enumerate(rows):
         y = 32 + i * bar_h
-        draw.text((8, y + 2), f"{r['case']} {r['dtype']} {r['backend']} {r['pass_']}"[:75], fill="black")
+        draw.text((8, y + 2), f"{r['op']} {r['case']} {r['dtype']} {r['backend']} {r['pass_']}"[:75], fill="black")
         w = int(bar_w * (r["value"] or 0.0) / top)
         draw.rectangle(
             [label_w, y + 2, label_w + max(w, 1), y + bar_h - 2], fill=colors.get(r["backend"], (60, 170, 90))

@@ -1,6 +1,12 @@
-"""The training loop: build, resume, step, log, checkpoint. Read top to bottom."""
+"""The training loop: build, resume, step, log, checkpoint. Read top to bottom.
+
+The loop knows nothing of a particular objective: a task (fastvit/train/web_dino.py for Web-DINO)
+owns the modules, the data, the per-step schedules of the objective, the losses and what follows
+the optimizer step (the EMA teacher update).
+"""
 
 import contextlib
+import importlib
 import math
 import random
 import signal
@@ -10,62 +16,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
 
 from fastvit.config import write_config
-from fastvit.data import MaskConfig, MultiCropConfig, build_loader
-from fastvit.models.flops import head_flops, vit_forward_flops
-from fastvit.objectives.teacher import ema_update_, momentum_schedule, teacher_temp_schedule
 from fastvit.parallel.data_parallel import init_distributed, wrap_data_parallel
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from fastvit.train.optim import apply_schedule, build_optimizer
-from fastvit.train.web_dino import build_objective, build_student_teacher, compute_losses
 
-LOSS_KEYS = ("dino_global", "dino_local", "ibot", "koleo", "total")
+TASKS = {"web_dino": "fastvit.train.web_dino:WebDINOTask"}
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def crop_config(cfg):
-    d = cfg.data
-    return MultiCropConfig(
-        global_size=d.global_crops_size, local_size=d.local_crops_size, n_global=d.n_global_crops,
-        n_local=d.n_local_crops, global_scale=d.global_crops_scale, local_scale=d.local_crops_scale,
-    )  # fmt: skip
-
-
-def mask_config(cfg):
-    return MaskConfig(patch_size=cfg.model.patch_size, ratio=cfg.data.mask_ratio, prob=cfg.data.mask_probability)
+def build_task(cfg, device):
+    if cfg.objective.name not in TASKS:
+        raise ValueError(f"objective.name={cfg.objective.name!r} has no training task; choose one of {sorted(TASKS)}")
+    module, name = TASKS[cfg.objective.name].split(":")
+    return getattr(importlib.import_module(module), name)(cfg, device)
 
 
 def per_rank_batch(cfg, world_size):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (world_size * accum):
-        raise ValueError(
-            f"train.batch_size={b} must be divisible by world size {world_size} x optim.grad_accum={accum}"
-        )
+        raise ValueError(f"train.batch_size={b} is not divisible by world size {world_size} x optim.grad_accum={accum}")
     return b // (world_size * accum)
-
-
-def step_flops(backbone_cfg, cfg, batch_per_rank):
-    """Forward + backward FLOPs of one student step plus the teacher forward, for one rank's micro-batch."""
-    d, o = cfg.data, cfg.objective
-    crops = [(batch_per_rank * d.n_global_crops, d.global_crops_size)]
-    if d.n_local_crops:
-        crops.append((batch_per_rank * d.n_local_crops, d.local_crops_size))
-    n_cls = batch_per_rank * (d.n_global_crops + d.n_local_crops)
-    dino = [backbone_cfg.width, o.head_hidden_dim, o.head_hidden_dim, o.dino_bottleneck_dim, o.dino_out_dim]
-    student = vit_forward_flops(backbone_cfg, crops)["total"] + head_flops(n_cls, dino)
-    teacher = vit_forward_flops(backbone_cfg, crops[:1])["total"] + head_flops(batch_per_rank * d.n_global_crops, dino)
-    return 3 * student + teacher
 
 
 def _rng_state():
@@ -78,11 +54,15 @@ def _set_rng_state(state):
     np.random.set_state(state["numpy"])
 
 
-def _all_mean(values, world_size):
+def _is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _all_mean(values):
     t = torch.tensor(values, dtype=torch.float64)
-    if world_size > 1:
+    if dist.is_initialized():
         dist.all_reduce(t)
-        t /= world_size
+        t /= dist.get_world_size()
     return t.tolist()
 
 
@@ -109,9 +89,7 @@ class _StopRequest:
 
 
 def train(cfg):
-    """Runs (or resumes) the Web-DINO training described by `cfg`; returns the run folder."""
-    if cfg.objective.name != "web_dino":
-        raise ValueError(f"objective.name={cfg.objective.name!r} has no training loop yet; use web_dino")
+    """Runs (or resumes) the training described by `cfg`; returns the run folder."""
     if not cfg.data.source:
         raise ValueError("data.source is empty: set it, e.g. data.source=imagefolder:/data/train")
     rank, world, device = init_distributed()
@@ -119,100 +97,73 @@ def train(cfg):
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir / "config.yaml")
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     b = per_rank_batch(cfg, world)
-
-    student, teacher = build_student_teacher(cfg, device)
-    objective = build_objective(cfg).to(device)
-    depth = student.backbone.cfg.depth
-    optimizer = build_optimizer(student.named_parameters(), depth, cfg.optim)
-    student_dp, teacher_dp = wrap_data_parallel(student, teacher, cfg.parallel.data_parallel, device)
-    loader = build_loader(
-        cfg.data.source, batch_size=b, crops=crop_config(cfg), mask=mask_config(cfg), seed=cfg.train.seed,
-        rank=rank, world_size=world, loader=cfg.data.loader, num_workers=cfg.data.num_workers,
-        device_id=device.index if device.type == "cuda" else None,
-    )  # fmt: skip
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    task = build_task(cfg, device)
+    optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
+    task.wrap(lambda s, t: wrap_data_parallel(s, t, cfg.parallel.data_parallel, device))
+    loader = task.build_loader(batch_size=b, rank=rank, world_size=world, device=device)
 
     start_step = 0
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
-        _load_state(latest, student_dp, teacher_dp, optimizer, loader)
+        state = task.state_dict(optimizer)
+        extra = ckpt.load_checkpoint(latest, state)
+        task.load_state_dict(state, optimizer)
+        if extra is None:
+            raise ValueError(f"{latest} has no data / RNG state for rank {rank}; resume with the same world size")
+        _set_rng_state(extra["rng"])
+        loader.load_state_dict(extra["loader"])
         start_step = ckpt.step_of(latest)
-    log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     if rank == 0:
-        print(f"fastvit train: {cfg.model.name}, {world} rank(s) on {device}, steps {start_step} -> {cfg.train.steps}",
-              flush=True)  # fmt: skip
-    flops = step_flops(student.backbone.cfg, cfg, b) * cfg.optim.grad_accum
-    peak, _ = peak_tflops(device)
+        print(f"fastvit train: {cfg.objective.name} {cfg.model.name}, {world} rank(s) on {device}, "
+              f"steps {start_step} -> {cfg.train.steps}, run folder {run_dir}", flush=True)  # fmt: skip
+    log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     stop = _StopRequest()
     try:
-        _run_steps(cfg, start_step, student, teacher, student_dp, teacher_dp, objective, optimizer, loader, log,
-                   stop, world, device, flops, peak, run_dir)  # fmt: skip
+        _run_steps(cfg, task, optimizer, loader, start_step, b, device, run_dir, log, stop)
     finally:
         stop.restore()
         log.close()
     return run_dir
 
 
-def _state(student_dp, teacher_dp, optimizer):
-    """DCP state dict of student, teacher and optimizer (unwraps DDP, keeps FSDP2 shards as DTensors)."""
-    student_sd, optim_sd = get_state_dict(student_dp, optimizer)
-    return {"student": student_sd, "teacher": get_model_state_dict(teacher_dp), "optim": optim_sd}
-
-
-def _save(cfg, run_dir, step, student_dp, teacher_dp, optimizer, loader):
+def _save(cfg, task, optimizer, loader, run_dir, step):
     extra = {"rng": _rng_state(), "loader": loader.state_dict(), "step": step}
-    state = _state(student_dp, teacher_dp, optimizer)
-    ckpt.save_checkpoint(run_dir, step, state, extra, keep=cfg.train.keep_checkpoints)
+    ckpt.save_checkpoint(run_dir, step, task.state_dict(optimizer), extra, keep=cfg.train.keep_checkpoints)
 
 
-def _load_state(path, student_dp, teacher_dp, optimizer, loader):
-    state = _state(student_dp, teacher_dp, optimizer)
-    extra = ckpt.load_checkpoint(path, state)
-    set_state_dict(student_dp, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
-    set_model_state_dict(teacher_dp, state["teacher"])
-    if extra is None:
-        raise ValueError(f"{path} holds no data-loader / RNG state for this rank; resume with the same world size")
-    _set_rng_state(extra["rng"])
-    loader.load_state_dict(extra["loader"])
-
-
-def _run_steps(cfg, start_step, student, teacher, student_dp, teacher_dp, objective, optimizer, loader, log, stop,
-               world, device, flops, peak, run_dir):  # fmt: skip
-    total = cfg.train.steps
-    accum = cfg.optim.grad_accum
-    o = cfg.objective
+def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, device, run_dir, log, stop):
+    total, accum, world = cfg.train.steps, cfg.optim.grad_accum, dist.get_world_size() if dist.is_initialized() else 1
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
-        _save(cfg, run_dir, 0, student_dp, teacher_dp, optimizer, loader)
+        _save(cfg, task, optimizer, loader, run_dir, 0)  # the initial model, so any run can be evaluated
+    flops = task.flops_per_step(batch_per_rank) * accum
+    peak, _ = peak_tflops(device)
     autocast = _autocast(cfg, device)
     data = iter(loader)
-    bad_in_a_row, t_last, images_since = 0, time.perf_counter(), 0
+    keys = task.loss_keys
+    bad_in_a_row, t_last, steps_since = 0, time.perf_counter(), 0
     for step in range(start_step, total):
         lr, wd = apply_schedule(optimizer, step, total, cfg.optim)
-        momentum = momentum_schedule(step, total, o.momentum_teacher, o.momentum_teacher_final)
-        teacher_temp = teacher_temp_schedule(step, o.teacher_temp_warmup_steps, o.teacher_temp_warmup, o.teacher_temp)
+        sched = task.schedules(step, total)
         optimizer.zero_grad(set_to_none=True)
-        sums, skipped, finite = torch.zeros(len(LOSS_KEYS), dtype=torch.float64), 0, True
+        sums, skipped, finite = torch.zeros(len(keys), dtype=torch.float64), 0, True
         for micro in range(accum):
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(data).items()}
             skipped += int(batch.get("skipped", 0))
-            # DDP all-reduces gradients on the last micro-batch only.
-            sync = micro == accum - 1 or not hasattr(student_dp, "no_sync")
-            with autocast, contextlib.nullcontext() if sync else student_dp.no_sync():
-                losses = compute_losses(student_dp, teacher_dp, objective, batch, cfg.data.n_global_crops,
-                                        cfg.data.n_local_crops, teacher_temp)  # fmt: skip
+            sync = micro == accum - 1 or not hasattr(task.student_dp, "no_sync")  # DDP reduces on the last one
+            with autocast, contextlib.nullcontext() if sync else task.student_dp.no_sync():
+                losses = task.losses(batch, sched)
                 if _any_rank(not torch.isfinite(losses["total"]).item()):
                     finite = False
                     break
                 (losses["total"] / accum).backward()
-            sums += torch.tensor([losses[k].item() for k in LOSS_KEYS], dtype=torch.float64)
-        grad_norm = _clip(student, cfg.optim.clip_grad) if finite else float("nan")
-        if finite and not math.isfinite(grad_norm):
-            finite = False
-        if not finite:
+            sums += torch.tensor([losses[k].item() for k in keys], dtype=torch.float64)
+        grad_norm = _clip(task.student, cfg.optim.clip_grad) if finite else float("nan")
+        if not (finite and math.isfinite(grad_norm)):
             bad_in_a_row += 1
             optimizer.zero_grad(set_to_none=True)
-            if not dist.is_initialized() or dist.get_rank() == 0:
+            if _is_main():
                 print(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)", flush=True)
             if bad_in_a_row >= cfg.train.max_bad_steps:
                 raise NonFiniteLossError(
@@ -222,27 +173,28 @@ def _run_steps(cfg, start_step, student, teacher, student_dp, teacher_dp, object
             continue
         bad_in_a_row = 0
         optimizer.step()
-        ema_update_(list(teacher.parameters()), list(student.parameters()), momentum)
-        images_since += cfg.train.batch_size
+        task.after_step(sched)
+        steps_since += 1
         done = step + 1
         if done % cfg.train.log_every == 0 or done == total:
             elapsed = time.perf_counter() - t_last
-            values = _all_mean((sums / accum).tolist() + [float(skipped)], world)
-            record = {"step": done, **dict(zip(LOSS_KEYS, values[:-1]))}
+            values = _all_mean((sums / accum).tolist() + [float(skipped)])
+            record = {"step": done, **dict(zip(keys, values[:-1]))}
             record["loss"] = record.pop("total")
-            ips = images_since / elapsed
-            tflops = flops * world * (images_since / cfg.train.batch_size) / elapsed / 1e12
+            tflops = flops * steps_since / elapsed / 1e12  # per rank
             record.update(
-                lr=lr, wd=wd, momentum=momentum, teacher_temp=teacher_temp, grad_norm=grad_norm,
-                images_per_s=ips, tflops=tflops / world, mfu=(tflops / world / peak) if peak else None,
-                memory_gib=peak_memory_gib(device), skipped_files=int(values[-1] * world),
+                lr=lr, wd=wd, **sched, grad_norm=grad_norm,
+                images_per_s=cfg.train.batch_size * steps_since / elapsed, tflops=tflops,
+                mfu=tflops / peak if peak else None, memory_gib=peak_memory_gib(device),
+                skipped_files=round(values[-1] * world),
             )  # fmt: skip
             log.log(record)
-            t_last, images_since = time.perf_counter(), 0
+            t_last, steps_since = time.perf_counter(), 0
         if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total or stop.requested:
-            _save(cfg, run_dir, done, student_dp, teacher_dp, optimizer, loader)
+            _save(cfg, task, optimizer, loader, run_dir, done)
         if stop.requested:
-            print(f"fastvit train: stop requested, checkpoint at step {done} written; exiting", flush=True)
+            if _is_main():
+                print(f"fastvit train: stop requested; checkpoint of step {done} written, exiting", flush=True)
             break
 
 
@@ -260,4 +212,3 @@ def _autocast(cfg, device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
-

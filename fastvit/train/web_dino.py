@@ -8,9 +8,18 @@ import copy
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
+from fastvit.data import MaskConfig, MultiCropConfig, build_loader
+from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.heads import DINOHead, PrototypeLogits
 from fastvit.models.vit import build_vit
+from fastvit.objectives.teacher import ema_update_, momentum_schedule, teacher_temp_schedule
 from fastvit.objectives.web_dino import WebDINOObjective
 
 
@@ -84,6 +93,14 @@ def build_objective(cfg, group=None):
     )  # fmt: skip
 
 
+def crop_config(cfg):
+    d = cfg.data
+    return MultiCropConfig(
+        global_size=d.global_crops_size, local_size=d.local_crops_size, n_global=d.n_global_crops,
+        n_local=d.n_local_crops, global_scale=d.global_crops_scale, local_scale=d.local_crops_scale,
+    )  # fmt: skip
+
+
 def compute_losses(student, teacher, objective, batch, n_global, n_local, teacher_temp):
     """Student and teacher forwards on one (micro-)batch and the objective's dict of loss terms."""
     g, masks = batch["global_crops"], batch.get("masks")
@@ -108,3 +125,81 @@ def compute_losses(student, teacher, objective, batch, n_global, n_local, teache
         s["cls_g"].view(n_global, B, -1),
         teacher_temp=teacher_temp,
     )
+
+
+class WebDINOTask:
+    """What the generic loop needs to train Web-DINO: modules, data, per-step schedules, losses, EMA."""
+
+    loss_keys = ("dino_global", "dino_local", "ibot", "koleo", "total")
+
+    def __init__(self, cfg, device):
+        self.cfg = cfg
+        self.student, self.teacher = build_student_teacher(cfg, device)
+        self.objective = build_objective(cfg).to(device)  # softmax centering keeps its centers as buffers
+        self.student_dp, self.teacher_dp = self.student, self.teacher
+
+    @property
+    def backbone_cfg(self):
+        return self.student.backbone.cfg
+
+    def wrap(self, wrap_fn):
+        """Applies the data-parallel wrapper to student and teacher alike."""
+        self.student_dp, self.teacher_dp = wrap_fn(self.student, self.teacher)
+
+    def build_loader(self, *, batch_size, rank, world_size, device):
+        c = self.cfg
+        mask = MaskConfig(patch_size=c.model.patch_size, ratio=c.data.mask_ratio, prob=c.data.mask_probability)
+        return build_loader(
+            c.data.source, batch_size=batch_size, crops=crop_config(c), mask=mask, seed=c.train.seed, rank=rank,
+            world_size=world_size, loader=c.data.loader, num_workers=c.data.num_workers,
+            device_id=device.index if device.type == "cuda" else None,
+        )  # fmt: skip
+
+    def schedules(self, step, total):
+        """Logged per-step values of the objective: teacher momentum and temperature."""
+        o = self.cfg.objective
+        return {
+            "momentum": momentum_schedule(step, total, o.momentum_teacher, o.momentum_teacher_final),
+            "teacher_temp": teacher_temp_schedule(
+                step, o.teacher_temp_warmup_steps, o.teacher_temp_warmup, o.teacher_temp
+            ),
+        }
+
+    def losses(self, batch, sched):
+        d = self.cfg.data
+        return compute_losses(self.student_dp, self.teacher_dp, self.objective, batch, d.n_global_crops,
+                              d.n_local_crops, sched["teacher_temp"])  # fmt: skip
+
+    def after_step(self, sched):
+        ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])
+
+    def flops_per_step(self, batch_per_rank):
+        """Forward + backward FLOPs of the student plus the teacher forward, for one rank's batch."""
+        d, o = self.cfg.data, self.cfg.objective
+        crops = [(batch_per_rank * d.n_global_crops, d.global_crops_size)]
+        if d.n_local_crops:
+            crops.append((batch_per_rank * d.n_local_crops, d.local_crops_size))
+        n_g = batch_per_rank * d.n_global_crops
+        n_cls = batch_per_rank * (d.n_global_crops + d.n_local_crops)
+        dino = [self.backbone_cfg.width, o.head_hidden_dim, o.head_hidden_dim, o.dino_bottleneck_dim, o.dino_out_dim]
+        # iBOT head rows: the expected number of masked patches (it varies from batch to batch).
+        n_patches = (d.global_crops_size // self.cfg.model.patch_size) ** 2
+        n_masked = round(n_g * d.mask_probability * sum(d.mask_ratio) / 2 * n_patches)
+        ibot = [self.backbone_cfg.width, o.head_hidden_dim, o.head_hidden_dim, o.ibot_bottleneck_dim, o.ibot_out_dim]
+        heads = head_flops(n_masked, ibot)
+        student = vit_forward_flops(self.backbone_cfg, crops)["total"] + head_flops(n_cls, dino) + heads
+        teacher = vit_forward_flops(self.backbone_cfg, crops[:1])["total"] + head_flops(n_g, dino) + heads
+        return 3 * student + teacher
+
+    def state_dict(self, optimizer):
+        """DCP state of student, teacher, optimizer and objective (DDP unwrapped, FSDP2 shards as DTensors)."""
+        student_sd, optim_sd = get_state_dict(self.student_dp, optimizer)
+        return {
+            "student": student_sd, "teacher": get_model_state_dict(self.teacher_dp), "optim": optim_sd,
+            "objective": self.objective.state_dict(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state, optimizer):
+        set_state_dict(self.student_dp, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+        set_model_state_dict(self.teacher_dp, state["teacher"])
+        self.objective.load_state_dict(state["objective"])
