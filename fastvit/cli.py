@@ -1,4 +1,4 @@
-"""`fastvit train | eval | bench | info | convert | data`: parse, build, run; nothing else lives here."""
+"""`fastvit train | eval | bench | info | convert | data | plan`: parse, build, run; nothing else lives here."""
 
 import argparse
 import importlib
@@ -11,6 +11,7 @@ USAGE = """fastvit <command> [args]
   bench kernels|step|data [key=value ...]      benchmarks: print a table, write JSON
   convert SRC DST [--to hf|native] [...]       checkpoint converters (Web-SSL / DINOv2 / Hugging Face)
   data make-shards SRC_FOLDER OUT_DIR [...]    write webdataset tar shards from an image folder
+  plan [key=value ...] gpus=N gpu=h200         parallel layouts for a model: memory per GPU, step time
   info                                         versions, devices, the build and the backends of each op
 """
 
@@ -45,6 +46,12 @@ def cmd_eval(argv):
     return main(argv)
 
 
+def cmd_plan(argv):
+    from fastvit.parallel.plan import main
+
+    return main(argv)
+
+
 def cmd_convert(argv):
     from fastvit.interop.convert import main
 
@@ -57,6 +64,7 @@ COMMANDS = {
     "bench": lambda argv: _dispatch(_BENCHES, "bench", argv),
     "convert": cmd_convert,
     "data": lambda argv: _dispatch(_DATA, "data", argv),
+    "plan": cmd_plan,
     "info": cmd_info,
 }
 

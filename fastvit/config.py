@@ -51,6 +51,7 @@ class DataConfig:
     local_crops_scale: tuple[float, float] = (0.05, 0.32)
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # iBOT block masks, ratio drawn per image
     mask_probability: float = 0.5  # share of global crops that get masked
+    captions: str = ""  # CLIP: a captions file for an image folder ("" = builtin class captions / shard txt+json)
 
 
 @dataclass(kw_only=True)
@@ -71,6 +72,23 @@ class ObjectiveConfig:
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
+    # Web-MAE (objective.name=web_mae): the encoder sees 1 - mae_mask_ratio of the patches
+    mae_mask_ratio: float = 0.75
+    mae_decoder_width: int = 512
+    mae_decoder_depth: int = 8
+    mae_decoder_heads: int = 16
+    mae_norm_pix: bool = True  # targets normalised per patch (mean / std of its pixels)
+    mae_loss_backend: str = "auto"  # auto | triton | torch (fastvit.ops.mae_loss)
+    # CLIP baseline (objective.name=clip): image tower = model.*, text tower below
+    clip_loss: Literal["infonce", "siglip"] = "infonce"
+    clip_embed_dim: int = 512
+    clip_text_width: int = 512
+    clip_text_depth: int = 12
+    clip_text_heads: int = 8
+    clip_context_length: int = 77
+    clip_tokenizer: str = ""  # "": offline byte-level tokenizer; else a Hugging Face tokenizers JSON file
+    clip_init_temperature: float = 0.07  # InfoNCE: logit scale starts at 1 / T (learned, capped at 100)
+    clip_loss_backend: str = "auto"  # auto | triton | torch (fastvit.ops.clip_loss)
 
 
 @dataclass(kw_only=True)

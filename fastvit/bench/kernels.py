@@ -1,4 +1,4 @@
-"""`fastvit bench kernels [op=attention|layer_norm|swiglu|all] [out=DIR] [quick=1]`.
+"""`fastvit bench kernels [op=attention|layer_norm|swiglu|dino_loss|all] [out=DIR] [quick=1]`.
 
 On a GPU: times forward, backward and both for every available backend of each op plus a
 torch.compile'd reference, on ViT shapes (ViT-L / g / 7B widths, 257 and 50 tokens, ~64K tokens
@@ -192,7 +192,7 @@ def _plot(op, rows, path):
     """Horizontal bar chart of throughput, one bar per (case, backend, pass), drawn with Pillow."""
     from PIL import Image, ImageDraw
 
-    rows = rows or [_row(op, "no timed rows", "", "", "", value=0.0)]
+    rows = rows or [{**_row(op, "no timed rows", "", "", ""), "value": 0.0}]
     bar_h, label_w, bar_w = 16, 470, 420
     img = Image.new("RGB", (label_w + bar_w + 150, 40 + bar_h * len(rows)), "white")
     draw = ImageDraw.Draw(img)
@@ -370,3 +370,34 @@ def _swiglu_case(ctx, label, width, backends, dt):
 register("attention", bench_attention)
 register("layer_norm", bench_layer_norm)
 register("swiglu", bench_swiglu)
+
+
+def bench_dino_loss(ctx):
+    """Peak memory and time of the Web-DINO objective, plain torch vs the chunked prototype path."""
+    from fastvit.bench.dino_loss import bench_dino_loss as run
+
+    rows = []
+    for r in run(ctx.device, ctx.quick):
+        backend = r["name"].split("/")[1]
+        mem = f" peak {r['peak_bytes'] / 2**20:.0f}MiB"
+        if "memory_ratio" in r:
+            mem += f" = {r['memory_ratio']:.2f}x plain"
+        case = f"B={r['B']} K={r['K']}{mem}"[:29]
+        keys = ("peak_bytes", "leaf_grad_bytes", "memory_ratio", "memory_ratio_without_leaf_grads",
+                "loss_abs_err", "grad_max_abs_err", "student_cls", "masked_patches")  # fmt: skip
+        extra = {k: r[k] for k in keys if k in r}
+        rows.append(_row("dino_loss", case, torch.float32, backend, "fwd+bwd", ms=r["seconds"] * 1e3, **extra))
+    return rows
+
+
+register("dino_loss", bench_dino_loss)
+
+
+def bench_clip_loss(ctx):
+    """Peak memory and time of the contrastive losses, plain torch vs the chunked op (fastvit/bench/clip_loss.py)."""
+    from fastvit.bench.clip_loss import bench_clip_loss as run
+
+    return run(ctx)
+
+
+register("clip_loss", bench_clip_loss)

@@ -89,3 +89,10 @@ class BuiltinSource:
         """(image (size, size, 3) uint8, label)."""
         label = i % len(CLASSES)
         return render(label, np.random.default_rng([self.seed, _SPLITS[self.split], i]), self.size), label
+
+    def caption(self, i: int) -> str:
+        """A caption derived from sample i's class (the text side of the CLIP baseline on this dataset)."""
+        return CAPTION_TEMPLATES[(i // len(CLASSES)) % len(CAPTION_TEMPLATES)].format(CLASSES[i % len(CLASSES)])
+
+
+CAPTION_TEMPLATES = ("a photo of a {}.", "a {} shape on a background.", "an image showing a {}.")

@@ -152,9 +152,12 @@ class Loader:
 
     def __iter__(self):
         batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=False)
+        # Workers are started with forkserver, not fork: the collate runs the OpenMP kernel, and GNU OpenMP
+        # hangs in a child forked from a parent whose OpenMP pool is already running (torch's, at the first op).
         dl = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=self.collate,
             pin_memory=self.pin_memory, prefetch_factor=2 if self.num_workers else None,
+            multiprocessing_context="forkserver" if self.num_workers else None,
         )  # fmt: skip
         for batch in dl:
             self.sampler.advance(self.batch_size)

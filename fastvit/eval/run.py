@@ -37,13 +37,15 @@ def resolve_checkpoint(path):
 
 
 def load_teacher_backbone(cfg, checkpoint_path):
-    """The teacher backbone of a DCP checkpoint (the EMA teacher is what DINO evaluates)."""
+    """The teacher backbone of a DCP checkpoint (the EMA teacher is what DINO evaluates); runs without a
+    teacher (Web-MAE, CLIP) give their student's backbone."""
     backbone = build_backbone(cfg.model)
     backbone.to_empty(device="cpu")
     backbone.init_weights()
-    state = {"teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
+    key = "teacher" if cfg.objective.name == "web_dino" else "student"
+    state = {key: {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
     dcp.load(state, checkpoint_id=str(checkpoint_path))
-    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state["teacher"].items()})
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state[key].items()})
     return backbone
 
 
@@ -91,8 +93,12 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
 
 
 def main(argv):
+    if argv and argv[0] == "zeroshot":  # CLIP runs: fastvit/eval/zeroshot.py
+        from fastvit.eval.zeroshot import main as zeroshot_main
+
+        return zeroshot_main(argv[1:])
     if len(argv) < 2 or argv[0] not in KINDS:
-        raise ValueError("usage: fastvit eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]")
+        raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT [key=value ...]")
     kind, target, overrides = argv[0], argv[1], argv[2:]
     run_dir, checkpoint = resolve_checkpoint(target)
     cfg = apply_overrides(read_config(run_dir / "config.yaml"), overrides)

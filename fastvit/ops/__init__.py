@@ -35,3 +35,13 @@ from fastvit.ops.sinkhorn import sinkhorn_knopp  # noqa: E402
 from fastvit.ops.soft_cross_entropy import soft_cross_entropy  # noqa: E402
 
 __all__ += ["soft_cross_entropy", "sinkhorn_knopp", "prototype_cross_entropy"]
+
+# Web-MAE and CLIP loss ops (issue 9)
+from fastvit.ops.mae_loss import mae_loss  # noqa: E402
+
+__all__ += ["mae_loss"]
+BACKEND_MODULES["mae_loss"] = "fastvit.ops.mae_loss"
+from fastvit.ops.clip_loss import clip_loss  # noqa: E402
+
+__all__ += ["clip_loss"]
+BACKEND_MODULES["clip_loss"] = "fastvit.ops.clip_loss"

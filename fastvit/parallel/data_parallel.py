@@ -50,7 +50,7 @@ def wrap_data_parallel(student, teacher, mode, device):
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(student, device_ids=ids, broadcast_buffers=False), teacher
     if mode == "fsdp":
-        return shard_fsdp(student, device), shard_fsdp(teacher, device)
+        return shard_fsdp(student, device), shard_fsdp(teacher, device) if teacher is not None else None
     raise ValueError(f"parallel.data_parallel={mode!r}: choose 'ddp' or 'fsdp'")
 
 

@@ -43,6 +43,10 @@ def apply_fsdp(model, mesh):
     return model
 
 
+def _reshard_after_forward(module, args, output):
+    module.reshard()
+
+
 def parallelize_vit(model, mesh, cfg_parallel, *, teacher=False):
     """Parallelises `model` in place over the ParallelMesh `mesh` and returns the module to call (the same
     module, or a DDP wrapper for data_parallel="ddp" with dp > 1 and no tp / pp)."""
@@ -65,6 +69,8 @@ def parallelize_vit(model, mesh, cfg_parallel, *, teacher=False):
             block.compile()
     if dims.dp > 1 and not use_ddp:
         apply_fsdp(model, mesh)
+        if teacher:  # FSDP2 keeps the root unsharded after forward for the backward, which a teacher never runs
+            model.register_forward_hook(_reshard_after_forward)
     if use_ddp and not teacher:
         device_ids = [torch.cuda.current_device()] if mesh.mesh.device_type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, process_group=mesh.dp.get_group())

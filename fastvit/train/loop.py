@@ -23,7 +23,11 @@ from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from fastvit.train.optim import apply_schedule, build_optimizer
 
-TASKS = {"web_dino": "fastvit.train.web_dino:WebDINOTask"}
+TASKS = {
+    "web_dino": "fastvit.train.web_dino:WebDINOTask",
+    "web_mae": "fastvit.train.web_mae:WebMAETask",
+    "clip": "fastvit.train.clip:CLIPTask",
+}
 
 
 class NonFiniteLossError(RuntimeError):

@@ -18,12 +18,13 @@ from fastvit.parallel.tp import gather_canonical
 
 B = 8  # global batch
 K = 32  # prototypes
-LR, MOMENTUM = 1e-2, 0.9
+LR, EPS, MOMENTUM = 1e-2, 1e-5, 0.9
 ATOL, RTOL = 2e-5, 1e-4  # fp32; only the summation order differs between layouts
 
 
 def tiny_vit():
-    return build_vit("vit_s", width=64, depth=4, heads=4, img_size=28, patch_size=14, mlp="swiglu")
+    # LayerScale 0.5 (not 1e-5) so that every block visibly moves the loss
+    return build_vit("vit_s", width=64, depth=4, heads=4, img_size=28, patch_size=14, mlp="swiglu", layerscale_init=0.5)
 
 
 class TinyDino(nn.Module):
@@ -34,8 +35,8 @@ class TinyDino(nn.Module):
         self.backbone = tiny_vit()
         self.head = DINOHead(64, out_dim=K, hidden_dim=32, bottleneck_dim=16)
 
-    def forward(self, crops):
-        return [self.head(out["cls"]) for out in self.backbone.forward_crops(crops)]
+    def forward(self, crops, masks=None):
+        return [self.head(out["cls"]) for out in self.backbone.forward_crops(crops, masks)]
 
 
 def build_pair(seed):
@@ -53,18 +54,25 @@ def batch(step, lo=0, hi=B):
     return [glob[lo:hi], loc[lo:hi]]
 
 
+def masks(step, lo=0, hi=B):
+    """iBOT-style masks (B, 4) of the global crops' 2 x 2 patches (the student sees the mask token there)."""
+    g = torch.Generator().manual_seed(200 + step)
+    return [torch.rand(B, 4, generator=g)[lo:hi] < 0.4, None]
+
+
 def dino_loss(student_logits, teacher_logits):
     """Mean over crop batches of the cross-entropy of the student against the sharpened teacher."""
     p = F.softmax(teacher_logits / 0.05, dim=-1)
     return sum(-(p * F.log_softmax(s / 0.1, dim=-1)).sum(-1).mean() for s in student_logits) / len(student_logits)
 
 
-def parallel_cfg(dp=1, tp=1, pp=1, ac="none"):
+def parallel_cfg(dp=-1, tp=1, pp=1, ac="none"):
     return ParallelConfig(dp=dp, tp=tp, pp=pp, data_parallel="fsdp", activation_checkpointing=ac)
 
 
 def optimizer(model):
-    return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05, foreach=False)
+    # eps 1e-5: Adam's m / sqrt(v) would turn summation-order noise of near-zero grads into lr-sized steps
+    return torch.optim.AdamW(model.parameters(), lr=LR, eps=EPS, weight_decay=0.05, foreach=False)
 
 
 def local_bytes(tensors):
@@ -86,16 +94,19 @@ def memory_report(student, teacher, opt):
     }
 
 
-def train_step(student, teacher, opt, crops, dp_group=None, want_grads=False):
-    """One step; returns (loss averaged over dp, None or ({fqn: full canonical grad}, memory_report))."""
-    logits = student(crops)
+def train_step(student, teacher, opt, step, lo=0, hi=B, dp_group=None, want_grads=False):
+    """One step on rows lo:hi of the batch of `step`.
+
+    Returns (loss averaged over dp, None or ({fqn: full canonical grad}, memory_report))."""
+    crops = batch(step, lo, hi)
+    logits = student(crops, masks(step, lo, hi))
     with torch.no_grad():
         target = teacher(crops[:1])[0]
     loss = dino_loss(logits, target)
     loss.backward()
     grads = None
     if want_grads:
-        grads = {n: gather_canonical(p.grad, n).clone() for n, p in student.named_parameters()}
+        grads = {n: gather_canonical(p.grad, n).clone() for n, p in student.named_parameters() if p.grad is not None}
     opt.step()
     if want_grads:
         grads = (grads, memory_report(student, teacher, opt))
@@ -118,7 +129,7 @@ def reference(steps=2):
     opt = optimizer(student)
     losses, grads0 = [], None
     for step in range(steps):
-        loss, info = train_step(student, teacher, opt, batch(step), want_grads=step == 0)
+        loss, info = train_step(student, teacher, opt, step, want_grads=step == 0)
         losses.append(loss)
         grads0 = grads0 or info
     return {"losses": torch.stack(losses), "grads": grads0[0], "memory": grads0[1], "teacher": full_params(teacher)}
@@ -156,7 +167,7 @@ def pp_reference():
         target = teacher(x)
     loss = pp_loss(model(x), target)
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     opt = optimizer(model)
     opt.step()
     ema_update_(list(teacher.parameters()), list(model.parameters()), MOMENTUM)
@@ -182,8 +193,12 @@ def pp_run(mesh, cfg, kind, n_micro):
     target = teacher_forward(teacher, x)
     loss = pipeline_step(student, x, target, mesh)
     modules = [m for _, m in stages]
-    grads = {n: gather_canonical(p.grad, n).clone() for m in modules for n, p in m.named_parameters()}
-    opt = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=LR, weight_decay=0.05, foreach=False)
+    grads = {
+        n: gather_canonical(p.grad, n).clone() for m in modules for n, p in m.named_parameters() if p.grad is not None
+    }
+    opt = torch.optim.AdamW(
+        [p for m in modules for p in m.parameters()], lr=LR, eps=EPS, weight_decay=0.05, foreach=False
+    )
     opt.step()
     t_params = [p for _, t in t_stages for p in t.parameters()]
     ema_update_(t_params, [p for m in modules for p in m.parameters()], MOMENTUM)

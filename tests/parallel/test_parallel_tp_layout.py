@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from fastvit.config import ParallelConfig
 from fastvit.models.layers import Attention, Packing, SwiGLUMlp
+from fastvit.models.vit import vit_config
 from fastvit.parallel.mesh import ParallelDims, check_model_fits, resolve_dims
 from fastvit.parallel.tp import HeadShardedAttention, fused_parts, to_part_major, to_shard_major
-from fastvit.models.vit import vit_config
-from fastvit.config import ParallelConfig
 from fastvit.testing import assert_close
 
 
@@ -26,7 +26,7 @@ def _local_linear(full, rows=None, cols=None, bias=True):
 
 @pytest.mark.parametrize("tp", [2, 4])
 def test_shard_major_rows_give_each_rank_its_q_k_v(tp):
-    d, H = 16, 4
+    d = 16
     rows = torch.arange(3 * d)
     perm = to_shard_major(rows, 3, tp)
     n = d // tp

@@ -1,0 +1,109 @@
+"""`fastvit eval zeroshot RUN_DIR|CHECKPOINT [key=value ...]`: zero-shot classification with a CLIP run.
+
+Each class name is put into a few prompt templates; the class embedding is the normalised mean of the
+templates' text embeddings. An image is assigned the class of highest cosine similarity with its image
+embedding. Class names: the built-in dataset's classes, or an image folder's class sub-folder names
+(underscores read as spaces). Prints one JSON object with `top1` and writes it into the run's eval.json.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+
+from fastvit.config import apply_overrides, read_config
+from fastvit.data import source_from_spec
+from fastvit.data.builtin import CLASSES, BuiltinSource
+from fastvit.eval.features import labelled_images
+from fastvit.train import checkpoint as ckpt
+
+TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.", "a {} shape.")
+
+
+def class_names(source):
+    if isinstance(source, BuiltinSource):
+        return list(CLASSES)
+    names = getattr(source, "classes", None)
+    if not names:
+        raise ValueError(f"{source.spec}: zero-shot evaluation needs class names (builtin or a folder of class "
+                         "sub-folders)")  # fmt: skip
+    return [n.replace("_", " ") for n in names]
+
+
+def load_clip(cfg, checkpoint_path):
+    """The CLIP student of a DCP checkpoint (CPU) and its tokenizer."""
+    from fastvit.train.clip import build_clip
+
+    model, tok = build_clip(cfg, torch.device("cpu"))
+    state = {"student": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint_path))
+    model.load_state_dict(state["student"])
+    return model.eval(), tok
+
+
+@torch.no_grad()
+def class_embeddings(model, tok, names, templates=TEMPLATES):
+    """(n_classes, E) normalised mean of the template embeddings per class."""
+    out = []
+    for name in names:
+        ids, eot = tok.encode_batch([t.format(name) for t in templates])
+        out.append(F.normalize(model.encode_text(ids, eot).mean(0), dim=-1))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def zeroshot_accuracy(model, tok, source, size, *, batch_size=256, max_images=0):
+    """Top-1 (in %) of zero-shot classification of a labelled source."""
+    classes_CE = class_embeddings(model, tok, class_names(source))
+    correct = total = 0
+    xs, ys = [], []
+
+    def flush():
+        nonlocal correct, total
+        pred = (model.encode_image(torch.stack(xs)) @ classes_CE.t()).argmax(1)
+        correct += int((pred == torch.tensor(ys)).sum())
+        total += len(ys)
+        xs.clear()
+        ys.clear()
+
+    for x, y in labelled_images(source, size, max_images):
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == batch_size:
+            flush()
+    if xs:
+        flush()
+    if not total:
+        raise ValueError(f"{source.spec}: no readable images to evaluate on")
+    return 100.0 * correct / total
+
+
+def evaluate_zeroshot(run_dir, cfg, checkpoint):
+    if cfg.objective.name != "clip":
+        raise ValueError(f"zero-shot evaluation needs a CLIP run, this one trained objective.name={cfg.objective.name}")
+    if not cfg.data.val_source:
+        raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=builtin:val")
+    model, tok = load_clip(cfg, checkpoint)
+    val = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
+    top1 = zeroshot_accuracy(model, tok, val, cfg.data.global_crops_size, batch_size=cfg.eval.batch_size,
+                             max_images=cfg.eval.max_images)  # fmt: skip
+    result = {"eval": "zeroshot", "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint), "top1": top1,
+              "chance": 100.0 / len(class_names(val))}  # fmt: skip
+    path = Path(run_dir) / "eval.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous["zeroshot"] = result
+    path.write_text(json.dumps(previous, indent=2) + "\n")
+    return result
+
+
+def main(argv):
+    from fastvit.eval.run import resolve_checkpoint
+
+    if not argv:
+        raise ValueError("usage: fastvit eval zeroshot RUN_DIR|CHECKPOINT [key=value ...]")
+    run_dir, checkpoint = resolve_checkpoint(argv[0])
+    cfg = apply_overrides(read_config(Path(run_dir) / "config.yaml"), argv[1:])
+    print(json.dumps(evaluate_zeroshot(run_dir, cfg, checkpoint)))
+    return 0

@@ -1,0 +1,269 @@
+"""The layout planner: per-GPU memory and estimated step time of dp/fsdp x tp x pp x activation checkpointing.
+
+    fastvit plan model.name=vit_7b gpus=64 gpu=h200 train.batch_size=3072 [other config keys]
+
+Memory per GPU (bytes), with P the parameters a GPU holds (its pipeline stage's, matrices / tp, all / dp
+under FSDP): params 4P (fp32 master), grads 4P (fp32), AdamW m and v 8P, the EMA teacher 4P (sharded like
+the student, no grads); on GPUs FSDP also gathers bf16 copies of about two blocks at a time.
+Activations (bf16 on GPUs, fp32 on CPUs), per student token and block, saved for the backward:
+block input, norm1 out, proj out, residual sum, norm2 out, w3 out (6d, replicated over tp) and q, k, v,
+attention out, w12 out, SwiGLU out ((4d + 3h) / tp); full checkpointing keeps only the block input (d) plus
+one block recomputed at a time; selective checkpoints every second block.
+Step time: FLOPs from vit_forward_flops (student 3x forward, +1 forward of blocks under full checkpointing,
++1/2 selective; teacher 1 forward of the global crops) at an assumed fraction of the table peak, the 1F1B
+bubble (pp - 1) / microbatches, tp all-reduces (4 per block and microbatch, 6 with recompute, exposed)
+and FSDP all-gathers / reduce-scatters (assumed hidden behind compute up to its length).
+"""
+
+import itertools
+import sys
+from dataclasses import dataclass
+
+from fastvit.models.flops import vit_forward_flops
+from fastvit.models.vit import vit_config
+
+GB = 1e9
+# peak dense bf16 TFLOP/s, HBM GB, NVLink GB/s per GPU per direction, network GB/s per GPU, GPUs per node
+GPU_TABLE = {
+    "h100": dict(tflops=989.0, hbm=80.0, nvlink=450.0, net=50.0, per_node=8),
+    "h200": dict(tflops=989.0, hbm=141.0, nvlink=450.0, net=50.0, per_node=8),
+    "a100": dict(tflops=312.0, hbm=80.0, nvlink=300.0, net=25.0, per_node=8),
+}
+ACHIEVABLE = 0.45  # fraction of the table peak a ViT step's matmuls reach (REFERENCE: ~790 of 989 for one big GEMM)
+HBM_USABLE = 0.9  # leave room for the allocator, NCCL buffers and fragmentation
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int
+    tp: int
+    pp: int
+    ac: str  # none | selective | full
+    fsdp: bool = True
+
+    def __str__(self):
+        return f"dp={self.dp} tp={self.tp} pp={self.pp} ac={self.ac}"
+
+
+def head_params(width, cfg_obj):
+    """Parameters of the DINO and iBOT heads (3-layer MLP + prototypes)."""
+    hid = cfg_obj.head_hidden_dim
+
+    def one(bottleneck, out):
+        return width * hid + hid + hid * hid + hid + hid * bottleneck + bottleneck + out * bottleneck
+
+    return one(cfg_obj.dino_bottleneck_dim, cfg_obj.dino_out_dim) + one(
+        cfg_obj.ibot_bottleneck_dim, cfg_obj.ibot_out_dim
+    )
+
+
+def block_params(cfg, tp=1):
+    """Parameters of one block held by a tp rank: (sharded matrices and their biases) / tp + replicated vectors."""
+    d, h = cfg.width, cfg.mlp_hidden
+    qkv, proj = 3 * d * d + (3 * d if cfg.qkv_bias else 0), d * d
+    mlp = (2 * h * d + 2 * h + d * h) if cfg.mlp == "swiglu" else (h * d + h + d * h)
+    replicated = 4 * d + d + d + (2 * d if cfg.layerscale_init is not None else 0)  # norms, proj / w3 bias, LS
+    return (qkv + proj + mlp) // tp + replicated
+
+
+def embed_params(cfg):
+    d, p = cfg.width, cfg.patch_size
+    return d + (1 + cfg.grid**2) * d + d + cfg.n_registers * d + 3 * p * p * d + d
+
+
+def stage_params(cfg, n_head, layout):
+    """Parameters held by the busiest pipeline stage's tp rank, before FSDP sharding."""
+    blocks = cfg.depth // layout.pp * block_params(cfg, layout.tp)
+    first = embed_params(cfg) + blocks
+    last = blocks + 2 * cfg.width + n_head
+    return max(first + (last - blocks if layout.pp == 1 else 0), last)
+
+
+def static_memory(cfg, n_head, layout, gpu=True):
+    """Bytes per GPU of params, grads, optimizer states and teacher (FSDP shards over dp)."""
+    p = stage_params(cfg, n_head, layout) / (layout.dp if layout.fsdp else 1)
+    out = {"params": 4 * p, "grads": 4 * p, "optim": 8 * p, "teacher": 4 * p}
+    if gpu and layout.fsdp and layout.dp > 1:  # bf16 gathered copies of ~2 blocks (current + prefetch)
+        out["params"] += 2 * 2 * block_params(cfg, layout.tp)
+    return out
+
+
+def activation_bytes(cfg, tokens, layout, bytes_per=2):
+    """Saved activations of `tokens` student tokens in flight on the busiest stage of one GPU."""
+    d, h, tp = cfg.width, cfg.mlp_hidden, layout.tp
+    full = (6 * d + (4 * d + 3 * h) / tp) * bytes_per  # per token and block, nothing recomputed
+    blocks = cfg.depth // layout.pp
+    if layout.ac == "none":
+        per_block = full
+    elif layout.ac == "full":
+        per_block = d * bytes_per
+    else:
+        per_block = (full + d * bytes_per) / 2
+    recompute = full if layout.ac != "none" else 0  # one block's activations rebuilt during its backward
+    return tokens * (blocks * per_block + recompute)
+
+
+def recipe_tokens(cfg, cfg_data):
+    """Tokens one image puts through the student (all crops) and the teacher (global crops)."""
+    per = lambda res: 1 + cfg.n_registers + (res // cfg.patch_size) ** 2  # noqa: E731
+    glob = cfg_data.n_global_crops * per(cfg_data.global_crops_size)
+    return glob + cfg_data.n_local_crops * per(cfg_data.local_crops_size), glob
+
+
+def microbatches(layout, batch_dp):
+    return min(batch_dp, 4 * layout.pp) if layout.pp > 1 else 1
+
+
+def step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu):
+    """(seconds, dict of parts) for one step of the global batch on dp * tp * pp GPUs."""
+    crops = [(cfg_data.n_global_crops, cfg_data.global_crops_size), (cfg_data.n_local_crops, cfg_data.local_crops_size)]
+    hid = cfg_obj.head_hidden_dim
+    n_rows = cfg_data.n_global_crops + cfg_data.n_local_crops
+    heads = [(n_rows, [cfg.width, hid, hid, cfg_obj.dino_bottleneck_dim])]
+    fwd = vit_forward_flops(cfg, crops, heads)
+    blocks = fwd["total"] - fwd["patch_embed"] - fwd["heads"]
+    teacher = vit_forward_flops(cfg, crops[:1], heads[:1])["total"]
+    recompute = {"none": 0.0, "selective": 0.5, "full": 1.0}[layout.ac] * blocks
+    flops = batch * (3 * fwd["total"] + recompute + teacher)
+    gpus = layout.dp * layout.tp * layout.pp
+    compute = flops / (gpus * gpu["tflops"] * 1e12 * ACHIEVABLE)
+    batch_dp = batch // layout.dp
+    m = microbatches(layout, batch_dp)
+    bubble = compute * (layout.pp - 1) / m
+    student_tok, teacher_tok = recipe_tokens(cfg, cfg_data)
+    tp_comm = 0.0
+    if layout.tp > 1:  # ring all-reduce of (tokens, d) bf16 activations, 4 (6 with recompute) per block + 2 teacher
+        per_tok = 2 * (layout.tp - 1) / layout.tp * cfg.width * 2 / (gpu["nvlink"] * GB)
+        n_ar = (4 + (2 if layout.ac != "none" else 0)) * student_tok + 2 * teacher_tok
+        tp_comm = batch_dp * n_ar * per_tok * cfg.depth / layout.pp
+    fsdp = 0.0
+    if layout.dp > 1:
+        p = stage_params(cfg, head_params(cfg.width, cfg_obj), layout)
+        bw = gpu["nvlink"] if layout.dp * layout.tp <= gpu["per_node"] else gpu["net"]
+        moved = (2 + 2 + 2 + 4) if layout.fsdp else 2 * 4  # bf16 gathers: fwd, bwd, teacher; fp32 reduce-scatter
+        fsdp = (layout.dp - 1) / layout.dp * p * moved / (bw * GB)
+    total = max(compute + bubble + tp_comm, fsdp)
+    return total, {"compute": compute, "bubble": bubble, "tp_comm": tp_comm, "fsdp_comm": fsdp}
+
+
+def candidates(cfg, gpus, batch):
+    for tp, pp in itertools.product((1, 2, 4, 8), (1, 2, 4, 8)):
+        if gpus % (tp * pp) or cfg.heads % tp or cfg.mlp_hidden % tp or cfg.depth % pp:
+            continue
+        dp = gpus // (tp * pp)
+        if batch % dp:
+            continue
+        for ac in ("none", "selective", "full"):
+            yield Layout(dp=dp, tp=tp, pp=pp, ac=ac)
+
+
+def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
+    n_head = head_params(cfg.width, cfg_obj)
+    mem = static_memory(cfg, n_head, layout)
+    batch_dp = batch // layout.dp
+    tokens = recipe_tokens(cfg, cfg_data)[0] * batch_dp
+    if layout.pp > 1:  # 1F1B keeps up to pp microbatches in flight on the first stage
+        m = microbatches(layout, batch_dp)
+        tokens = tokens * min(layout.pp, m) // m
+    mem["activations"] = activation_bytes(cfg, tokens, layout)
+    mem["total"] = sum(mem.values())
+    seconds, parts = step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu)
+    return {"layout": layout, "memory": mem, "seconds": seconds, "parts": parts}
+
+
+def plan(cfg, gpus, gpu_name, batch):
+    """All candidate layouts evaluated, fastest first among those that fit, then the rest."""
+    if gpu_name not in GPU_TABLE:
+        raise ValueError(f"gpu={gpu_name!r}: choose one of {sorted(GPU_TABLE)}")
+    gpu = GPU_TABLE[gpu_name]
+    vit = vit_config(cfg.model.name, **_model_overrides(cfg.model))
+    rows = [evaluate(vit, cfg.data, cfg.objective, lay, batch, gpu) for lay in candidates(vit, gpus, batch)]
+    if not rows:
+        raise ValueError(f"no dp x tp x pp layout of {gpus} GPUs divides batch {batch} and fits {vit.name}")
+    budget = HBM_USABLE * gpu["hbm"] * GB
+    for r in rows:
+        r["fits"] = r["memory"]["total"] <= budget
+    return vit, sorted(rows, key=lambda r: (not r["fits"], r["seconds"], r["layout"].tp * r["layout"].pp))
+
+
+def _model_overrides(m):
+    out = {k: getattr(m, k) for k in ("width", "depth", "heads") if getattr(m, k)}
+    if m.mlp:
+        out["mlp"] = m.mlp
+    out.update(patch_size=m.patch_size, img_size=m.img_size, n_registers=m.n_registers)
+    return out
+
+
+def format_plan(vit, rows, gpus, gpu_name, batch, top=12):
+    gb = lambda x: f"{x / GB:7.1f}"  # noqa: E731
+    lines = [
+        f"plan: {vit.name} ({vit.width}x{vit.depth}, {vit.heads} heads) on {gpus} x {gpu_name}, batch {batch}; "
+        f"GB per GPU, step time at {ACHIEVABLE:.0%} of {GPU_TABLE[gpu_name]['tflops']:.0f} TFLOP/s",
+        f"{'layout':<34} {'params':>7} {'grads':>7} {'optim':>7} {'teacher':>7} {'activ':>7} {'total':>7} "
+        f"{'fits':>4} {'step s':>7} {'bubble':>6} {'tp comm':>7}",
+    ]
+    for r in rows[:top]:
+        m = r["memory"]
+        lines.append(
+            f"{str(r['layout']):<34} {gb(m['params'])} {gb(m['grads'])} {gb(m['optim'])} {gb(m['teacher'])} "
+            f"{gb(m['activations'])} {gb(m['total'])} {'yes' if r['fits'] else 'no':>4} {r['seconds']:7.2f} "
+            f"{r['parts']['bubble']:6.2f} {r['parts']['tp_comm']:7.2f}"
+        )
+    best = rows[0]
+    if not best["fits"]:
+        lines.append("no layout fits in memory; lower train.batch_size or add GPUs")
+        return "\n".join(lines)
+    total = gb(best["memory"]["total"]).strip()
+    lines.append(f"recommended: {best['layout']}, ~{best['seconds']:.2f} s/step, {total} GB per GPU")
+    lines.append(_why(best, rows))
+    return "\n".join(lines)
+
+
+def _why(best, rows):
+    lay = best["layout"]
+    fits = [r for r in rows if r["fits"]]
+    reasons = [f"fastest of the {len(fits)} layouts that fit in {HBM_USABLE:.0%} of memory"]
+    if lay.tp == 1 and lay.pp == 1:
+        reasons.append("FSDP alone shards params, grads, optimizer and teacher enough: no tp all-reduce, no bubble")
+    else:
+        flat = [r for r in fits if r["layout"].tp == 1 and r["layout"].pp == 1]
+        if flat:
+            f = flat[0]
+            reasons.append(
+                f"the best pure-FSDP layout ({f['layout']}) takes {f['seconds']:.2f} s: "
+                f"tp={lay.tp} / pp={lay.pp} cut the activations per GPU to "
+                f"{best['memory']['activations'] / GB:.0f} GB, which buys ac={lay.ac} for a "
+                f"{best['parts']['bubble']:.2f} s bubble and {best['parts']['tp_comm']:.2f} s of tp all-reduces"
+            )
+    if lay.ac != "none":
+        no_ac = [r for r in rows if r["layout"] == Layout(lay.dp, lay.tp, lay.pp, "none")]
+        if no_ac and not no_ac[0]["fits"]:
+            need = no_ac[0]["memory"]["total"] / GB
+            reasons.append(f"without activation checkpointing this layout needs {need:.0f} GB per GPU")
+    return "why: " + "; ".join(reasons)
+
+
+def main(argv):
+    """fastvit plan [key=value ...] with gpus=N gpu=h100|h200|a100 besides the config keys; prints the plan."""
+    from fastvit.config import load_config
+
+    gpus, gpu_name, overrides = 8, "h100", []
+    for item in argv:
+        key, _, value = item.partition("=")
+        if key == "gpus":
+            gpus = int(value)
+        elif key == "gpu":
+            gpu_name = value.lower()
+        else:
+            overrides.append(item)
+    cfg = load_config("", overrides)
+    try:
+        vit, rows = plan(cfg, gpus, gpu_name, cfg.train.batch_size)
+    except ValueError as e:
+        print(f"fastvit plan: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(vit, rows, gpus, gpu_name, cfg.train.batch_size))
+    return 0
+
+
+__all__ = ["GPU_TABLE", "Layout", "activation_bytes", "main", "plan", "static_memory", "step_time"]

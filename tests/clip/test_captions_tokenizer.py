@@ -1,0 +1,69 @@
+"""Tokenizers (byte-level, Hugging Face JSON) and caption sources (builtin, folder + captions file, shards)."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastvit.data.captions import captioned_source
+from fastvit.data.tokenizer import ByteTokenizer, build_tokenizer
+
+
+def test_byte_tokenizer_packs_and_truncates():
+    tok = ByteTokenizer(context_length=6)
+    ids, eot = tok.encode_batch(["ab", "abcdefgh"])
+    assert ids[0].tolist() == [257, 98, 99, 258, 0, 0] and eot[0].item() == 3
+    assert ids[1].tolist() == [257, 98, 99, 100, 101, 258] and eot[1].item() == 5  # the end token stays last
+
+
+def test_hf_tokenizer_json(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "disk": 5}
+    t = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    t.save(str(tmp_path / "tok.json"))
+    tok = build_tokenizer(str(tmp_path / "tok.json"), context_length=5)
+    ids, eot = tok.encode_batch(["a disk", "a star"])
+    assert ids.tolist() == [[2, 4, 5, 3, 0], [2, 4, 1, 3, 0]] and eot.tolist() == [3, 3]
+    with pytest.raises(ValueError, match="cannot read tokenizer"):
+        build_tokenizer(str(tmp_path / "missing.json"))
+
+
+def _png(color):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), color, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_caption_sources(tmp_path):
+    src = captioned_source("builtin", "train")
+    payload, idx = src.read(13)
+    assert idx == 13 and payload.ndim == 3 and "ring" in src.caption(13)  # label 13 % 10 = 3
+
+    (tmp_path / "imgs" / "cats").mkdir(parents=True)
+    for name in ("x.png", "y.png", "z.png"):
+        (tmp_path / "imgs" / "cats" / name).write_bytes(_png(10))
+    (tmp_path / "caps.tsv").write_text("cats/x.png\ta grey cat\ncats/z.png\tanother cat\n")
+    src = captioned_source(f"imagefolder:{tmp_path / 'imgs'}", captions=str(tmp_path / "caps.tsv"))
+    assert len(src) == 2 and [src.caption(i) for i in range(2)] == ["a grey cat", "another cat"]
+    with pytest.raises(ValueError, match="captions"):
+        captioned_source(f"imagefolder:{tmp_path / 'imgs'}")
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        _add(tar, "000.png", _png(0))
+        _add(tar, "000.txt", b"  a black square \n")
+        _add(tar, "001.png", _png(255))
+        _add(tar, "001.json", json.dumps({"caption": "white", "label": 3}).encode())
+        _add(tar, "002.png", _png(128))
+    src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")
+    assert [src.caption(i) for i in range(3)] == ["a black square", "white", ""]
+    assert src.read(1)[1] == 1
