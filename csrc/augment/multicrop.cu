@@ -26,7 +26,7 @@ using namespace fastvit::augment;
 
 struct Norm {
   float mean[3];
-  float std_[3];
+  float inv_std[3];
 };
 
 // Sum of the taps' unnormalised weights for output index i of one axis.
@@ -153,8 +153,7 @@ __global__ void finish_kernel(const float* __restrict__ params,          // (n_c
   const bool sol = p[kSolarize] != 0.f;
   for (std::int64_t i = threadIdx.x; i < 3 * plane; i += blockDim.x) {
     const int ch = static_cast<int>(i / plane);
-    float v = r[i];
-    v = ((sol ? solarize(v) : v) - norm.mean[ch]) / norm.std_[ch];
+    const float v = normalize(r[i], sol, norm.mean[ch], norm.inv_std[ch]);
     if (out_bf16) {
       static_cast<std::uint16_t*>(out)[out_off[c] + i] = to_bf16(v);
     } else {
@@ -174,7 +173,7 @@ void multicrop_cuda(std::uintptr_t images_ptr, std::uintptr_t image_offsets_ptr,
   Norm norm;
   for (int i = 0; i < 3; ++i) {
     norm.mean[i] = mean[i];
-    norm.std_[i] = std_[i];
+    norm.inv_std[i] = 1.f / std_[i];
   }
   auto st = reinterpret_cast<cudaStream_t>(stream);
   auto* ws = reinterpret_cast<float*>(workspace_ptr);

@@ -42,91 +42,124 @@ FV_HD float clamp01(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 FV_HD float min2(float a, float b) { return a < b ? a : b; }
 FV_HD float max2(float a, float b) { return a > b ? a : b; }
 
+FV_HD float floor_of(float x) { return floorf(x); }
+FV_HD double floor_of(double x) { return floor(x); }
+FV_HD float ceil_of(float x) { return ceilf(x); }
+FV_HD double ceil_of(double x) { return ceil(x); }
+
 // Keys cubic convolution with a = -0.5 (the antialiased-resize convention of PIL and torch).
-FV_HD float cubic(float x) {
-  const float a = -0.5f;
-  x = fabsf(x);
-  if (x < 1.f) return ((a + 2.f) * x - (a + 3.f)) * x * x + 1.f;
-  if (x < 2.f) return ((a * x - 5.f * a) * x + 8.f * a) * x - 4.f * a;
-  return 0.f;
+// R: float on the GPU (per thread), double on the CPU (once per crop): tap positions near
+// x = 1000 px carry float32 rounding of ~6e-5 px, visible on sharp images.
+template <class R>
+FV_HD R cubic(R x) {
+  const R a = R(-0.5);
+  x = x < R(0) ? -x : x;
+  if (x < R(1)) return ((a + R(2)) * x - (a + R(3))) * x * x + R(1);
+  if (x < R(2)) return ((a * x - R(5) * a) * x + R(8) * a) * x - R(4) * a;
+  return R(0);
 }
 
 // Taps of output index i when the span [start, start + len) of an axis with n_in pixels is
 // resampled to n_out pixels: input indices [*lo, *hi), weight of tap j is
 // cubic((j + 0.5 - *center) / *stretch) (normalised by the sum over the taps).
-FV_HD void resample_taps(int i, float start, float len, int n_out, int n_in, int* lo, int* hi, float* center,
-                         float* stretch) {
-  const float scale = len / static_cast<float>(n_out);
-  *stretch = scale > 1.f ? scale : 1.f;
-  *center = start + (static_cast<float>(i) + 0.5f) * scale;
-  const float support = 2.f * *stretch;
-  int bound_lo = static_cast<int>(floorf(start));
-  int bound_hi = static_cast<int>(ceilf(start + len));
+template <class R>
+FV_HD void resample_taps(int i, R start, R len, int n_out, int n_in, int* lo, int* hi, R* center, R* stretch) {
+  const R scale = len / static_cast<R>(n_out);
+  *stretch = scale > R(1) ? scale : R(1);
+  *center = start + (static_cast<R>(i) + R(0.5)) * scale;
+  const R support = R(2) * *stretch;
+  int bound_lo = static_cast<int>(floor_of(start));
+  int bound_hi = static_cast<int>(ceil_of(start + len));
   bound_lo = bound_lo < 0 ? 0 : bound_lo;
   bound_hi = bound_hi > n_in ? n_in : bound_hi;
-  int a = static_cast<int>(floorf(*center - support));
-  int b = static_cast<int>(ceilf(*center + support));
+  int a = static_cast<int>(floor_of(*center - support));
+  int b = static_cast<int>(ceil_of(*center + support));
   *lo = a < bound_lo ? bound_lo : a;
   *hi = b > bound_hi ? bound_hi : b;
 }
 
-FV_HD float tap_weight(int j, float center, float stretch) {
-  return cubic((static_cast<float>(j) + 0.5f - center) / stretch);
+template <class R>
+FV_HD R tap_weight(int j, R center, R stretch) {
+  return cubic((static_cast<R>(j) + R(0.5) - center) / stretch);
 }
 
 FV_HD float gray(float r, float g, float b) { return 0.299f * r + 0.587f * g + 0.114f * b; }
 
-// One channel of HSV -> RGB without branches: n = 5 (red), 3 (green), 1 (blue); h6 = hue * 6.
-FV_HD float hsv_channel(float n, float h6, float v, float s) {
-  float k = n + h6;
-  k = k - 6.f * floorf(k / 6.f);
-  const float m = min2(max2(min2(k, 4.f - k), 0.f), 1.f);
-  return clamp01(v - v * s * m);
+// x - floor(x) through an integer truncation and a select: GCC vectorises it where it does not
+// vectorise floorf (without -ffast-math). Valid for |x| < 2^31 (hue angles here are within [-2, 2]).
+FV_HD float frac(float x) {
+  const float t = static_cast<float>(static_cast<int>(x));
+  return x - (t > x ? t - 1.f : t);
 }
 
-// Rotate the hue by `shift` turns (RGB -> HSV -> RGB); gray pixels are unchanged. Selects, not
-// branches, so the CPU loop vectorises.
-FV_HD void adjust_hue(float* r, float* g, float* b, float shift) {
-  const float mx = max2(*r, max2(*g, *b));
-  const float mn = min2(*r, min2(*g, *b));
-  const float chroma = mx - mn;
+// One channel of HSV -> RGB: v - v * s * clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6 and
+// v * s = chroma; n = 5 (red), 3 (green), 1 (blue); h6 = hue * 6 in [0, 6], so k < 12 and one
+// conditional subtraction is the modulo.
+FV_HD float hsv_channel(float n, float h6, float v, float chroma) {
+  float k = n + h6;
+  k = k >= 6.f ? k - 6.f : k;
+  return clamp01(v - chroma * min2(max2(min2(k, 4.f - k), 0.f), 1.f));
+}
+
+// Rotate the hue by `shift` turns (RGB -> HSV -> RGB); gray pixels are unchanged. Values in,
+// values out, selects instead of branches and no floorf: the CPU row loops vectorise.
+FV_HD void hue_pixel(float& r, float& g, float& b, float shift) {
+  const float mx = max2(r, max2(g, b));
+  const float chroma = mx - min2(r, min2(g, b));
   const bool colour = chroma > 0.f;
-  const float safe = colour ? chroma : 1.f;
-  const float s = chroma / (colour ? mx : 1.f);
-  const float num = mx == *r ? *g - *b : (mx == *g ? *b - *r : *r - *g);
-  const float sector = mx == *r ? 0.f : (mx == *g ? 2.f : 4.f);
-  float h = sector + num / safe;  // one unconditional division: the loop stays branch-free
-  h = h / 6.f + shift;
-  h = h - floorf(h);
-  const float h6 = h * 6.f;
-  const float nr = hsv_channel(5.f, h6, mx, s), ng = hsv_channel(3.f, h6, mx, s), nb = hsv_channel(1.f, h6, mx, s);
-  *r = colour ? nr : *r;
-  *g = colour ? ng : *g;
-  *b = colour ? nb : *b;
+  const bool is_r = mx == r, is_g = mx == g;
+  const float num = is_r ? g - b : (is_g ? b - r : r - g);
+  const float sector = is_r ? 0.f : (is_g ? 2.f : 4.f);
+  const float h6 = frac((sector + num / (colour ? chroma : 1.f)) / 6.f + shift) * 6.f;
+  const float nr = hsv_channel(5.f, h6, mx, chroma);
+  const float ng = hsv_channel(3.f, h6, mx, chroma);
+  const float nb = hsv_channel(1.f, h6, mx, chroma);
+  r = colour ? nr : r;
+  g = colour ? ng : g;
+  b = colour ? nb : b;
+}
+
+FV_HD void brightness_pixel(float& r, float& g, float& b, float factor) {
+  r = clamp01(r * factor);
+  g = clamp01(g * factor);
+  b = clamp01(b * factor);
+}
+
+// Blend with `mean` (the crop's mean gray level): contrast.
+FV_HD void contrast_pixel(float& r, float& g, float& b, float factor, float mean) {
+  const float m = (1.f - factor) * mean;
+  r = clamp01(factor * r + m);
+  g = clamp01(factor * g + m);
+  b = clamp01(factor * b + m);
+}
+
+// Blend with the pixel's own gray level: saturation.
+FV_HD void saturation_pixel(float& r, float& g, float& b, float factor) {
+  const float m = (1.f - factor) * gray(r, g, b);
+  r = clamp01(factor * r + m);
+  g = clamp01(factor * g + m);
+  b = clamp01(factor * b + m);
 }
 
 // One colour op on one pixel; `mean` is the crop's mean gray level (used by contrast only).
 FV_HD void color_op(int op, float factor, float mean, float* r, float* g, float* b) {
   if (op == kOpBrightness) {
-    *r = clamp01(*r * factor);
-    *g = clamp01(*g * factor);
-    *b = clamp01(*b * factor);
+    brightness_pixel(*r, *g, *b, factor);
   } else if (op == kOpContrast) {
-    const float m = (1.f - factor) * mean;
-    *r = clamp01(factor * *r + m);
-    *g = clamp01(factor * *g + m);
-    *b = clamp01(factor * *b + m);
+    contrast_pixel(*r, *g, *b, factor, mean);
   } else if (op == kOpSaturation) {
-    const float m = (1.f - factor) * gray(*r, *g, *b);
-    *r = clamp01(factor * *r + m);
-    *g = clamp01(factor * *g + m);
-    *b = clamp01(factor * *b + m);
+    saturation_pixel(*r, *g, *b, factor);
   } else {
-    adjust_hue(r, g, b, factor);
+    hue_pixel(*r, *g, *b, factor);
   }
 }
 
 FV_HD float solarize(float x) { return x >= 0.5f ? 1.f - x : x; }
+
+// The last per-pixel step: optional solarize, then (x - mean) / std as a multiply by 1 / std.
+FV_HD float normalize(float x, bool sol, float mean, float inv_std) {
+  return ((sol ? solarize(x) : x) - mean) * inv_std;
+}
 
 // Mirror padding without repeating the edge pixel (torch's "reflect"): -1 -> 1, n -> n - 2.
 FV_HD int reflect(int i, int n) {

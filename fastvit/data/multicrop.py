@@ -1,8 +1,10 @@
 """All crops of a batch in one call: the fused kernel (C++/OpenMP or CUDA) and its torch reference.
 
-Inputs: decoded uint8 HWC RGB images of any sizes, packed into one flat buffer (offsets + shapes),
-and a crop table (n_crops, NUM_COLS) from `fastvit.data.augment`. Output: one flat float32 or
-bf16 buffer holding each crop as CHW, crop after crop in table order.
+Inputs: decoded uint8 HWC RGB images of any sizes, described by a base address, byte offsets and
+shapes: the CUDA kernel gets them packed into one flat device buffer, the CPU kernel reads the
+arrays in place (base 0, offsets = their addresses); and a crop table (n_crops, NUM_COLS) from
+`fastvit.data.augment`. Output: one flat float32 or bf16 buffer holding each crop as CHW, crop
+after crop in table order (in shared memory when called in a DataLoader worker).
 
 Semantics (defined by `multicrop_ref`, matched by both kernels):
 1. resample the crop box [y0, y0+h) x [x0, x0+w) (float coordinates) to S x S with the
@@ -26,15 +28,18 @@ from fastvit.data import augment as A
 BACKENDS = ("auto", "cpp", "cuda", "torch")
 
 
+def _check_image(i: int, im) -> None:
+    if im.ndim != 3 or im.shape[2] != 3 or im.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"image {i} must be HWC uint8 RGB, got shape {tuple(im.shape)} dtype {im.dtype}")
+
+
 def pack_images(images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(flat uint8, byte offsets int64 (B,), shapes int64 (B, 2)) from HWC uint8 arrays or tensors."""
     if len(images) == 0:
         raise ValueError("pack_images needs at least one image")
-    shapes = []
     for i, im in enumerate(images):
-        if im.ndim != 3 or im.shape[2] != 3 or im.dtype not in (np.uint8, torch.uint8):
-            raise ValueError(f"image {i} must be HWC uint8 RGB, got shape {tuple(im.shape)} dtype {im.dtype}")
-        shapes.append(im.shape[:2])
+        _check_image(i, im)
+    shapes = [im.shape[:2] for im in images]
     sizes = np.array([h * w * 3 for h, w in shapes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     if isinstance(images[0], torch.Tensor):
@@ -45,6 +50,36 @@ def pack_images(images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flat = torch.from_numpy(np.concatenate([np.ascontiguousarray(im).reshape(-1) for im in images]))
     to = lambda a: torch.from_numpy(a).to(device)
     return flat, to(offsets), to(np.asarray(shapes, np.int64).reshape(-1, 2))
+
+
+def address_images(images) -> tuple[list, np.ndarray, np.ndarray]:
+    """The CPU kernel's view of images without packing them: (contiguous arrays to keep alive while the
+    kernel runs, their addresses int64 (B,) = byte offsets from address 0, shapes int64 (B, 2))."""
+    if len(images) == 0:
+        raise ValueError("multicrop needs at least one image")
+    keep, addresses = [], []
+    for i, im in enumerate(images):
+        _check_image(i, im)
+        if isinstance(im, torch.Tensor):
+            if im.device.type != "cpu":
+                raise ValueError(f"backend='cpp' needs CPU images, image {i} is on {im.device}")
+            im = im.contiguous()
+            addresses.append(im.data_ptr())
+        else:
+            im = np.ascontiguousarray(im)
+            addresses.append(im.ctypes.data)
+        keep.append(im)
+    shapes = np.array([im.shape[:2] for im in keep], np.int64).reshape(-1, 2)
+    return keep, np.array(addresses, np.int64), shapes
+
+
+def _new_output(total: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The flat output; in a DataLoader worker it is allocated in shared memory, as torch's default
+    collate does, so that handing the batch to the main process does not copy it once more."""
+    if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(total * dtype.itemsize)
+        return torch.empty(0, dtype=dtype).set_(storage, 0, (total,), (1,))
+    return torch.empty(total, dtype=dtype, device=device)
 
 
 def crop_offsets(params: np.ndarray) -> tuple[np.ndarray, int]:
@@ -103,31 +138,34 @@ def multicrop(
 
     backend: "auto" (cuda for CUDA tensors, else cpp), "cpp", "cuda" or "torch" (the reference).
     num_threads: OpenMP threads of the cpp backend (0: OpenMP's default).
+    The cpp backend reads the images in place (no packing copy) and, in a DataLoader worker, writes
+    into shared memory.
     """
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"out_dtype must be torch.float32 or torch.bfloat16, got {out_dtype}")
+    cpu = all(isinstance(im, np.ndarray) or im.device.type == "cpu" for im in images)
+    backend = pick_backend(backend, torch.device("cpu" if cpu else "cuda"))
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if backend == "cpp":
+        keep, addresses, shapes = address_images(images)
+        params = _check_params(params, shapes, blur_radius)
+        out_off, total = crop_offsets(params)
+        out = _new_output(total, out_dtype, torch.device("cpu"))
+        _ext.cpp().multicrop(
+            0, addresses.ctypes.data, shapes.ctypes.data, len(keep), params.ctypes.data, len(params), out.data_ptr(),
+            out_off.ctypes.data, out_dtype == torch.bfloat16, mean, std, blur_radius, num_threads,
+        )  # fmt: skip
+        return out
     flat_u8, offsets, shapes = pack_images(images)
     params = _check_params(params, shapes.cpu().numpy(), blur_radius)
-    backend = pick_backend(backend, flat_u8.device)
     if backend == "torch":
         crops = multicrop_ref(images, params, mean=mean, std=std, blur_radius=blur_radius)
         return torch.cat([c.reshape(-1) for c in crops]).to(out_dtype)
-    out_off, total = crop_offsets(params)
     device = flat_u8.device
-    out = torch.empty(total, dtype=out_dtype, device=device)
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    if backend == "cpp":
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpp' needs CPU images, got {device}")
-        out_off_t = torch.from_numpy(out_off)
-        _ext.cpp().multicrop(
-            flat_u8.data_ptr(), offsets.data_ptr(), shapes.data_ptr(), len(images), params.ctypes.data,
-            len(params), out.data_ptr(), out_off_t.data_ptr(), out_dtype == torch.bfloat16, mean, std,
-            blur_radius, num_threads,
-        )  # fmt: skip
-        return out
     if device.type != "cuda":
         raise ValueError(f"backend='cuda' needs CUDA images, got {device}")
+    out_off, total = crop_offsets(params)
+    out = torch.empty(total, dtype=out_dtype, device=device)
     params_t = torch.from_numpy(params).to(device)
     out_off_t = torch.from_numpy(out_off).to(device)
     workspace = torch.empty(2 * total, dtype=torch.float32, device=device)

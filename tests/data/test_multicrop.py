@@ -88,6 +88,49 @@ def test_each_op_alone(op):
         assert_close(a, b, atol=FP32_ATOL, rtol=0, name=op)
 
 
+def test_cpp_matches_reference_on_a_large_image():
+    # tap positions near x = 1000 px: float32 positions would be off by ~6e-5 px (visible on noise)
+    rng = np.random.default_rng(4)
+    images = random_images(rng, [(700, 1000)])
+    table = np.zeros((2, A.NUM_COLS))
+    boxes = [[10.37, 35.5, 680.2, 950.1, 224], [400.6, 810.3, 290, 185.4, 98]]  # y0, x0, h, w, S
+    table[:, [A.Y0, A.X0, A.BOX_H, A.BOX_W, A.SIZE]] = boxes
+    table[:, [A.JITTER, A.BRIGHTNESS, A.CONTRAST, A.SATURATION, A.HUE]] = [1, 1.2, 0.7, 1.3, -0.08]
+    table[:, A.ORDER0 : A.ORDER0 + 4] = [[2, 0, 3, 1], [1, 3, 2, 0]]
+    table[:, [A.FLIP, A.SIGMA, A.SOLARIZE]] = [[1, 1.7, 1], [0, 0.6, 0]]
+    out = multicrop(images, table, backend="cpp", num_threads=1)
+    for k, (a, b) in enumerate(zip(crop_views(out, table), multicrop_ref(images, table))):
+        assert_close(a, b, atol=FP32_ATOL, rtol=0, name=f"large image crop {k}")
+
+
+@pytest.mark.parametrize("shift", [-0.5, -0.23, 0.1, 0.5])
+def test_hue_on_ties_and_extremes(shift):
+    # A crop of the whole image at its own size resamples exactly (taps at integer offsets), so the
+    # hue step sees these pixels as they are: ties between the max channels, grays, primaries.
+    special = [(200, 200, 10), (10, 200, 200), (200, 10, 200), (77, 77, 77), (0, 0, 0), (255, 255, 255),
+               (255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 0, 0), (255, 254, 254), (128, 127, 128)]  # fmt: skip
+    rng = np.random.default_rng(5)
+    pixels = np.concatenate([np.array(special, np.uint8), rng.integers(0, 256, (12 * 12 - len(special), 3))])
+    images = [pixels.astype(np.uint8).reshape(12, 12, 3)]
+    table = np.zeros((1, A.NUM_COLS))
+    table[0, [A.BOX_H, A.BOX_W, A.SIZE, A.JITTER]] = [12, 12, 12, 1]
+    table[0, A.BRIGHTNESS : A.HUE + 1] = [1, 1, 1, shift]
+    table[0, A.ORDER0 : A.ORDER0 + 4] = [3, 0, 1, 2]
+    out = crop_views(multicrop(images, table, backend="cpp"), table)[0]
+    assert_close(out, multicrop_ref(images, table)[0], atol=FP32_ATOL, rtol=0, name=f"hue {shift}")
+
+
+def test_cpp_reads_tensors_and_strided_arrays_in_place():
+    rng = np.random.default_rng(6)
+    big = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    images = [torch.from_numpy(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)), big[5:50, 10:80]]  # a view
+    table = random_table(rng, [(40, 50), (45, 70)], 2, (16, 9), everything_on=True)
+    out = multicrop(images, table, backend="cpp")
+    ref = multicrop_ref([images[0].numpy(), np.ascontiguousarray(images[1])], table)
+    for a, b in zip(crop_views(out, table), ref):
+        assert_close(a, b, atol=FP32_ATOL, rtol=0, name="tensor / strided input")
+
+
 def test_cpp_bf16_output():
     rng = np.random.default_rng(2)
     shapes = [(50, 70), (33, 33)]
