@@ -158,6 +158,7 @@ class Loader:
             self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=self.collate,
             pin_memory=self.pin_memory, prefetch_factor=2 if self.num_workers else None,
             multiprocessing_context="forkserver" if self.num_workers else None,
+            generator=torch.Generator(),  # workers' base seed must not consume the training RNG (exact resume)
         )  # fmt: skip
         for batch in dl:
             self.sampler.advance(self.batch_size)

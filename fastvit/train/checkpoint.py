@@ -18,6 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 
 def _rank():
@@ -75,9 +81,34 @@ def _prune(root, keep):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def trainable_state(model, optimizer, *, with_optim=None):
+    """{"student": model state, "optim": optimizer state} as DCP state dicts (DDP unwrapped, FSDP2 shards kept).
+
+    The optimizer is left out while it has no state (before its first step) unless with_optim=True:
+    torch fills an empty optimizer's state by running a dummy step, which would advance Adam's step count
+    and make a run's trajectory depend on whether it wrote a step-0 checkpoint.
+    """
+    if with_optim or (with_optim is None and optimizer.state):
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {"student": model_sd, "optim": optim_sd}
+    return {"student": get_model_state_dict(model)}
+
+
+def load_trainable_state(model, optimizer, state):
+    """Applies what trainable_state(..., with_optim=True) held after load_checkpoint filled it."""
+    if "optim" in state:
+        set_state_dict(model, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+    else:
+        set_model_state_dict(model, state["student"])
+
+
 def load_checkpoint(path, state):
-    """Loads a DCP checkpoint into `state` in place (resharding as needed); returns this rank's extra
-    state, or None when the checkpoint was written by fewer ranks than there are now."""
+    """Loads a DCP checkpoint into `state` in place (resharding as needed). Top-level entries the
+    checkpoint does not hold (the optimizer of a step-0 checkpoint) are dropped from `state`.
+    Returns this rank's extra state, or None when the checkpoint was written by fewer ranks."""
+    saved = {key.split(".", 1)[0] for key in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata}
+    for key in [k for k in state if k not in saved]:
+        del state[key]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path))

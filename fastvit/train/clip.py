@@ -4,13 +4,13 @@ per image, captions tokenised in the main process, InfoNCE or SigLIP over the gl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from fastvit.data.captions import captioned_source
 from fastvit.data.tokenizer import build_tokenizer
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.text import TextTransformer
 from fastvit.objectives.clip import CLIPObjective, LogitScale
+from fastvit.train.checkpoint import load_trainable_state, trainable_state
 from fastvit.train.web_dino import build_backbone
 from fastvit.train.web_mae import single_crop_loader
 
@@ -112,9 +112,8 @@ class CLIPTask:
         vision += head_flops(b, [c.width, self.cfg.objective.clip_embed_dim])
         return 3 * (vision + text_forward_flops(self.student.text, b))
 
-    def state_dict(self, optimizer):
-        student_sd, optim_sd = get_state_dict(self.student_dp, optimizer)
-        return {"student": student_sd, "optim": optim_sd}
+    def state_dict(self, optimizer, *, with_optim=None):
+        return trainable_state(self.student_dp, optimizer, with_optim=with_optim)
 
     def load_state_dict(self, state, optimizer):
-        set_state_dict(self.student_dp, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+        load_trainable_state(self.student_dp, optimizer, state)

@@ -111,7 +111,7 @@ def train(cfg):
     start_step = 0
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
-        state = task.state_dict(optimizer)
+        state = task.state_dict(optimizer, with_optim=True)
         extra = ckpt.load_checkpoint(latest, state)
         task.load_state_dict(state, optimizer)
         if extra is None:

@@ -28,7 +28,8 @@ GPU_PEAK_TFLOPS = {
 
 def measure_cpu_peak_tflops(n=1024, repeats=5):
     """Best fp32 matmul rate of this CPU with torch's threads, in TFLOP/s (the CPU's MFU denominator)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    g = torch.Generator().manual_seed(0)  # its own generator: the training RNG must not move (exact resume)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     a @ b
     best = float("inf")
     for _ in range(repeats):

@@ -8,12 +8,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from fastvit.data import MaskConfig, MultiCropConfig, build_loader
 from fastvit.models.flops import head_flops, vit_forward_flops
@@ -21,6 +16,7 @@ from fastvit.models.heads import DINOHead, PrototypeLogits
 from fastvit.models.vit import build_vit
 from fastvit.objectives.teacher import ema_update_, momentum_schedule, teacher_temp_schedule
 from fastvit.objectives.web_dino import WebDINOObjective
+from fastvit.train.checkpoint import load_trainable_state, trainable_state
 
 
 def build_backbone(cfg_model, device="meta"):
@@ -191,15 +187,14 @@ class WebDINOTask:
         teacher = vit_forward_flops(self.backbone_cfg, crops[:1])["total"] + head_flops(n_g, dino) + heads
         return 3 * student + teacher
 
-    def state_dict(self, optimizer):
-        """DCP state of student, teacher, optimizer and objective (DDP unwrapped, FSDP2 shards as DTensors)."""
-        student_sd, optim_sd = get_state_dict(self.student_dp, optimizer)
-        return {
-            "student": student_sd, "teacher": get_model_state_dict(self.teacher_dp), "optim": optim_sd,
-            "objective": self.objective.state_dict(),
-        }  # fmt: skip
+    def state_dict(self, optimizer, *, with_optim=None):
+        """DCP state of student, teacher, optimizer and objective (see checkpoint.trainable_state)."""
+        state = trainable_state(self.student_dp, optimizer, with_optim=with_optim)
+        state["teacher"] = get_model_state_dict(self.teacher_dp)
+        state["objective"] = self.objective.state_dict()
+        return state
 
     def load_state_dict(self, state, optimizer):
-        set_state_dict(self.student_dp, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+        load_trainable_state(self.student_dp, optimizer, state)
         set_model_state_dict(self.teacher_dp, state["teacher"])
-        self.objective.load_state_dict(state["objective"])
+        self.objective.load_state_dict(state.get("objective", {}))  # empty (no buffers) is not saved

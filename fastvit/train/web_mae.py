@@ -2,13 +2,13 @@
 one random-resized crop per image, random masking per step, the fused normalised-pixel loss. No teacher."""
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from fastvit.data import MultiCropConfig, build_loader, mae_random_masking
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.mae_decoder import MaskedAutoencoder
 from fastvit.models.vit import vit_config
 from fastvit.objectives.mae import MAEObjective
+from fastvit.train.checkpoint import load_trainable_state, trainable_state
 from fastvit.train.web_dino import build_backbone
 
 
@@ -93,9 +93,8 @@ class WebMAETask:
         embed = head_flops(b * (1 + n_keep), [c.width, o.mae_decoder_width])
         return 3 * (encoder + decoder + embed)
 
-    def state_dict(self, optimizer):
-        student_sd, optim_sd = get_state_dict(self.student_dp, optimizer)
-        return {"student": student_sd, "optim": optim_sd}
+    def state_dict(self, optimizer, *, with_optim=None):
+        return trainable_state(self.student_dp, optimizer, with_optim=with_optim)
 
     def load_state_dict(self, state, optimizer):
-        set_state_dict(self.student_dp, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+        load_trainable_state(self.student_dp, optimizer, state)

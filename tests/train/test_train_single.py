@@ -1,0 +1,135 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import tiny_args, tiny_config
+
+from fastvit.cli import main as cli
+from fastvit.train import checkpoint as ckpt
+from fastvit.train.loop import NonFiniteLossError, train
+from fastvit.train.web_dino import WebDINOTask
+
+LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
+
+
+def read_metrics(run_dir):
+    """{step: record} keeping the last record of each step (a resumed run re-logs the steps after its checkpoint)."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows}
+
+
+def test_zero_steps_writes_the_initial_checkpoint_and_eval_reads_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(["train", *tiny_args(run, "train.steps=0")]) == 0
+    assert ckpt.latest_checkpoint(run).name == "step_0"
+    capsys.readouterr()
+    assert cli(["eval", "knn", str(run), "eval.max_images=100"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 0 and 0.0 <= result["top1"] <= 100.0
+    assert json.loads((run / "eval.json").read_text())["knn"]["top1"] == result["top1"]
+
+
+def test_metrics_carry_every_term_and_the_schedules(tmp_path):
+    run = train(tiny_config(tmp_path / "run", "train.steps=3"))
+    m = read_metrics(run)
+    assert sorted(m) == [1, 2, 3]
+    for key in (*LOSS_TERMS, "lr", "wd", "momentum", "teacher_temp", "images_per_s", "tflops", "mfu",
+                "memory_gib", "skipped_files", "grad_norm"):  # fmt: skip
+        assert key in m[3], key
+    assert all(math.isfinite(m[s]["loss"]) for s in m)
+    assert m[1]["lr"] == 0.0 and m[2]["lr"] > 0.0  # linear warmup from 0
+    assert m[1]["teacher_temp"] == pytest.approx(0.04) and m[3]["teacher_temp"] == pytest.approx(0.07)
+    assert ckpt.step_of(ckpt.latest_checkpoint(run)) == 3
+
+
+def test_checkpoints_are_pruned_to_keep(tmp_path):
+    run = train(tiny_config(tmp_path / "run", "train.steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["step_3", "step_4"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_4"
+
+
+def test_non_finite_losses_skip_steps_then_stop_the_run(tmp_path, monkeypatch, capsys):
+    real = WebDINOTask.losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch, sched):
+        calls["n"] += 1
+        out = real(self, batch, sched)
+        if calls["n"] >= 2:  # the first step is fine, every later one is NaN
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(WebDINOTask, "losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        train(tiny_config(tmp_path / "run", "train.steps=10", "train.max_bad_steps=3", "train.checkpoint_every=1"))
+    out = capsys.readouterr().out
+    assert "step 1: non-finite loss or gradient, step skipped (1 in a row)" in out
+    run = tmp_path / "run"
+    assert ckpt.step_of(ckpt.latest_checkpoint(run)) == 1  # the last good checkpoint is intact
+    assert sorted(read_metrics(run)) == [1]
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fastvit.cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+
+
+def _wait_for_step(run, step, proc, timeout=120):
+    metrics = Path(run) / "metrics.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if metrics.is_file() and any(json.loads(x)["step"] >= step for x in metrics.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} was not logged within {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    extra = ("train.steps=6", "train.checkpoint_every=2", "data.num_workers=1", "model.drop_path=0.1")
+    straight = tmp_path / "straight"
+    proc = _run_cli(tiny_args(straight, *extra))
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    resumed = tmp_path / "resumed"
+    proc = _run_cli(tiny_args(resumed, *extra))
+    _wait_for_step(resumed, 3, proc)  # past the step-2 checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.step_of(ckpt.latest_checkpoint(resumed)) in (2, 4)
+    proc = _run_cli(tiny_args(resumed, *extra))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "steps 2 -> 6" in out or "steps 4 -> 6" in out
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        for key in LOSS_TERMS:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-7), (step, key)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = _run_cli(tiny_args(run, "train.steps=500", "train.checkpoint_every=0"))
+    _wait_for_step(run, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    assert "stop requested" in out
+    step = ckpt.step_of(ckpt.latest_checkpoint(run))
+    assert 1 <= step < 500 and max(read_metrics(run)) <= step
+
+
+def test_bad_input_fails_at_start_with_a_clear_message(tmp_path, capsys):
+    assert cli(["train", *tiny_args(tmp_path / "a", "data.source=imagefolder:" + str(tmp_path / "missing"))]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli(["train", *tiny_args(tmp_path / "b", "train.batch_size=7", "optim.grad_accum=2")]) == 2
+    assert "not divisible" in capsys.readouterr().err
