@@ -49,25 +49,27 @@ def _reshard_after_forward(module, args, output):
 
 def parallelize_vit(model, mesh, cfg_parallel, *, teacher=False):
     """Parallelises `model` in place over the ParallelMesh `mesh` and returns the module to call (the same
-    module, or a DDP wrapper for data_parallel="ddp" with dp > 1 and no tp / pp)."""
-    dims = mesh.dims
-    vit = vit_of(model)
-    check_model_fits(dims, vit.cfg)
+    module, or a DDP wrapper for data_parallel="ddp" with dp > 1 and no tp / pp). With mesh=None (one
+    process) only activation checkpointing and compilation apply."""
     if cfg_parallel.data_parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel.data_parallel={cfg_parallel.data_parallel!r}: choose 'ddp' or 'fsdp'")
-    use_ddp = cfg_parallel.data_parallel == "ddp" and dims.dp > 1
+    dims = mesh.dims if mesh is not None else None
+    if dims is not None:
+        check_model_fits(dims, vit_of(model).cfg)
+    use_ddp = dims is not None and cfg_parallel.data_parallel == "ddp" and dims.dp > 1
     if use_ddp and (dims.tp > 1 or dims.pp > 1):
         raise ValueError(
             f"parallel.data_parallel='ddp' cannot be combined with tp={dims.tp} / pp={dims.pp}; use 'fsdp'"
         )
     blocks = blocks_of(model)
-    apply_tp(blocks, mesh.tp)
+    if dims is not None:
+        apply_tp(blocks, mesh.tp)
     if not teacher:
         apply_activation_checkpointing(blocks, cfg_parallel.activation_checkpointing)
     if cfg_parallel.compile:
         for block in blocks:
             block.compile()
-    if dims.dp > 1 and not use_ddp:
+    if dims is not None and dims.dp > 1 and not use_ddp:
         apply_fsdp(model, mesh)
         if teacher:  # FSDP2 keeps the root unsharded after forward for the backward, which a teacher never runs
             model.register_forward_hook(_reshard_after_forward)
@@ -75,3 +77,10 @@ def parallelize_vit(model, mesh, cfg_parallel, *, teacher=False):
         device_ids = [torch.cuda.current_device()] if mesh.mesh.device_type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, process_group=mesh.dp.get_group())
     return model
+
+
+def parallelize_pair(student, teacher, mesh, cfg_parallel):
+    """(student, teacher) parallelised alike for training; teacher may be None (MAE, CLIP)."""
+    student_p = parallelize_vit(student, mesh, cfg_parallel)
+    teacher_p = parallelize_vit(teacher, mesh, cfg_parallel, teacher=True) if teacher is not None else None
+    return student_p, teacher_p

@@ -6,8 +6,8 @@ Layout of a run folder:
 
 A checkpoint is written into step_<n>.tmp/ and renamed when every rank has finished, and
 `latest` is replaced last (atomically), so a crash at any point leaves the previous one usable.
-Per-rank state that must not be merged (RNG states, data sampler position) goes into
-extra_rank<r>.pt beside the DCP files.
+State that must not be merged (RNG states, data sampler position) goes into extra_rank<r>.pt
+beside the DCP files, one per data-parallel rank r (tensor-parallel ranks share their group's).
 """
 
 import os
@@ -50,8 +50,9 @@ def latest_checkpoint(run_dir):
     return path
 
 
-def save_checkpoint(run_dir, step, state, extra, keep=2):
-    """Writes `state` (a DCP state dict, same keys on every rank) and this rank's `extra`."""
+def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
+    """Writes `state` (a DCP state dict, same keys on every rank) and, on ranks given an extra_rank
+    (default: the global rank), `extra` as extra_rank<extra_rank>.pt."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step}"
     tmp = root / f"step_{step}.tmp"
@@ -62,7 +63,9 @@ def save_checkpoint(run_dir, step, state, extra, keep=2):
     with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save(state, checkpoint_id=str(tmp))
-    torch.save(extra, tmp / f"extra_rank{_rank()}.pt")
+    extra_rank = _rank() if extra_rank is None else extra_rank
+    if extra_rank >= 0:
+        torch.save(extra, tmp / f"extra_rank{extra_rank}.pt")
     _barrier()
     if _rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -102,7 +105,7 @@ def load_trainable_state(model, optimizer, state):
         set_model_state_dict(model, state["student"])
 
 
-def load_checkpoint(path, state):
+def load_checkpoint(path, state, extra_rank=None):
     """Loads a DCP checkpoint into `state` in place (resharding as needed). Top-level entries the
     checkpoint does not hold (the optimizer of a step-0 checkpoint) are dropped from `state`.
     Returns this rank's extra state, or None when the checkpoint was written by fewer ranks."""
@@ -112,7 +115,7 @@ def load_checkpoint(path, state):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path))
-    extra = Path(path) / f"extra_rank{_rank()}.pt"
+    extra = Path(path) / f"extra_rank{_rank() if extra_rank is None else extra_rank}.pt"
     return torch.load(extra, weights_only=False) if extra.is_file() else None
 
 

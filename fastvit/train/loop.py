@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from fastvit.config import write_config
-from fastvit.parallel.data_parallel import init_distributed, wrap_data_parallel
+from fastvit.parallel.distributed import init_distributed
+from fastvit.parallel.mesh import build_mesh, resolve_dims
+from fastvit.parallel.parallelize import parallelize_pair
+from fastvit.parallel.tp import canonical_state
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops
 from fastvit.train.optim import apply_schedule, build_optimizer
@@ -41,11 +45,12 @@ def build_task(cfg, device):
     return getattr(importlib.import_module(module), name)(cfg, device)
 
 
-def per_rank_batch(cfg, world_size):
+def per_rank_batch(cfg, dp):
+    """Micro-batch of one data-parallel rank."""
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
-    if b % (world_size * accum):
-        raise ValueError(f"train.batch_size={b} is not divisible by world size {world_size} x optim.grad_accum={accum}")
-    return b // (world_size * accum)
+    if b % (dp * accum):
+        raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
+    return b // (dp * accum)
 
 
 def _rng_state():
@@ -101,21 +106,37 @@ def train(cfg):
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir / "config.yaml")
-    b = per_rank_batch(cfg, world)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     task = build_task(cfg, device)
+    dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
+    b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
+    if dims.pp > 1:
+        raise ValueError(
+            f"parallel.pp={dims.pp}: pipeline stages (fastvit.parallel.pp) are not wired into `fastvit train` yet; "
+            "use parallel.tp and FSDP (parallel.data_parallel=fsdp) across ranks"
+        )
+    mesh = build_mesh(dims, device.type) if world > 1 else None
+    task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
+    # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
-    task.wrap(lambda s, t: wrap_data_parallel(s, t, cfg.parallel.data_parallel, device))
-    loader = task.build_loader(batch_size=b, rank=rank, world_size=world, device=device)
+    data_rank = mesh.rank("dp") if mesh else 0
+    loader = task.build_loader(batch_size=b, rank=data_rank, world_size=dims.dp, device=device)
+    # Data position and RNG states are kept per data-parallel rank; one tensor-parallel rank writes them.
+    extra_rank = data_rank if mesh is None or mesh.rank("tp") == 0 else -1
 
     start_step = 0
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is not None:
         state = task.state_dict(optimizer, with_optim=True)
-        extra = ckpt.load_checkpoint(latest, state)
+        canon, finish = canonical_state(state)  # fused qkv / w12 rows in one layout whatever tp is
+        extra = ckpt.load_checkpoint(latest, canon, extra_rank=data_rank)
+        finish()
+        for key in [k for k in state if k not in canon]:  # e.g. no optimizer in a step-0 checkpoint
+            del state[key]
         task.load_state_dict(state, optimizer)
         if extra is None:
-            raise ValueError(f"{latest} has no data / RNG state for rank {rank}; resume with the same world size")
+            raise ValueError(f"{latest} has no data / RNG state for data-parallel rank {data_rank}; resume with the "
+                             "data-parallel size it was written with")  # fmt: skip
         _set_rng_state(extra["rng"])
         loader.load_state_dict(extra["loader"])
         start_step = ckpt.step_of(latest)
@@ -125,23 +146,24 @@ def train(cfg):
     log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     stop = _StopRequest()
     try:
-        _run_steps(cfg, task, optimizer, loader, start_step, b, device, run_dir, log, stop)
+        _run_steps(cfg, task, optimizer, loader, start_step, b, dims.tp, extra_rank, device, run_dir, log, stop)
     finally:
         stop.restore()
         log.close()
     return run_dir
 
 
-def _save(cfg, task, optimizer, loader, run_dir, step):
+def _save(cfg, task, optimizer, loader, run_dir, step, extra_rank):
     extra = {"rng": _rng_state(), "loader": loader.state_dict(), "step": step}
-    ckpt.save_checkpoint(run_dir, step, task.state_dict(optimizer), extra, keep=cfg.train.keep_checkpoints)
+    state, _ = canonical_state(task.state_dict(optimizer))
+    ckpt.save_checkpoint(run_dir, step, state, extra, keep=cfg.train.keep_checkpoints, extra_rank=extra_rank)
 
 
-def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, device, run_dir, log, stop):
+def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, tp, extra_rank, device, run_dir, log, stop):
     total, accum, world = cfg.train.steps, cfg.optim.grad_accum, dist.get_world_size() if dist.is_initialized() else 1
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
-        _save(cfg, task, optimizer, loader, run_dir, 0)  # the initial model, so any run can be evaluated
-    flops = task.flops_per_step(batch_per_rank) * accum
+        _save(cfg, task, optimizer, loader, run_dir, 0, extra_rank)  # the initial model, so any run can be evaluated
+    flops = task.flops_per_step(batch_per_rank) * accum / tp  # this rank's share of its group's work
     peak, _ = peak_tflops(device)
     autocast = _autocast(cfg, device)
     data = iter(loader)
@@ -195,7 +217,7 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, device,
             log.log(record)
             t_last, steps_since = time.perf_counter(), 0
         if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total or stop.requested:
-            _save(cfg, task, optimizer, loader, run_dir, done)
+            _save(cfg, task, optimizer, loader, run_dir, done, extra_rank)
         if stop.requested:
             if _is_main():
                 print(f"fastvit train: stop requested; checkpoint of step {done} written, exiting", flush=True)
@@ -203,10 +225,25 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, device,
 
 
 def _clip(model, max_norm):
-    params = [p for p in model.parameters() if p.grad is not None]
+    """Global gradient norm, clipped to max_norm when it is > 0.
+
+    Gradients are grouped by kind (plain tensors, and DTensors per device mesh: FSDP2 shards on the dp
+    mesh, TP shards on the 2-D mesh), since foreach ops cannot mix them; each group's norm is reduced
+    across its ranks before they are combined.
+    """
+    groups = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p)
+    squares = []
+    for params in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
+    total = torch.stack(squares).sum().sqrt()
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        for params in groups.values():
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
 
 
 def _autocast(cfg, device):
