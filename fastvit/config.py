@@ -49,6 +49,9 @@ class DataConfig:
     local_crops_size: int = 98
     global_crops_scale: tuple[float, float] = (0.32, 1.0)
     local_crops_scale: tuple[float, float] = (0.05, 0.32)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # iBOT block masks, ratio drawn per image
     mask_probability: float = 0.5  # share of global crops that get masked
     captions: str = ""  # CLIP: a captions file for an image folder ("" = builtin class captions / shard txt+json)

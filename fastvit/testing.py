@@ -73,6 +73,7 @@ def _rank_main(rank, world_size, port, fn, args, out_dir):
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while a peer is still in a collective
     finally:
         dist.destroy_process_group()
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 
 from fastvit.config import apply_overrides, read_config
 from fastvit.data import source_from_spec
@@ -43,10 +42,7 @@ def load_teacher_backbone(cfg, checkpoint_path):
     backbone.to_empty(device="cpu")
     backbone.init_weights()
     key = "teacher" if cfg.objective.name == "web_dino" else "student"
-    state = {key: {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
-    dcp.load(state, checkpoint_id=str(checkpoint_path))
-    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state[key].items()})
-    return backbone
+    return ckpt.load_module(checkpoint_path, backbone, key, "backbone.")
 
 
 def random_backbone(cfg):

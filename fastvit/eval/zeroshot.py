@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 
 from fastvit.config import apply_overrides, read_config
@@ -37,9 +36,7 @@ def load_clip(cfg, checkpoint_path):
     from fastvit.train.clip import build_clip
 
     model, tok = build_clip(cfg, torch.device("cpu"))
-    state = {"student": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint_path))
-    model.load_state_dict(state["student"])
+    ckpt.load_module(checkpoint_path, model, "student")
     return model.eval(), tok
 
 

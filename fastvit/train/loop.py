@@ -246,10 +246,14 @@ def _clip(model, max_norm):
     return float(total)
 
 
+def precision(cfg, device):
+    """ "bf16" or "fp32": train.precision, where auto is bf16 autocast on GPUs and fp32 on CPUs."""
+    if cfg.train.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.train.precision
+
+
 def _autocast(cfg, device):
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
+    if precision(cfg, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)

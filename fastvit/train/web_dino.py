@@ -91,9 +91,12 @@ def build_objective(cfg, group=None):
 
 def crop_config(cfg):
     d = cfg.data
+    brightness, contrast, saturation, hue = d.color_jitter
     return MultiCropConfig(
         global_size=d.global_crops_size, local_size=d.local_crops_size, n_global=d.n_global_crops,
         n_local=d.n_local_crops, global_scale=d.global_crops_scale, local_scale=d.local_crops_scale,
+        brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, jitter_p=d.color_jitter_p,
+        gray_p=d.grayscale_p,
     )  # fmt: skip
 
 
