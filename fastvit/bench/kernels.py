@@ -379,10 +379,9 @@ def bench_dino_loss(ctx):
     rows = []
     for r in run(ctx.device, ctx.quick):
         backend = r["name"].split("/")[1]
-        mem = f" peak {r['peak_bytes'] / 2**20:.0f}MiB"
+        case = f"B={r['B']} K={r['K'] // 1024}k {r['peak_bytes'] / 2**20:.0f}MiB"
         if "memory_ratio" in r:
-            mem += f" = {r['memory_ratio']:.2f}x plain"
-        case = f"B={r['B']} K={r['K']}{mem}"[:29]
+            case += f" {r['memory_ratio']:.2f}x"
         keys = ("peak_bytes", "leaf_grad_bytes", "memory_ratio", "memory_ratio_without_leaf_grads",
                 "loss_abs_err", "grad_max_abs_err", "student_cls", "masked_patches")  # fmt: skip
         extra = {k: r[k] for k in keys if k in r}

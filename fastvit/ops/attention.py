@@ -15,16 +15,17 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from fastvit.ops import backend as backend_lib
+
 BACKENDS = ("auto", "triton", "flash_attn", "torch")
 
 
 def triton_usable(device):
-    """Triton kernels run on CUDA, or on the CPU when fastvit.kernels was imported under TRITON_INTERPRET=1."""
-    try:
+    try:  # a plain import (not importlib) so torch.compile can trace it
         from fastvit.kernels import attention as kernels
     except ImportError:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+        kernels = None
+    return backend_lib.triton_runs(kernels, device)
 
 
 def flash_attn_usable(device):
@@ -37,16 +38,10 @@ def available(device):
 
 
 def _resolve(backend, q):
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        fast = q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q.device)
-        return "triton" if fast else "torch"
-    if backend != "torch" and backend not in available(q.device):
-        raise ValueError(f"attention backend {backend!r} is not available for tensors on {q.device}")
-    if backend == "flash_attn" and q.dtype not in (torch.float16, torch.bfloat16):
+    be = backend_lib.resolve("attention", backend, q, BACKENDS, available(q.device))
+    if be == "flash_attn" and q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention backend 'flash_attn' needs fp16 or bf16 inputs, got {q.dtype}")
-    return backend
+    return be
 
 
 def _saves_lse(backend, device):

@@ -9,17 +9,19 @@ backward, which only scales them by the upstream gradient; the (b, B) logits are
 
 import torch
 
+from fastvit.ops import backend as backend_lib
+
 BACKENDS = ("auto", "triton", "torch")
 KINDS = ("infonce", "siglip")
 CHUNK_ELEMENTS = 1 << 22  # default chunk: C * B <= 4M fp32 logits (16 MiB)
 
 
 def triton_usable(device):
-    try:
+    try:  # a plain import (not importlib) so torch.compile can trace it
         from fastvit.kernels import clip_loss as kernels
     except ImportError:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+        kernels = None
+    return backend_lib.triton_runs(kernels, device)
 
 
 def available(device):
@@ -27,13 +29,7 @@ def available(device):
 
 
 def _resolve(backend, x):
-    if backend not in BACKENDS:
-        raise ValueError(f"clip_loss backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if x.device.type == "cuda" and triton_usable(x.device) else "torch"
-    if backend == "triton" and not triton_usable(x.device):
-        raise ValueError(f"clip_loss backend 'triton' cannot run on device {x.device} (set TRITON_INTERPRET=1 for CPU)")
-    return backend
+    return backend_lib.resolve("clip_loss", backend, x, BACKENDS, available(x.device))
 
 
 @torch.library.custom_op("fastvit::clip_loss_chunked", mutates_args=())

@@ -10,16 +10,17 @@ import importlib.util
 
 import torch
 
+from fastvit.ops import backend as backend_lib
+
 BACKENDS = ("auto", "triton", "apex", "torch")
 
 
 def triton_usable(device):
-    """Triton kernels run on CUDA, or on the CPU when fastvit.kernels was imported under TRITON_INTERPRET=1."""
-    try:
+    try:  # a plain import (not importlib) so torch.compile can trace it
         from fastvit.kernels import layer_norm as kernels
     except ImportError:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+        kernels = None
+    return backend_lib.triton_runs(kernels, device)
 
 
 def apex_usable(device):
@@ -40,14 +41,7 @@ def available(device):
 
 
 def _resolve(backend, x):
-    if backend not in BACKENDS:
-        raise ValueError(f"layer_norm backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        fast = x.device.type == "cuda" and x.dtype != torch.float64 and triton_usable(x.device)
-        return "triton" if fast else "torch"
-    if backend != "torch" and backend not in available(x.device):
-        raise ValueError(f"layer_norm backend {backend!r} is not available for tensors on {x.device}")
-    return backend
+    return backend_lib.resolve("layer_norm", backend, x, BACKENDS, available(x.device))
 
 
 def _stat_dtype(x):

@@ -7,15 +7,17 @@ Gradients flow to the predictions only (the images are data).
 
 import torch
 
+from fastvit.ops import backend as backend_lib
+
 BACKENDS = ("auto", "triton", "torch")
 
 
 def triton_usable(device):
-    try:
+    try:  # a plain import (not importlib) so torch.compile can trace it
         from fastvit.kernels import mae_loss as kernels
     except ImportError:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+        kernels = None
+    return backend_lib.triton_runs(kernels, device)
 
 
 def available(device):
@@ -23,13 +25,7 @@ def available(device):
 
 
 def _resolve(backend, x):
-    if backend not in BACKENDS:
-        raise ValueError(f"mae_loss backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if x.device.type == "cuda" and x.dtype != torch.float64 and triton_usable(x.device) else "torch"
-    if backend == "triton" and not triton_usable(x.device):
-        raise ValueError(f"mae_loss backend 'triton' cannot run on device {x.device} (set TRITON_INTERPRET=1 for CPU)")
-    return backend
+    return backend_lib.resolve("mae_loss", backend, x, BACKENDS, available(x.device))
 
 
 def _diff_torch(pred, images, p, norm_pix, eps):

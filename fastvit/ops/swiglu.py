@@ -7,16 +7,17 @@ autograd formula; backends "triton" (fastvit.kernels.swiglu) and "torch".
 import torch
 import torch.nn.functional as F
 
+from fastvit.ops import backend as backend_lib
+
 BACKENDS = ("auto", "triton", "torch")
 
 
 def triton_usable(device):
-    """Triton kernels run on CUDA, or on the CPU when fastvit.kernels was imported under TRITON_INTERPRET=1."""
-    try:
+    try:  # a plain import (not importlib) so torch.compile can trace it
         from fastvit.kernels import swiglu as kernels
     except ImportError:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
+        kernels = None
+    return backend_lib.triton_runs(kernels, device)
 
 
 def available(device):
@@ -25,14 +26,7 @@ def available(device):
 
 
 def _resolve(backend, x):
-    if backend not in BACKENDS:
-        raise ValueError(f"swiglu backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        fast = x.device.type == "cuda" and x.dtype != torch.float64 and triton_usable(x.device)
-        return "triton" if fast else "torch"
-    if backend == "triton" and not triton_usable(x.device):
-        raise ValueError(f"swiglu backend 'triton' cannot run on device {x.device} (set TRITON_INTERPRET=1 for CPU)")
-    return backend
+    return backend_lib.resolve("swiglu", backend, x, BACKENDS, available(x.device))
 
 
 @torch.library.custom_op("fastvit::swiglu", mutates_args=())
