@@ -1,0 +1,19 @@
+"""The demo recipe learns: a shortened demo run lifts kNN top-1 on the held-out built-in split clearly
+above the same model at step 0 (measured here: 13.7% at step 0, 17.2% after 150 steps, 18.5% after 300)."""
+
+import pytest
+
+from fastvit.config import load_config
+from fastvit.eval.run import evaluate_run
+from fastvit.train import checkpoint as ckpt
+from fastvit.train.loop import train
+
+
+@pytest.mark.slow
+def test_short_demo_run_beats_its_initialisation_on_knn(tmp_path):
+    cfg = load_config("demo", [f"train.out={tmp_path}", "train.steps=150", "train.checkpoint_every=150",
+                               "train.keep_checkpoints=2", "eval.max_images=2000"])  # fmt: skip
+    run = train(cfg)
+    before = evaluate_run(run, cfg, "knn", checkpoint=ckpt.checkpoint_dir(run) / "step_0")["top1"]
+    after = evaluate_run(run, cfg, "knn")["top1"]
+    assert after > before + 1.5, (before, after)
