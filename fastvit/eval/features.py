@@ -11,7 +11,7 @@ from fastvit.data.decode import DecodeError, decode_bytes
 def eval_transform(img_HW3, size, crop_ratio=0.875):
     """uint8 (H, W, 3) -> float (3, size, size): shorter side to size / crop_ratio (bicubic, antialiased),
     centre crop, ImageNet mean/std normalisation."""
-    x = torch.from_numpy(np.ascontiguousarray(img_HW3)).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.tensor(np.asarray(img_HW3)).permute(2, 0, 1)[None].float() / 255.0  # copies (may be read-only)
     h, w = x.shape[-2:]
     short = round(size / crop_ratio)
     scale = short / min(h, w)
