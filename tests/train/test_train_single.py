@@ -36,7 +36,7 @@ def test_zero_steps_writes_the_initial_checkpoint_and_eval_reads_it(tmp_path, ca
 
 
 def test_metrics_carry_every_term_and_the_schedules(tmp_path):
-    run = train(tiny_config(tmp_path / "run", "train.steps=3"))
+    run = train(tiny_config(tmp_path / "run", "train.steps=3", "objective.teacher_temp=0.07"))
     m = read_metrics(run)
     assert sorted(m) == [1, 2, 3]
     for key in (*LOSS_TERMS, "lr", "wd", "momentum", "teacher_temp", "images_per_s", "tflops", "mfu",
