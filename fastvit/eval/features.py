@@ -39,27 +39,29 @@ def labelled_images(source, size, max_images=0):
         yield eval_transform(img, size), label
 
 
-@torch.no_grad()
-def extract_features(backbone, source, size, *, mode="cls", batch_size=256, max_images=0, device="cpu"):
-    """(features (N, D or 2D), labels (N,)) of a labelled source under a frozen backbone."""
-    backbone.eval()
-    feats, labels, xs, ys = [], [], [], []
-
-    def flush():
-        out = backbone(torch.stack(xs).to(device))
-        f = out["cls"] if mode == "cls" else torch.cat([out["cls"], out["patch"].mean(1)], dim=1)
-        feats.append(f.float().cpu())
-        labels.extend(ys)
-        xs.clear()
-        ys.clear()
-
+def labelled_batches(source, size, batch_size=256, max_images=0):
+    """Yields (images (b, 3, size, size), labels (b,)) of a labelled source; a ValueError if none is readable."""
+    xs, ys, any_image = [], [], False
     for x, y in labelled_images(source, size, max_images):
         xs.append(x)
         ys.append(y)
         if len(xs) == batch_size:
-            flush()
+            yield torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+            xs, ys, any_image = [], [], True
     if xs:
-        flush()
-    if not feats:
+        yield torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+    elif not any_image:
         raise ValueError(f"{source.spec}: no readable images to evaluate on")
-    return torch.cat(feats), torch.tensor(labels, dtype=torch.int64)
+
+
+@torch.no_grad()
+def extract_features(backbone, source, size, *, mode="cls", batch_size=256, max_images=0, device="cpu"):
+    """(features (N, D or 2D), labels (N,)) of a labelled source under a frozen backbone."""
+    backbone.eval()
+    feats, labels = [], []
+    for x, y in labelled_batches(source, size, batch_size, max_images):
+        out = backbone(x.to(device))
+        f = out["cls"] if mode == "cls" else torch.cat([out["cls"], out["patch"].mean(1)], dim=1)
+        feats.append(f.float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastvit.config import apply_overrides, read_config
 from fastvit.data import source_from_spec
 from fastvit.data.builtin import CLASSES, BuiltinSource
-from fastvit.eval.features import labelled_images
+from fastvit.eval.features import labelled_batches
 from fastvit.train import checkpoint as ckpt
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.", "a {} shape.")
@@ -55,25 +55,10 @@ def zeroshot_accuracy(model, tok, source, size, *, batch_size=256, max_images=0)
     """Top-1 (in %) of zero-shot classification of a labelled source."""
     classes_CE = class_embeddings(model, tok, class_names(source))
     correct = total = 0
-    xs, ys = [], []
-
-    def flush():
-        nonlocal correct, total
-        pred = (model.encode_image(torch.stack(xs)) @ classes_CE.t()).argmax(1)
-        correct += int((pred == torch.tensor(ys)).sum())
-        total += len(ys)
-        xs.clear()
-        ys.clear()
-
-    for x, y in labelled_images(source, size, max_images):
-        xs.append(x)
-        ys.append(y)
-        if len(xs) == batch_size:
-            flush()
-    if xs:
-        flush()
-    if not total:
-        raise ValueError(f"{source.spec}: no readable images to evaluate on")
+    for x, y in labelled_batches(source, size, batch_size, max_images):
+        pred = (model.encode_image(x) @ classes_CE.t()).argmax(1)
+        correct += int((pred == y).sum())
+        total += len(y)
     return 100.0 * correct / total
 
 
