@@ -5,10 +5,26 @@ import importlib
 import torch
 
 from fastvit.ops.attention import attention
+from fastvit.ops.clip_loss import clip_loss
 from fastvit.ops.layer_norm import add_layer_norm, layer_norm
+from fastvit.ops.mae_loss import mae_loss
+from fastvit.ops.prototype_cross_entropy import prototype_cross_entropy
+from fastvit.ops.sinkhorn import sinkhorn_knopp
+from fastvit.ops.soft_cross_entropy import soft_cross_entropy
 from fastvit.ops.swiglu import swiglu
 
-__all__ = ["attention", "layer_norm", "add_layer_norm", "swiglu", "available_backends"]
+__all__ = [
+    "add_layer_norm",
+    "attention",
+    "available_backends",
+    "clip_loss",
+    "layer_norm",
+    "mae_loss",
+    "prototype_cross_entropy",
+    "sinkhorn_knopp",
+    "soft_cross_entropy",
+    "swiglu",
+]
 
 # op name -> module exposing available(device) -> list[str] (the concrete backends for that device)
 BACKEND_MODULES = {
@@ -16,6 +32,8 @@ BACKEND_MODULES = {
     "layer_norm": "fastvit.ops.layer_norm",
     "add_layer_norm": "fastvit.ops.layer_norm",
     "swiglu": "fastvit.ops.swiglu",
+    "mae_loss": "fastvit.ops.mae_loss",
+    "clip_loss": "fastvit.ops.clip_loss",
 }
 
 
@@ -27,21 +45,3 @@ def available_backends() -> dict[str, list[str]]:
         available = importlib.import_module(module).available
         found[op] = list(dict.fromkeys(b for device in devices for b in available(device)))
     return found
-
-
-# Web-DINO loss ops (issue 5)
-from fastvit.ops.prototype_cross_entropy import prototype_cross_entropy  # noqa: E402
-from fastvit.ops.sinkhorn import sinkhorn_knopp  # noqa: E402
-from fastvit.ops.soft_cross_entropy import soft_cross_entropy  # noqa: E402
-
-__all__ += ["soft_cross_entropy", "sinkhorn_knopp", "prototype_cross_entropy"]
-
-# Web-MAE and CLIP loss ops (issue 9)
-from fastvit.ops.mae_loss import mae_loss  # noqa: E402
-
-__all__ += ["mae_loss"]
-BACKEND_MODULES["mae_loss"] = "fastvit.ops.mae_loss"
-from fastvit.ops.clip_loss import clip_loss  # noqa: E402
-
-__all__ += ["clip_loss"]
-BACKEND_MODULES["clip_loss"] = "fastvit.ops.clip_loss"
