@@ -141,7 +141,9 @@ def train(cfg):
         loader.load_state_dict(extra["loader"])
         start_step = ckpt.step_of(latest)
     if rank == 0:
-        print(f"fastvit train: {cfg.objective.name} {cfg.model.name}, {world} rank(s) on {device}, "
+        vit = task.backbone_cfg
+        print(f"fastvit train: {cfg.objective.name} {cfg.model.name} ({vit.width} wide, {vit.depth} blocks), "
+              f"{world} rank(s) on {device}, "
               f"steps {start_step} -> {cfg.train.steps}, run folder {run_dir}", flush=True)  # fmt: skip
     log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     stop = _StopRequest()
