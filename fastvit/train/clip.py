@@ -10,7 +10,7 @@ from fastvit.data.tokenizer import build_tokenizer
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.text import TextTransformer
 from fastvit.objectives.clip import CLIPObjective, LogitScale
-from fastvit.train.checkpoint import load_trainable_state, trainable_state
+from fastvit.train.task import StudentOnlyTask
 from fastvit.train.web_dino import build_backbone
 from fastvit.train.web_mae import single_crop_loader
 
@@ -66,7 +66,7 @@ def text_forward_flops(text_cfg, batch):
     return batch * depth * per_block + head_flops(batch, [w, e])
 
 
-class CLIPTask:
+class CLIPTask(StudentOnlyTask):
     """What the generic loop needs to train the CLIP baseline."""
 
     loss_keys = ("contrastive", "total")
@@ -74,17 +74,9 @@ class CLIPTask:
     def __init__(self, cfg, device):
         self.cfg, self.device = cfg, device
         self.student, self.tokenizer = build_clip(cfg, device)
-        self.teacher = None
         self.student_dp = self.student
         self.objective = CLIPObjective(cfg.objective.clip_loss, backend=cfg.objective.clip_loss_backend)
         self.source = None
-
-    @property
-    def backbone_cfg(self):
-        return self.student.backbone.cfg
-
-    def wrap(self, wrap_fn):
-        self.student_dp, _ = wrap_fn(self.student, None)
 
     def build_loader(self, *, batch_size, rank, world_size, device):
         d = self.cfg.data
@@ -103,17 +95,8 @@ class CLIPTask:
         out = self.student_dp(x_B3HW, ids_BL, eot_B)
         return self.objective(out["img"], out["txt"], out["scale"], out["bias"])
 
-    def after_step(self, sched):
-        return None
-
     def flops_per_step(self, batch_per_rank):
         c, b = self.backbone_cfg, batch_per_rank
         vision = vit_forward_flops(c, [(b, self.cfg.data.global_crops_size)])["total"]
         vision += head_flops(b, [c.width, self.cfg.objective.clip_embed_dim])
         return 3 * (vision + text_forward_flops(self.student.text, b))
-
-    def state_dict(self, optimizer, *, with_optim=None):
-        return trainable_state(self.student_dp, optimizer, with_optim=with_optim)
-
-    def load_state_dict(self, state, optimizer):
-        load_trainable_state(self.student_dp, optimizer, state)

@@ -1,8 +1,8 @@
 """The training loop: build, resume, step, log, checkpoint. Read top to bottom.
 
-The loop knows nothing of a particular objective: a task (fastvit/train/web_dino.py for Web-DINO)
-owns the modules, the data, the per-step schedules of the objective, the losses and what follows
-the optimizer step (the EMA teacher update).
+The loop knows nothing of a particular objective: a task (the protocol is in fastvit/train/task.py;
+Web-DINO's is fastvit/train/web_dino.py) owns the modules, the data, the per-step schedules of the
+objective, the losses and what follows the optimizer step (the EMA teacher update).
 """
 
 import contextlib

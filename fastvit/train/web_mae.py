@@ -8,7 +8,7 @@ from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.mae_decoder import MaskedAutoencoder
 from fastvit.models.vit import vit_config
 from fastvit.objectives.mae import MAEObjective
-from fastvit.train.checkpoint import load_trainable_state, trainable_state
+from fastvit.train.task import StudentOnlyTask
 from fastvit.train.web_dino import build_backbone
 
 
@@ -44,7 +44,7 @@ def build_mae(cfg, device):
     return model
 
 
-class WebMAETask:
+class WebMAETask(StudentOnlyTask):
     """What the generic loop needs to train Web-MAE."""
 
     loss_keys = ("mae", "total")
@@ -52,24 +52,13 @@ class WebMAETask:
     def __init__(self, cfg, device):
         self.cfg = cfg
         self.student = build_mae(cfg, device)
-        self.teacher = None
         self.student_dp = self.student
         o = cfg.objective
         self.objective = MAEObjective(cfg.model.patch_size, norm_pix=o.mae_norm_pix, backend=o.mae_loss_backend)
 
-    @property
-    def backbone_cfg(self):
-        return self.student.backbone.cfg
-
-    def wrap(self, wrap_fn):
-        self.student_dp, _ = wrap_fn(self.student, None)
-
     def build_loader(self, *, batch_size, rank, world_size, device):
         return single_crop_loader(self.cfg, self.cfg.data.source, batch_size=batch_size, rank=rank,
                                   world_size=world_size, device=device)  # fmt: skip
-
-    def schedules(self, step, total):
-        return {}
 
     def losses(self, batch, sched):
         x_B3HW = batch["global_crops"]
@@ -77,9 +66,6 @@ class WebMAETask:
         m = mae_random_masking(x_B3HW.shape[0], n_patches, self.cfg.objective.mae_mask_ratio, device=x_B3HW.device)
         pred_BNP = self.student_dp(x_B3HW, m["keep_idx"], m["restore_idx"])
         return self.objective(pred_BNP, x_B3HW, m["mask"])
-
-    def after_step(self, sched):
-        return None
 
     def flops_per_step(self, batch_per_rank):
         """3x the forward FLOPs of encoder (visible patches) + decoder (all patches + CLS)."""
@@ -92,9 +78,3 @@ class WebMAETask:
         decoder = vit_forward_flops(dec, [(b, c.img_size)])["total"]
         embed = head_flops(b * (1 + n_keep), [c.width, o.mae_decoder_width])
         return 3 * (encoder + decoder + embed)
-
-    def state_dict(self, optimizer, *, with_optim=None):
-        return trainable_state(self.student_dp, optimizer, with_optim=with_optim)
-
-    def load_state_dict(self, state, optimizer):
-        load_trainable_state(self.student_dp, optimizer, state)
