@@ -52,9 +52,11 @@ def check_model_fits(dims, vit_cfg):
         )
 
 
-def resolve_dims(cfg_parallel, world_size, vit_cfg=None, virtual_stages=1):
-    """ParallelDims from a ParallelConfig for `world_size` ranks; dp=-1 takes what tp * pp leave."""
+def resolve_dims(cfg_parallel, world_size, vit_cfg=None, virtual_stages=None):
+    """ParallelDims from a ParallelConfig for `world_size` ranks; dp=-1 takes what tp * pp leave.
+    virtual_stages defaults to cfg_parallel.virtual_stages."""
     tp, pp, dp = cfg_parallel.tp, cfg_parallel.pp, cfg_parallel.dp
+    virtual_stages = cfg_parallel.virtual_stages if virtual_stages is None else virtual_stages
     _check_positive(tp=tp, pp=pp, virtual_stages=virtual_stages)
     if dp == -1:
         if world_size % (tp * pp):
