@@ -79,12 +79,39 @@ class WebDINOObjective(nn.Module):
         if n_l != self.n_local:
             raise ValueError(f"expected {self.n_local} local crops, got {n_l}")
         dino_global, dino_local = self._dino(student_global, student_local, teacher_global, teacher_temp)
+        ibot = None if student_patches is None else self._ibot(student_patches, teacher_patches, masks, teacher_temp)
+        return self._combine(dino_global, dino_local, ibot, student_cls)
+
+    def _combine(self, dino_global, dino_local, ibot, student_cls):
         zero = dino_global.new_zeros(())
-        ibot = zero if student_patches is None else self._ibot(student_patches, teacher_patches, masks, teacher_temp)
-        koleo = zero if student_cls is None else sum(koleo_loss(student_cls[i]) for i in range(n_g))
+        ibot = zero if ibot is None else ibot
+        koleo = zero if student_cls is None else sum(koleo_loss(student_cls[i]) for i in range(self.n_global))
         w = self.weights
         total = w["dino"] * (dino_global + dino_local) + w["ibot"] * ibot + w["koleo"] * koleo
         return {"dino_global": dino_global, "dino_local": dino_local, "ibot": ibot, "koleo": koleo, "total": total}
+
+    # ---- the same losses in two phases: teacher targets of a whole batch, then student losses of a part of it
+
+    def teacher_targets(self, teacher_global, teacher_patches, teacher_temp):
+        """TeacherTargets of the DINO head (rows [n_g, B]) and of the iBOT head (rows [1, M], or None) from
+        PrototypeLogits [n_g, B, D] / [M, D]; Sinkhorn over all their rows (and ranks), or softmax centering
+        (whose centers are updated here). Pipelined training computes them once per step, then calls
+        student_losses on each microbatch with the targets' columns of its images."""
+        if not isinstance(teacher_global, PrototypeLogits):
+            raise ValueError("teacher_targets takes PrototypeLogits (features + prototypes), not logits")
+        dino = self._factored_targets(teacher_global, teacher_temp, "dino")
+        if teacher_patches is None:
+            return dino, None
+        patches = PrototypeLogits(teacher_patches.features[None], teacher_patches.prototypes)
+        return dino, self._factored_targets(patches, teacher_temp, "ibot")
+
+    def student_losses(self, student_global, student_local, dino_targets, student_patches, ibot_targets, masks,
+                       student_cls):  # fmt: skip
+        """The loss dict of forward() for student PrototypeLogits against precomputed TeacherTargets:
+        dino_targets rows [n_g, B] (the student's B images), ibot_targets rows [1, M] (masks' M patches)."""
+        dino_global, dino_local = self._dino_from_targets(student_global, student_local, dino_targets)
+        ibot = None if student_patches is None else self._ibot_from_targets(student_patches, ibot_targets, masks)
+        return self._combine(dino_global, dino_local, ibot, student_cls)
 
     def _dino(self, sg, sl, tg, teacher_temp):
         kinds = {isinstance(x, PrototypeLogits) for x in (sg, tg) + (() if sl is None else (sl,))}
@@ -101,9 +128,11 @@ class WebDINOObjective(nn.Module):
         return dino_global / self.n_terms, dino_local / self.n_terms
 
     def _dino_chunked(self, sg, sl, tg, teacher_temp):
+        return self._dino_from_targets(sg, sl, self._factored_targets(tg, teacher_temp, "dino"))
+
+    def _dino_from_targets(self, sg, sl, targets):
         n_g = self.n_global
         xs = sg.features if sl is None else torch.cat([sg.features, sl.features])  # [n_g + n_l, B, D]
-        targets = self._factored_targets(tg, teacher_temp, "dino")
         L = prototype_cross_entropy(xs, sg.prototypes, targets, self.student_temp, chunk=self.chunk)  # [n_s, n_g]
         cross_view = 1.0 - torch.eye(n_g, device=L.device)
         return (L[:n_g] * cross_view).sum() / self.n_terms, L[n_g:].sum() / self.n_terms
@@ -114,16 +143,24 @@ class WebDINOObjective(nn.Module):
         n_images, M = masks.shape[0], int(masks.sum())
         if sp.shape[0] != M or tp.shape[0] != M:
             raise ValueError(f"masks select {M} patches but the iBOT outputs hold {sp.shape[0]} / {tp.shape[0]} rows")
-        weight = ibot_masks_weight(masks)
-        scale = 2.0 / self.n_global
         if isinstance(sp, PrototypeLogits):
             targets = self._factored_targets(PrototypeLogits(tp.features[None], tp.prototypes), teacher_temp, "ibot")
-            L = prototype_cross_entropy(
-                sp.features[None], sp.prototypes, targets, self.student_temp, weight / n_images, chunk=self.chunk
-            )
-            return L[0, 0] * scale
+            return self._ibot_from_targets(sp, targets, masks)
         p = self._targets(tp, teacher_temp, "ibot", None)
-        return ibot_patch_loss(sp, p, weight, n_images, self.student_temp, backend=self.backend) * scale
+        weight = ibot_masks_weight(masks)
+        return ibot_patch_loss(sp, p, weight, n_images, self.student_temp, backend=self.backend) * 2.0 / self.n_global
+
+    def _ibot_from_targets(self, sp, targets, masks):
+        n_images, M = masks.shape[0], int(masks.sum())
+        if sp.features.shape[0] != M or targets.features.shape[1] != M:
+            raise ValueError(
+                f"masks select {M} patches but the iBOT rows are {sp.features.shape[0]} / {targets.features.shape[1]}"
+            )
+        row_w = ibot_masks_weight(masks) / n_images
+        L = prototype_cross_entropy(
+            sp.features[None], sp.prototypes, targets, self.student_temp, row_w, chunk=self.chunk
+        )  # [1, 1]
+        return L[0, 0] * 2.0 / self.n_global
 
     def _targets(self, t_RK, teacher_temp, head, n_rows):
         """Teacher probabilities [R, K] from logits: Sinkhorn over all ranks' rows, or softmax centering."""

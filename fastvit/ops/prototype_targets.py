@@ -24,6 +24,10 @@ class TeacherTargets:
     a: torch.Tensor  # [K] fp32 per-prototype log scale
     b: torch.Tensor  # [T, B] fp32 per-row log scale
 
+    def columns(self, index):
+        """The targets of rows [:, index] only (a slice or an index tensor over B), e.g. one microbatch's images."""
+        return TeacherTargets(self.features[:, index], self.prototypes, self.inv_temp, self.a, self.b[:, index])
+
     def materialize(self):
         t = self.features @ self.prototypes.t()
         t = t if t.dtype == torch.float64 else t.float()

@@ -129,11 +129,11 @@ def _holds(schedule, which):
     return any(getattr(s, which) for s in _pipe_stages(schedule))
 
 
-def teacher_forward(schedule, x):
+def teacher_forward(schedule, *inputs):
     """Forward-only pass of the whole batch through the pipeline, without grad; the last stage's merged
-    outputs on the rank that holds it, None elsewhere (x is only read on the first stage's rank)."""
+    outputs on the rank that holds it, None elsewhere (inputs are only read on the first stage's rank)."""
     with torch.no_grad():
-        out = schedule.eval(*((x,) if _holds(schedule, "is_first") else ()))
+        out = schedule.eval(*(inputs if _holds(schedule, "is_first") else ()))
     return out if _holds(schedule, "is_last") else None
 
 

@@ -45,6 +45,16 @@ def build_task(cfg, device):
     return getattr(importlib.import_module(module), name)(cfg, device)
 
 
+def pipelined(task, mesh):
+    """The pipeline-parallel version of a task (parallel.pp > 1); only Web-DINO has one."""
+    if task.cfg.objective.name != "web_dino":
+        raise ValueError(f"parallel.pp={mesh.dims.pp}: pipeline parallelism trains objective.name=web_dino only, "
+                         f"not {task.cfg.objective.name!r}; use parallel.tp and FSDP for it")  # fmt: skip
+    from fastvit.train.web_dino_pp import PipelinedWebDINOTask
+
+    return PipelinedWebDINOTask(task, mesh)
+
+
 def per_rank_batch(cfg, dp):
     """Micro-batch of one data-parallel rank."""
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
@@ -110,19 +120,17 @@ def train(cfg):
     task = build_task(cfg, device)
     dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
     b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
-    if dims.pp > 1:
-        raise ValueError(
-            f"parallel.pp={dims.pp}: pipeline stages (fastvit.parallel.pp) are not wired into `fastvit train` yet; "
-            "use parallel.tp and FSDP (parallel.data_parallel=fsdp) across ranks"
-        )
     mesh = build_mesh(dims, device.type) if world > 1 else None
+    if dims.pp > 1:
+        task = pipelined(task, mesh)
     task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
     # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
     data_rank = mesh.rank("dp") if mesh else 0
     loader = task.build_loader(batch_size=b, rank=data_rank, world_size=dims.dp, device=device)
-    # Data position and RNG states are kept per data-parallel rank; one tensor-parallel rank writes them.
-    extra_rank = data_rank if mesh is None or mesh.rank("tp") == 0 else -1
+    # Data position and RNG states are kept per data-parallel rank; one tensor- and pipeline-parallel rank
+    # writes them (the others of its group read the same batches).
+    extra_rank = data_rank if mesh is None or (mesh.rank("tp") == 0 and mesh.rank("pp") == 0) else -1
 
     start_step = 0
     latest = ckpt.latest_checkpoint(run_dir)
@@ -148,7 +156,7 @@ def train(cfg):
     log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     stop = _StopRequest()
     try:
-        _run_steps(cfg, task, optimizer, loader, start_step, b, dims.tp, extra_rank, device, run_dir, log, stop)
+        _run_steps(cfg, task, optimizer, loader, start_step, b, dims, extra_rank, device, run_dir, log, stop)
     finally:
         stop.restore()
         log.close()
@@ -161,11 +169,11 @@ def _save(cfg, task, optimizer, loader, run_dir, step, extra_rank):
     ckpt.save_checkpoint(run_dir, step, state, extra, keep=cfg.train.keep_checkpoints, extra_rank=extra_rank)
 
 
-def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, tp, extra_rank, device, run_dir, log, stop):
+def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, extra_rank, device, run_dir, log, stop):
     total, accum, world = cfg.train.steps, cfg.optim.grad_accum, dist.get_world_size() if dist.is_initialized() else 1
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
         _save(cfg, task, optimizer, loader, run_dir, 0, extra_rank)  # the initial model, so any run can be evaluated
-    flops = task.flops_per_step(batch_per_rank) * accum / tp  # this rank's share of its group's work
+    flops = task.flops_per_step(batch_per_rank) * accum / (dims.tp * dims.pp)  # this rank's share of its group's
     peak, _ = peak_tflops(device)
     autocast = _autocast(cfg, device)
     data = iter(loader)
@@ -181,13 +189,19 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, tp, ext
             skipped += int(batch.get("skipped", 0))
             sync = micro == accum - 1 or not hasattr(task.student_dp, "no_sync")  # DDP reduces on the last one
             with autocast, contextlib.nullcontext() if sync else task.student_dp.no_sync():
-                losses = task.losses(batch, sched)
-                if _any_rank(not torch.isfinite(losses["total"]).item()):
-                    finite = False
-                    break
-                (losses["total"] / accum).backward()
+                if hasattr(task, "forward_backward"):  # a pipelined task runs its backward inside its schedule
+                    losses = task.forward_backward(batch, sched)
+                    finite = not _any_rank(not torch.isfinite(losses["total"]).item())
+                    if not finite:
+                        break
+                else:
+                    losses = task.losses(batch, sched)
+                    if _any_rank(not torch.isfinite(losses["total"]).item()):
+                        finite = False
+                        break
+                    (losses["total"] / accum).backward()
             sums += torch.tensor([losses[k].item() for k in keys], dtype=torch.float64)
-        grad_norm = _clip(task.student, cfg.optim.clip_grad) if finite else float("nan")
+        grad_norm = _clip(task.student, cfg.optim.clip_grad, getattr(task, "pp_group", None)) if finite else math.nan
         if not (finite and math.isfinite(grad_norm)):
             bad_in_a_row += 1
             optimizer.zero_grad(set_to_none=True)
@@ -226,12 +240,13 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, tp, ext
             break
 
 
-def _clip(model, max_norm):
+def _clip(model, max_norm, pp_group=None):
     """Global gradient norm, clipped to max_norm when it is > 0.
 
     Gradients are grouped by kind (plain tensors, and DTensors per device mesh: FSDP2 shards on the dp
     mesh, TP shards on the 2-D mesh), since foreach ops cannot mix them; each group's norm is reduced
-    across its ranks before they are combined.
+    across its ranks before they are combined. Under pipeline parallelism each pp rank holds other
+    parameters: their squared norms are summed over pp_group.
     """
     groups = {}
     for p in model.parameters():
@@ -241,7 +256,10 @@ def _clip(model, max_norm):
     for params in groups.values():
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         squares.append((norm.full_tensor() if isinstance(norm, DTensor) else norm).float() ** 2)
-    total = torch.stack(squares).sum().sqrt()
+    total = torch.stack(squares).sum() if squares else torch.zeros(())
+    if pp_group is not None:
+        dist.all_reduce(total, group=pp_group)
+    total = total.sqrt()
     if max_norm > 0:
         for params in groups.values():
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)

@@ -1,0 +1,257 @@
+"""Web-DINO through a pipeline: the student's and the teacher's blocks split into stages (schedules of
+fastvit/parallel/pp.py), the packed multi-crop tokens sent from stage to stage, heads and objective on the last.
+
+One step (every pp rank of a data-parallel group reads the same batch: the first stage uses its images, the
+last its masks):
+  1. teacher: a forward-only pipeline over the global crops of the whole batch; on the last stage its DINO and
+     iBOT head features, then the teacher targets of the whole batch (Sinkhorn over all of it and over the dp
+     ranks, exactly as without a pipeline);
+  2. student: a 1F1B (or interleaved, or GPipe) schedule; per microbatch the last stage computes the losses of
+     its images against their columns of the targets, and the schedule runs the backward (gradients averaged
+     over the microbatches);
+  3. the loss terms, averaged over the microbatches, are sent from the last stage to every pp rank.
+
+Inputs are image-major, (B, n_g, 3, S, S), (B, n_l, 3, s, s) and masks (B, n_g, N), so that the schedule's
+split along dim 0 hands each microbatch whole images; the first stage makes them crop-major. Between stages
+travel the packed tokens (T, D) and the masks; each stage rebuilds the packing from the number of images
+b = masks.shape[0] and the crop sizes. DINO and iBOT losses of the microbatches average to those of the whole
+batch; KoLeo is computed within each microbatch (as DINOv2 computes it within each rank's batch).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+
+from fastvit.models.heads import PrototypeLogits
+from fastvit.models.layers import Packing
+from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
+from fastvit.train.web_dino import WebDINOTask
+
+
+@dataclass(frozen=True)
+class CropLayout:
+    """Crops per image and tokens per crop (CLS + registers + patches) of the packed sequence."""
+
+    n_global: int
+    global_len: int
+    n_local: int
+    local_len: int
+    n_prefix: int  # CLS + registers in front of each crop's patch tokens
+
+
+def crop_layout(cfg, vit_cfg):
+    d, prefix = cfg.data, 1 + vit_cfg.n_registers
+    tokens = lambda size: prefix + (size // vit_cfg.patch_size) ** 2  # noqa: E731
+    return CropLayout(
+        d.n_global_crops, tokens(d.global_crops_size), d.n_local_crops, tokens(d.local_crops_size), prefix
+    )
+
+
+class WebDINOStage(nn.Module):
+    """Blocks [a, b) of a WebDINO student or teacher, with the embedding on the first stage and the final norm
+    and both heads on the last, under the full WebDINO's parameter names (backbone.blocks.<i>..., dino_head...).
+
+    first: (global (b, n_g, 3, S, S), [local (b, n_l, 3, s, s) for the student], masks (b, n_g, N) bool)
+    other: (tokens (T, D), masks). Non-last stages return (tokens, masks). The last returns, for the teacher,
+    (DINO features (b, n_g, Db) image-major, iBOT features (M, Di)); for the student (cls_g (n_g*b, D),
+    DINO features of the global (n_g*b, Db) and local (n_l*b, Db) crops, iBOT features (M, Di), DINO and iBOT
+    prototypes, the masks it was given), rows crop-major and masked patches in masks-crop-major order.
+    """
+
+    def __init__(self, model, blocks, *, first, last, layout, teacher):
+        super().__init__()
+        self.backbone = ViTStage(model.backbone, blocks, first=first, last=last)
+        self.is_first, self.is_last, self.teacher = first, last, teacher
+        self.layout = layout
+        self.n_local = 0 if teacher else layout.n_local  # the teacher sees the global crops only
+        if last:
+            self.dino_head, self.ibot_head = model.dino_head, model.ibot_head
+
+    def forward(self, *inputs):
+        x_TD, masks_BGN = self._embed(*inputs) if self.is_first else inputs
+        packing = self._packing(masks_BGN.shape[0], x_TD.device)
+        for block in self.backbone.blocks.values():
+            x_TD = block(x_TD, packing)
+        if not self.is_last:
+            return x_TD, masks_BGN
+        return self._heads(self.backbone.norm(x_TD), masks_BGN)
+
+    def _embed(self, global_BG3SS, *rest):
+        masks_BGN, vit = rest[-1], self.backbone
+        crop_major = lambda x: x.transpose(0, 1).flatten(0, 1)  # noqa: E731  (b, n, ...) -> (n*b, ...)
+        g_masks = None if self.teacher else crop_major(masks_BGN)
+        parts = [vit.with_prefix(*vit.patch_tokens(crop_major(global_BG3SS), g_masks))]  # (n_g*b, Lg, D)
+        if self.n_local:
+            parts.append(vit.with_prefix(*vit.patch_tokens(crop_major(rest[0]))))  # (n_l*b, Ll, D)
+        return torch.cat([p.flatten(0, 1) for p in parts]), masks_BGN
+
+    def _packing(self, b, device):
+        lay = self.layout
+        seqlens = [lay.global_len] * (lay.n_global * b) + [lay.local_len] * (self.n_local * b)
+        return Packing.from_seqlens(seqlens, device)
+
+    def _heads(self, x_TD, masks_BGN):
+        lay, b = self.layout, masks_BGN.shape[0]
+        n_g_tokens = lay.n_global * b * lay.global_len
+        x_g = x_TD[:n_g_tokens].view(lay.n_global * b, lay.global_len, -1)
+        cls_g = x_g[:, 0]
+        masks = masks_BGN.transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
+        ibot = self.ibot_head.features(x_g[:, lay.n_prefix :][masks])
+        dino_g = self.dino_head.features(cls_g)
+        if self.teacher:
+            return dino_g.view(lay.n_global, b, -1).transpose(0, 1), ibot
+        cls_l = x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0]
+        dino_l = self.dino_head.features(cls_l)
+        return cls_g, dino_g, dino_l, ibot, self.dino_head.prototypes(), self.ibot_head.prototypes(), masks_BGN
+
+
+def merged_module(stages):
+    """One module over a rank's stage modules whose parameter names are the full WebDINO's (for the optimizer,
+    the EMA and checkpoints); it shares every parameter with the stages."""
+    root = nn.Module()
+    root.backbone = nn.Module()
+    root.backbone.blocks = nn.ModuleDict()
+    for stage in stages:
+        vit = stage.backbone
+        root.backbone.blocks.update(vit.blocks)
+        for name, p in vit.named_parameters(recurse=False):
+            root.backbone.register_parameter(name, p)
+        for name in ("patch_embed", "norm"):
+            if hasattr(vit, name):
+                setattr(root.backbone, name, getattr(vit, name))
+        if stage.is_last:
+            root.dino_head, root.ibot_head = stage.dino_head, stage.ibot_head
+    return root
+
+
+def _prototypes(stage, head):
+    """A head's normalised prototypes outside a forward (FSDP2 gathers the stage root's parameters for it)."""
+    sharded = isinstance(stage, FSDPModule)
+    if sharded:
+        stage.unshard()
+    try:
+        return getattr(stage, head).prototypes().detach()
+    finally:
+        if sharded:
+            stage.reshard()
+
+
+class PipelinedWebDINOTask(WebDINOTask):
+    """WebDINOTask whose student and teacher run as pipeline stages over mesh.pp (see the module docstring).
+
+    Built from a WebDINOTask (the full models, initialised exactly as in one process); `student` / `teacher` are
+    then merged_module()s of this rank's stages. The loop calls forward_backward instead of losses + backward.
+    """
+
+    def __init__(self, task, mesh):
+        cfg, dims = task.cfg, mesh.dims
+        if cfg.optim.grad_accum != 1:
+            raise ValueError(
+                f"optim.grad_accum={cfg.optim.grad_accum} with parallel.pp={dims.pp}: the pipeline already splits "
+                "the batch; set parallel.pp_microbatches instead"
+            )
+        self.cfg, self.mesh, self.objective, self.full_cfg = cfg, mesh, task.objective, task.backbone_cfg
+        self.objective.group = mesh.dp.get_group()  # only the last stage's ranks compute targets and losses
+        self.layout = crop_layout(cfg, task.backbone_cfg)
+        ranges = stage_blocks(self.full_cfg.depth, dims.n_stages)
+        last = dims.n_stages - 1
+
+        def stages(model, teacher):
+            return [
+                (s, WebDINOStage(model, ranges[s], first=s == 0, last=s == last, layout=self.layout, teacher=teacher))
+                for s in stage_ids(mesh.rank("pp"), dims.pp, dims.virtual_stages)
+            ]
+
+        self.stages, self.t_stages = stages(task.student, False), stages(task.teacher, True)
+        self.pp_group = mesh.pp.get_group()
+
+    @property
+    def backbone_cfg(self):
+        return self.full_cfg
+
+    def wrap(self, wrap_fn):
+        """Parallelises each stage pair (TP / checkpointing / FSDP over dp) and builds the two schedules."""
+        p = self.cfg.parallel
+        for (_, student), (_, teacher) in zip(self.stages, self.t_stages):
+            wrap_fn(student, teacher)
+        self.student = self.student_dp = merged_module([m for _, m in self.stages])
+        self.teacher = self.teacher_dp = merged_module([m for _, m in self.t_stages])
+        self.n_micro = p.pp_microbatches or 2 * p.pp
+        self.schedule = build_schedule(self.stages, self.mesh, self.n_micro, self._microbatch_loss, p.pp_schedule)
+        t_kind = "interleaved" if self.mesh.dims.virtual_stages > 1 else "gpipe"
+        self.t_schedule = build_schedule(self.t_stages, self.mesh, self.n_micro, kind=t_kind)
+        self.is_first = any(m.is_first for _, m in self.stages)
+        self.is_last = any(m.is_last for _, m in self.stages)
+
+    def forward_backward(self, batch, sched):
+        """Teacher pipeline, then the student schedule (forward and backward) on one batch; returns the loss
+        terms (0-d tensors, averaged over the microbatches) on every pp rank."""
+        lay = self.layout
+        g, masks = batch["global_crops"], batch.get("masks")
+        B = g.shape[0] // lay.n_global
+        if B % self.n_micro:
+            raise ValueError(
+                f"the per-rank batch of {B} images does not split into parallel.pp_microbatches={self.n_micro}"
+            )
+        image_major = lambda x, n: x.unflatten(0, (n, B)).transpose(0, 1).contiguous()  # noqa: E731
+        if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
+            masks = torch.zeros(lay.n_global * B, lay.global_len - lay.n_prefix, dtype=torch.bool, device=g.device)
+        g_img, m_img = image_major(g, lay.n_global), image_major(masks, lay.n_global)
+        inputs = (g_img, image_major(batch["local_crops"], lay.n_local), m_img) if lay.n_local else (g_img, m_img)
+        t_out = teacher_forward(self.t_schedule, g_img, m_img)
+        if self.is_last:
+            self._targets = self._teacher_targets(t_out, m_img, sched["teacher_temp"])
+            self._masks, self._records = m_img, {}  # microbatch's first image -> its loss terms
+        self.schedule.step(
+            *(inputs if self.is_first else ()),
+            target=torch.arange(B, device=g.device) if self.is_last else None,
+            losses=[] if self.is_last else None,
+        )
+        keys = self.loss_keys
+        if self.is_last:
+            assert len(self._records) == self.n_micro, sorted(self._records)
+            terms = torch.stack(list(self._records.values())).mean(0)
+            self._targets = self._masks = self._records = None
+        else:
+            terms = torch.zeros(len(keys), device=g.device)
+        dist.all_reduce(terms, group=self.pp_group)  # only the last stage's rank holds non-zero values
+        return dict(zip(keys, terms.unbind(0)))
+
+    def _teacher_targets(self, t_out, masks_BGN, teacher_temp):
+        dino_BGD, ibot_MD = t_out
+        last = [m for _, m in self.t_stages if m.is_last][0]
+        tg = PrototypeLogits(dino_BGD.transpose(0, 1), _prototypes(last, "dino_head"))  # [n_g, B, D]
+        tp = PrototypeLogits(ibot_MD, _prototypes(last, "ibot_head")) if bool(masks_BGN.any()) else None
+        return self.objective.teacher_targets(tg, tp, teacher_temp)
+
+    def _microbatch_loss(self, output, images):
+        """Losses of the microbatch of images [lo, hi) (on the last stage); returns its total."""
+        cls_g, dino_g, dino_l, ibot, dino_protos, ibot_protos, stage_masks = output
+        lay, (dino_t, ibot_t) = self.layout, self._targets
+        lo, hi = int(images[0]), int(images[-1]) + 1
+        b = hi - lo
+        if not torch.equal(stage_masks, self._masks[lo:hi]):
+            # torch's pipelining infers the backward's shapes once by calling this on uninitialised tensors;
+            # any loss of the outputs gives it the shapes
+            return sum(o.sum() for o in output if o.is_floating_point()) * 0.0
+        masks = self._masks[lo:hi].transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
+        sp = it = None
+        if ibot_t is not None and bool(masks.any()):
+            off = int(self._masks[:lo].sum())  # iBOT rows of the earlier microbatches
+            sp = PrototypeLogits(ibot, ibot_protos)
+            it = ibot_t.columns(slice(off, off + ibot.shape[0]))
+        losses = self.objective.student_losses(
+            PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
+            PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
+            dino_t.columns(slice(lo, hi)), sp, it, masks, cls_g.view(lay.n_global, b, -1),
+        )  # fmt: skip
+        self._records[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
+        return losses["total"]
+
+    def state_dict(self, optimizer, *, with_optim=None):
+        for buf in self.objective.buffers():  # softmax centers live on the last stage; every rank saves them
+            dist.broadcast(buf, group=self.pp_group, group_src=self.mesh.dims.pp - 1)
+        return super().state_dict(optimizer, with_optim=with_optim)
