@@ -120,7 +120,7 @@ class ParallelConfig:
     sequence_parallel: bool = False  # with tp > 1: norms and residuals on 1/tp of the tokens each
     pp_schedule: Literal["1f1b", "interleaved", "gpipe"] = "1f1b"
     virtual_stages: int = 1  # pipeline stages per pp rank; interleaved needs 2 or more
-    pp_microbatches: int = 0  # microbatches per pipeline step; 0: 2 x pp
+    pp_microbatches: int = 0  # microbatches per pipeline step; 0: 4 x pp (as `fastvit plan` assumes)
 
 
 @dataclass(kw_only=True)

@@ -4,11 +4,21 @@
 
 Memory per GPU (bytes), with P the parameters a GPU holds (its pipeline stage's, matrices / tp, all / dp
 under FSDP): params 4P (fp32 master), grads 4P (fp32), AdamW m and v 8P, the EMA teacher 4P (sharded like
-the student, no grads); on GPUs FSDP also gathers bf16 copies of about two blocks at a time.
-Activations (bf16 on GPUs, fp32 on CPUs), per student token and block, saved for the backward:
-block input, norm1 out, proj out, residual sum, norm2 out, w3 out (6d, replicated over tp) and q, k, v,
-attention out, w12 out, SwiGLU out ((4d + 3h) / tp); full checkpointing keeps only the block input (d) plus
-one block recomputed at a time; selective checkpoints every second block.
+the student, no grads); with FSDP over dp > 1 also two blocks gathered at a time (the current one and the
+prefetched one, bf16 on GPUs, fp32 on CPUs) and one block's unsharded fp32 gradients before their reduce-scatter.
+Activations (bf16 on GPUs, fp32 on CPUs; the norms' mean / rstd and attention's log-sum-exp are always fp32),
+the peak of the student's forward + backward on the busiest stage, per token (d width, h MLP hidden, H heads):
+  saved by a block for its backward: block input, norm1 out, residual sum, norm2 out (4d) and, with
+  LayerScale, proj out and w3 out (2d), all replicated over tp; q, k, v, attention out (4d) and the MLP's
+  inputs (SwiGLU: w12 out 2h + SwiGLU out h; GELU: 2h), split over tp; fp32 stats 4 + H / tp;
+  a checkpointed block keeps only its input (d); the final norm (last stage) keeps d + 2 fp32, a stage
+  that sends to a next one keeps its output (d); 1F1B keeps min(pp, microbatches) microbatches in flight;
+  while the last block of the stage runs its backward: its recomputed activations (when it is checkpointed:
+  full every block, selective blocks 0, 2, 4, ...) and the gradients in flight at the SwiGLU backward, the
+  step's high point (the GPU kernel writes a (2h) gradient from the (h) one: 2h / tp beyond the freed inputs;
+  the CPU torch path keeps two more (h) temporaries: 4h / tp; GELU h / tp), less what the final norm freed.
+  Not counted: the crops' pixels, the heads (a few masked tokens and CLS rows: under 1%), the no-grad
+  teacher forward (transient, never at the same time as the student's backward).
 Step time: FLOPs from vit_forward_flops (student 3x forward, +1 forward of blocks under full checkpointing,
 +1/2 selective; teacher 1 forward of the global crops) at an assumed fraction of the table peak, the 1F1B
 bubble (pp - 1) / microbatches, tp all-reduces (4 per block and microbatch, 6 with recompute, exposed)
@@ -80,27 +90,62 @@ def stage_params(cfg, n_head, layout):
 
 
 def static_memory(cfg, n_head, layout, gpu=True):
-    """Bytes per GPU of params, grads, optimizer states and teacher (FSDP shards over dp)."""
+    """Bytes per GPU of params, grads, optimizer states and teacher (FSDP shards over dp), with FSDP's
+    gathered blocks in "params" and its unsharded block gradients in "grads"."""
     p = stage_params(cfg, n_head, layout) / (layout.dp if layout.fsdp else 1)
     out = {"params": 4 * p, "grads": 4 * p, "optim": 8 * p, "teacher": 4 * p}
-    if gpu and layout.fsdp and layout.dp > 1:  # bf16 gathered copies of ~2 blocks (current + prefetch)
-        out["params"] += 2 * 2 * block_params(cfg, layout.tp)
+    if layout.fsdp and layout.dp > 1:  # current + prefetched block gathered; one block's grads before reduce-scatter
+        block = block_params(cfg, layout.tp)
+        out["params"] += 2 * (2 if gpu else 4) * block
+        out["grads"] += 4 * block
     return out
 
 
-def activation_bytes(cfg, tokens, layout, bytes_per=2):
-    """Saved activations of `tokens` student tokens in flight on the busiest stage of one GPU."""
-    d, h, tp = cfg.width, cfg.mlp_hidden, layout.tp
-    full = (6 * d + (4 * d + 3 * h) / tp) * bytes_per  # per token and block, nothing recomputed
-    blocks = cfg.depth // layout.pp
-    if layout.ac == "none":
-        per_block = full
-    elif layout.ac == "full":
-        per_block = d * bytes_per
-    else:
-        per_block = (full + d * bytes_per) / 2
-    recompute = full if layout.ac != "none" else 0  # one block's activations rebuilt during its backward
-    return tokens * (blocks * per_block + recompute)
+STAT_BYTES = 4  # LayerNorm mean / rstd and attention's log-sum-exp are fp32 whatever the activation dtype
+CHECKPOINT_EVERY = {"none": 0, "full": 1, "selective": 2}  # as fastvit.parallel.checkpointing
+
+
+def block_saved_bytes(cfg, tp, bytes_per):
+    """Bytes per token one block saves for its backward, its input included (see the module docstring)."""
+    d, h = cfg.width, cfg.mlp_hidden
+    layerscale = cfg.layerscale_init is not None
+    replicated = (4 + 2 * layerscale) * d * bytes_per + 4 * STAT_BYTES  # x, norm1, sum, norm2 (+ proj, w3 outs)
+    mlp = 3 * h if cfg.mlp == "swiglu" else 2 * h  # MLP inputs: w12 out (2h) + SwiGLU out (h), or fc1 / GELU outs
+    split = (4 * d + mlp) * bytes_per + cfg.heads * STAT_BYTES  # q, k, v, attention out, MLP inputs; lse
+    return replicated + split / tp
+
+
+def backward_working_bytes(cfg, tp, bytes_per, gpu):
+    """Bytes per token of gradients in flight at the MLP backward (the block backward's high point) beyond the
+    saved activations this block has freed by then (its w3 out and the MLP output's input)."""
+    h = cfg.mlp_hidden
+    if cfg.mlp == "swiglu":  # + dy (h) + d[w12 out] (2h), less the freed SwiGLU out (h); CPU: + 2 (h) temporaries
+        return (2 * h if gpu else 4 * h) * bytes_per / tp
+    return h * bytes_per / tp  # + dy (h) + d[fc1 out] (h), less the freed GELU out (h)
+
+
+def activation_parts(cfg, tokens, layout, bytes_per=2, gpu=True, in_flight=1):
+    """Activation bytes on the busiest stage of one GPU, as a dict: saved (what the forward of `in_flight`
+    microbatches of `tokens` student tokens each keeps for the backward), recompute and working (the extra
+    of one microbatch's backward at its high point) and peak (their sum)."""
+    d, b, blocks = cfg.width, bytes_per, cfg.depth // layout.pp
+    every = CHECKPOINT_EVERY[layout.ac]
+    n_ckpt = -(-blocks // every) if every else 0  # blocks 0, every, 2 every, ...
+    full = block_saved_bytes(cfg, layout.tp, b)
+    edge = d * b + 2 * STAT_BYTES if layout.pp == 1 else d * b  # final norm input, or the stage output kept
+    saved = (blocks - n_ckpt) * full + n_ckpt * d * b + edge
+    last_checkpointed = every and (blocks - 1) % every == 0
+    recompute = full - d * b if last_checkpointed else 0.0
+    working = backward_working_bytes(cfg, layout.tp, b, gpu) - (edge if layout.pp == 1 else 0.0)
+    parts = {"saved": in_flight * saved, "recompute": recompute, "working": working}
+    parts = {k: tokens * v for k, v in parts.items()}
+    return {**parts, "peak": sum(parts.values())}
+
+
+def activation_bytes(cfg, tokens, layout, bytes_per=2, gpu=True, in_flight=1):
+    """Peak activation bytes of the student's forward + backward on the busiest stage of one GPU (tokens: one
+    microbatch's student tokens; in_flight: microbatches whose activations are held at once)."""
+    return activation_parts(cfg, tokens, layout, bytes_per, gpu, in_flight)["peak"]
 
 
 def recipe_tokens(cfg, cfg_data):
@@ -111,6 +156,7 @@ def recipe_tokens(cfg, cfg_data):
 
 
 def microbatches(layout, batch_dp):
+    """Pipeline microbatches per step: the default of parallel.pp_microbatches (4 x pp), at most one per image."""
     return min(batch_dp, 4 * layout.pp) if layout.pp > 1 else 1
 
 
@@ -161,11 +207,10 @@ def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
     n_head = head_params(cfg.width, cfg_obj)
     mem = static_memory(cfg, n_head, layout)
     batch_dp = batch // layout.dp
-    tokens = recipe_tokens(cfg, cfg_data)[0] * batch_dp
-    if layout.pp > 1:  # 1F1B keeps up to pp microbatches in flight on the first stage
-        m = microbatches(layout, batch_dp)
-        tokens = tokens * min(layout.pp, m) // m
-    mem["activations"] = activation_bytes(cfg, tokens, layout)
+    m = microbatches(layout, batch_dp)
+    tokens = recipe_tokens(cfg, cfg_data)[0] * batch_dp / m  # one microbatch
+    in_flight = min(layout.pp, m)  # 1F1B: up to pp microbatches in flight on the first stage
+    mem["activations"] = activation_bytes(cfg, tokens, layout, in_flight=in_flight)
     mem["total"] = sum(mem.values())
     seconds, parts = step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu)
     return {"layout": layout, "memory": mem, "seconds": seconds, "parts": parts}
@@ -266,4 +311,13 @@ def main(argv):
     return 0
 
 
-__all__ = ["GPU_TABLE", "Layout", "activation_bytes", "main", "plan", "static_memory", "step_time"]
+__all__ = [
+    "GPU_TABLE",
+    "Layout",
+    "activation_bytes",
+    "activation_parts",
+    "main",
+    "plan",
+    "static_memory",
+    "step_time",
+]

@@ -179,7 +179,7 @@ class PipelinedWebDINOTask(WebDINOTask):
             wrap_fn(student, teacher)
         self.student = self.student_dp = merged_module([m for _, m in self.stages])
         self.teacher = self.teacher_dp = merged_module([m for _, m in self.t_stages])
-        self.n_micro = p.pp_microbatches or 2 * p.pp
+        self.n_micro = p.pp_microbatches or 4 * p.pp
         self.schedule = build_schedule(self.stages, self.mesh, self.n_micro, self._microbatch_loss, p.pp_schedule)
         t_kind = "interleaved" if self.mesh.dims.virtual_stages > 1 else "gpipe"
         self.t_schedule = build_schedule(self.t_stages, self.mesh, self.n_micro, kind=t_kind)

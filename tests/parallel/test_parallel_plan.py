@@ -1,10 +1,17 @@
-"""The layout planner: its static memory against what a real single-process run allocates, and the 7B plan."""
+"""The layout planner against what real small CPU runs allocate (tests/parallel/memory_probe.py: the CPU
+allocator's bytes from torch.profiler): static memory of one process; activation peaks of the packed multi-crop
+student forward + backward at ac = none / selective / full on one process and at tp=2; the whole per-rank
+memory of FSDP over dp=2; and the 7B plan."""
 
 import pytest
+from memory_probe import measure_fsdp, measure_one_process, measure_tp, probe_vit
 from parallel_cases import TinyDino, reference
 
 from fastvit.config import load_config
-from fastvit.parallel.plan import GPU_TABLE, Layout, main, plan, static_memory
+from fastvit.parallel.plan import GPU_TABLE, Layout, activation_parts, main, plan, static_memory
+from fastvit.testing import run_ranks
+
+IMAGES = 4  # per rank: 8 global crops of 17 tokens + 32 local crops of 5 tokens = 296 packed tokens
 
 
 def planned(layout):
@@ -19,8 +26,45 @@ def check_within(measured, predicted, what, tol=0.10):
         assert abs(p - m) <= tol * m, f"{what} {key}: planned {p:.0f} B vs allocated {m:.0f} B ({p / m - 1:+.1%})"
 
 
+def check_ratio(measured, predicted, what, tol=0.10):
+    ratio = predicted / measured
+    assert abs(ratio - 1) <= tol, f"{what}: planned {predicted:.0f} B vs measured {measured:.0f} B (ratio {ratio:.3f})"
+
+
+def planned_activations(layout, tokens):
+    return activation_parts(probe_vit().cfg, tokens, layout, bytes_per=4, gpu=False)
+
+
 def test_static_memory_matches_one_process_allocation():
     check_within(reference(steps=1)["memory"], planned(Layout(dp=1, tp=1, pp=1, ac="none", fsdp=False)), "1 process")
+
+
+@pytest.mark.parametrize("ac", ["none", "selective", "full"])
+def test_activations_match_one_process_allocation(ac):
+    got = measure_one_process(ac, IMAGES)
+    plan_ = planned_activations(Layout(dp=1, tp=1, pp=1, ac=ac, fsdp=False), got["tokens"])
+    check_ratio(got["saved"], plan_["saved"], f"ac={ac} saved after the forward")
+    check_ratio(got["peak"], plan_["peak"], f"ac={ac} peak of forward + backward")
+
+
+@pytest.mark.multirank
+def test_tp2_activations_match_each_rank():
+    for rank, out in enumerate(run_ranks(measure_tp, 2, ("none", "full"), IMAGES)):
+        for ac, got in out.items():
+            plan_ = planned_activations(Layout(dp=1, tp=2, pp=1, ac=ac, fsdp=False), got["tokens"])
+            check_ratio(got["peak"], plan_["peak"], f"tp=2 rank {rank} ac={ac} peak of forward + backward")
+
+
+@pytest.mark.multirank
+def test_fsdp_dp2_total_matches_each_rank():
+    cfg = probe_vit().cfg
+    for rank, out in enumerate(run_ranks(measure_fsdp, 2, ("none", "full"), IMAGES)):
+        for ac, got in out.items():
+            layout = Layout(dp=2, tp=1, pp=1, ac=ac)
+            static = static_memory(cfg, 0, layout, gpu=False)
+            planned = sum(static.values()) + planned_activations(layout, got["tokens"])["peak"]
+            measured = sum(got["static"].values()) + got["peak"]
+            check_ratio(measured, planned, f"fsdp dp=2 rank {rank} ac={ac} static + peak")
 
 
 def test_vit7b_plan_recommends_a_fitting_layout(capsys):
