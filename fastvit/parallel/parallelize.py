@@ -63,7 +63,7 @@ def parallelize_vit(model, mesh, cfg_parallel, *, teacher=False):
         )
     blocks = blocks_of(model)
     if dims is not None:
-        apply_tp(blocks, mesh.tp)
+        apply_tp(blocks, mesh.tp, sequence_parallel=cfg_parallel.sequence_parallel)
     if not teacher:
         apply_activation_checkpointing(blocks, cfg_parallel.activation_checkpointing)
     if cfg_parallel.compile:

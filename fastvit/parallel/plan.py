@@ -90,14 +90,13 @@ def stage_params(cfg, n_head, layout):
 
 
 def static_memory(cfg, n_head, layout, gpu=True):
-    """Bytes per GPU of params, grads, optimizer states and teacher (FSDP shards over dp), with FSDP's
-    gathered blocks in "params" and its unsharded block gradients in "grads"."""
+    """Bytes per GPU of the params, grads, optimizer states and teacher shards a GPU keeps (FSDP shards over dp)
+    and, under FSDP, "fsdp_buffers": its gathered blocks and one block's unsharded gradients (transient)."""
     p = stage_params(cfg, n_head, layout) / (layout.dp if layout.fsdp else 1)
-    out = {"params": 4 * p, "grads": 4 * p, "optim": 8 * p, "teacher": 4 * p}
+    out = {"params": 4 * p, "grads": 4 * p, "optim": 8 * p, "teacher": 4 * p, "fsdp_buffers": 0.0}
     if layout.fsdp and layout.dp > 1:  # current + prefetched block gathered; one block's grads before reduce-scatter
         block = block_params(cfg, layout.tp)
-        out["params"] += 2 * (2 if gpu else 4) * block
-        out["grads"] += 4 * block
+        out["fsdp_buffers"] = 2 * (2 if gpu else 4) * block + 4 * block
     return out
 
 
@@ -244,14 +243,15 @@ def format_plan(vit, rows, gpus, gpu_name, batch, top=12):
     lines = [
         f"plan: {vit.name} ({vit.width}x{vit.depth}, {vit.heads} heads) on {gpus} x {gpu_name}, batch {batch}; "
         f"GB per GPU, step time at {ACHIEVABLE:.0%} of {GPU_TABLE[gpu_name]['tflops']:.0f} TFLOP/s",
-        f"{'layout':<34} {'params':>7} {'grads':>7} {'optim':>7} {'teacher':>7} {'activ':>7} {'total':>7} "
+        f"{'layout':<34} {'params':>7} {'grads':>7} {'optim':>7} {'teacher':>7} {'fsdp':>7} {'activ':>7} {'total':>7} "
         f"{'fits':>4} {'step s':>7} {'bubble':>6} {'tp comm':>7}",
     ]
     for r in rows[:top]:
         m = r["memory"]
         lines.append(
             f"{str(r['layout']):<34} {gb(m['params'])} {gb(m['grads'])} {gb(m['optim'])} {gb(m['teacher'])} "
-            f"{gb(m['activations'])} {gb(m['total'])} {'yes' if r['fits'] else 'no':>4} {r['seconds']:7.2f} "
+            f"{gb(m['fsdp_buffers'])} {gb(m['activations'])} {gb(m['total'])} {'yes' if r['fits'] else 'no':>4} "
+            f"{r['seconds']:7.2f} "
             f"{r['parts']['bubble']:6.2f} {r['parts']['tp_comm']:7.2f}"
         )
     best = rows[0]

@@ -196,6 +196,11 @@ class PipelinedWebDINOTask(WebDINOTask):
             raise ValueError(
                 f"the per-rank batch of {B} images does not split into parallel.pp_microbatches={self.n_micro}"
             )
+        if B // self.n_micro < 2 and self.objective.weights["koleo"]:
+            raise ValueError(
+                f"microbatches of {B // self.n_micro} image(s) leave KoLeo no neighbours: use fewer "
+                f"parallel.pp_microbatches (now {self.n_micro}) or a larger train.batch_size"
+            )
         image_major = lambda x, n: x.unflatten(0, (n, B)).transpose(0, 1).contiguous()  # noqa: E731
         if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
             masks = torch.zeros(lay.n_global * B, lay.global_len - lay.n_prefix, dtype=torch.bool, device=g.device)
@@ -246,7 +251,7 @@ class PipelinedWebDINOTask(WebDINOTask):
         losses = self.objective.student_losses(
             PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
             PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
-            dino_t.columns(slice(lo, hi)), sp, it, masks, cls_g.view(lay.n_global, b, -1),
+            dino_t.columns(slice(lo, hi)), sp, it, masks, cls_g.view(lay.n_global, b, -1) if b > 1 else None,
         )  # fmt: skip
         self._records[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
         return losses["total"]
