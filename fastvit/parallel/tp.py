@@ -40,10 +40,11 @@ FUSED_PARTS = {"attn.qkv": 3, "mlp.w12": 2}  # module-name suffix -> number of s
 
 
 def fused_parts(fqn):
-    """Parts stacked in the rows of the parameter `fqn` (3 for *.attn.qkv.*, 2 for *.mlp.w12.*), else 0."""
-    module = fqn.rsplit(".", 1)[0]
-    for suffix, parts in FUSED_PARTS.items():
-        if module == suffix or module.endswith("." + suffix):
+    """Parts stacked in the rows of the parameter `fqn` (3 for *.attn.qkv.*, 2 for *.mlp.w12.*), else 0; also
+    for flattened optimizer keys that name such a parameter (state.<fqn>.exp_avg)."""
+    padded = f".{fqn}."
+    for module, parts in FUSED_PARTS.items():
+        if f".{module}." in padded:
             return parts
     return 0
 

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -84,6 +85,11 @@ def _prune(root, keep):
         shutil.rmtree(path, ignore_errors=True)
 
 
+# Optimizer state and param-group settings keyed by parameter name, not by group index: the groups a rank
+# holds (and their order) depend on which blocks it holds, so index keys would collide across layouts.
+OPTIM_BY_NAME = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
 def trainable_state(model, optimizer, *, with_optim=None):
     """{"student": model state, "optim": optimizer state} as DCP state dicts (DDP unwrapped, FSDP2 shards kept).
 
@@ -92,7 +98,7 @@ def trainable_state(model, optimizer, *, with_optim=None):
     and make a run's trajectory depend on whether it wrote a step-0 checkpoint.
     """
     if with_optim or (with_optim is None and optimizer.state):
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIM_BY_NAME)
         return {"student": model_sd, "optim": optim_sd}
     return {"student": get_model_state_dict(model)}
 
@@ -100,7 +106,9 @@ def trainable_state(model, optimizer, *, with_optim=None):
 def load_trainable_state(model, optimizer, state):
     """Applies what trainable_state(..., with_optim=True) held after load_checkpoint filled it."""
     if "optim" in state:
-        set_state_dict(model, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"])
+        set_state_dict(
+            model, optimizer, model_state_dict=state["student"], optim_state_dict=state["optim"], options=OPTIM_BY_NAME
+        )
     else:
         set_model_state_dict(model, state["student"])
 

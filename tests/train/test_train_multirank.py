@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config
+from tiny import merge_rank_loaders, tiny_config
 
 from fastvit.testing import run_ranks
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
-from fastvit.train.web_dino import WebDINOTask
 
 COMPARED = ("loss", "dino_global", "dino_local", "ibot")
 EXTRA = ("train.steps=3", "objective.koleo_weight=0", "train.checkpoint_every=0", "optim.warmup_steps=1")
@@ -33,45 +32,12 @@ def _train_rank(rank, world_size, out, mode):
     return _metrics(out) if rank == 0 else None
 
 
-def _merge(batches, n_global, n_local):
-    """One batch holding the ranks' batches side by side, keeping the crop-major row order."""
-
-    def crop_major(key, n):
-        parts = [b[key].unflatten(0, (n, -1)) for b in batches]
-        return torch.cat(parts, dim=1).flatten(0, 1)
-
-    merged = {"global_crops": crop_major("global_crops", n_global), "masks": crop_major("masks", n_global)}
-    if n_local:
-        merged["local_crops"] = crop_major("local_crops", n_local)
-    merged["skipped"] = sum(b["skipped"] for b in batches)
-    return merged
-
-
-class _MergedLoader:
-    def __init__(self, loaders, n_global, n_local):
-        self.loaders, self.n_global, self.n_local = loaders, n_global, n_local
-
-    def __iter__(self):
-        for batches in zip(*self.loaders):
-            yield _merge(batches, self.n_global, self.n_local)
-
-    def state_dict(self):
-        return {}
-
-
 @pytest.mark.multirank
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process_on_the_same_global_batch(tmp_path, monkeypatch, mode):
     ranks = run_ranks(_train_rank, 2, str(tmp_path / "two"), mode)
 
-    real_build = WebDINOTask.build_loader
-
-    def merged_loader(self, *, batch_size, rank, world_size, device):
-        d = self.cfg.data
-        per_rank = [real_build(self, batch_size=batch_size // 2, rank=r, world_size=2, device=device) for r in (0, 1)]
-        return _MergedLoader(per_rank, d.n_global_crops, d.n_local_crops)
-
-    monkeypatch.setattr(WebDINOTask, "build_loader", merged_loader)
+    merge_rank_loaders(monkeypatch, 2)
     train(tiny_config(tmp_path / "one", *EXTRA))
     one, two = _metrics(tmp_path / "one"), ranks[0]
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]

@@ -1,6 +1,9 @@
 """A Web-DINO configuration small enough to train a few steps in seconds on a CPU."""
 
+import torch
+
 from fastvit.config import load_config
+from fastvit.train.web_dino import WebDINOTask
 
 TINY = [
     "model.width=64", "model.depth=2", "model.heads=2", "model.patch_size=8", "model.img_size=32",
@@ -19,3 +22,42 @@ def tiny_args(out, *extra):
 
 def tiny_config(out, *extra):
     return load_config("demo", TINY + [f"train.out={out}", *extra])
+
+
+def _merge(batches, n_global, n_local):
+    """One batch holding the ranks' batches side by side, keeping the crop-major row order."""
+
+    def crop_major(key, n):
+        parts = [b[key].unflatten(0, (n, -1)) for b in batches]
+        return torch.cat(parts, dim=1).flatten(0, 1)
+
+    merged = {"global_crops": crop_major("global_crops", n_global), "masks": crop_major("masks", n_global)}
+    if n_local:
+        merged["local_crops"] = crop_major("local_crops", n_local)
+    merged["skipped"] = sum(b["skipped"] for b in batches)
+    return merged
+
+
+class MergedLoader:
+    def __init__(self, loaders, n_global, n_local):
+        self.loaders, self.n_global, self.n_local = loaders, n_global, n_local
+
+    def __iter__(self):
+        for batches in zip(*self.loaders):
+            yield _merge(batches, self.n_global, self.n_local)
+
+    def state_dict(self):
+        return {}
+
+
+def merge_rank_loaders(monkeypatch, dp):
+    """Makes a one-process run read, each step, what the loaders of `dp` data-parallel ranks would yield."""
+    real_build = WebDINOTask.build_loader
+
+    def merged_loader(self, *, batch_size, rank, world_size, device):
+        d = self.cfg.data
+        b = batch_size // dp
+        loaders = [real_build(self, batch_size=b, rank=r, world_size=dp, device=device) for r in range(dp)]
+        return MergedLoader(loaders, d.n_global_crops, d.n_local_crops)
+
+    monkeypatch.setattr(WebDINOTask, "build_loader", merged_loader)

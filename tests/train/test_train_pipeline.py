@@ -1,0 +1,96 @@
+"""Pipeline-parallel Web-DINO (`fastvit train` with parallel.pp > 1) on gloo ranks against one process.
+
+The same global batch goes through both; every loss term and the gradient norm must agree (fp32, only the
+order of sums differs). KoLeo is weighted 0 here: under a pipeline it is computed within each microbatch.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import merge_rank_loaders, tiny_config
+
+from fastvit.testing import run_ranks
+from fastvit.train import checkpoint as ckpt
+from fastvit.train.loop import train
+
+COMPARED = ("loss", "dino_global", "dino_local", "ibot", "grad_norm")
+BASE = ("objective.koleo_weight=0", "optim.warmup_steps=1", "train.keep_checkpoints=3")
+STEPS = ("train.steps=3", "train.checkpoint_every=0")
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_rank(rank, world_size, out, extra):
+    torch.set_num_threads(1)
+    train(tiny_config(out, *BASE, *extra))
+    return _metrics(out) if rank == 0 else None
+
+
+def _check_same(ref, got, what, first_step=1):
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(ref, got):
+        if a["step"] < first_step:
+            continue
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (what, a["step"], key, a[key], b[key])
+
+
+def _copy_until(src, dst, step):
+    """A copy of run folder `src` as it was right after its step-`step` checkpoint."""
+    shutil.copytree(src, dst)
+    for path in (dst / "checkpoints").glob("step_*"):
+        if ckpt.step_of(path) > step:
+            shutil.rmtree(path)
+    (dst / "checkpoints" / "latest").write_text(f"step_{step}\n")
+    rows = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (dst / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+
+
+@pytest.mark.multirank
+def test_1f1b_matches_one_process_and_checkpoints_reshard(tmp_path):
+    """pp=2 (1F1B, 8 one-image microbatches) equals one process for 4 steps; a checkpoint written at pp=2
+    resumes in one process and one written by one process resumes at pp=2, with the same next steps."""
+    resume = ("train.steps=4", "train.checkpoint_every=2")
+    pp = ("parallel.pp=2", "parallel.pp_schedule=1f1b", *resume)
+    one = tmp_path / "one"
+    train(tiny_config(one, *BASE, *resume))
+    ref = _metrics(one)
+    _check_same(ref, run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "pp=2")
+    assert ref[-1]["loss"] != ref[0]["loss"]  # the steps really trained
+
+    _copy_until(tmp_path / "pp", tmp_path / "pp_to_one", 2)
+    train(tiny_config(tmp_path / "pp_to_one", *BASE, *resume))
+    _check_same(ref, _metrics(tmp_path / "pp_to_one"), "saved at pp=2, resumed by 1 process", first_step=3)
+    _copy_until(one, tmp_path / "one_to_pp", 2)
+    resumed = run_ranks(_train_rank, 2, str(tmp_path / "one_to_pp"), pp)[0]
+    _check_same(ref, resumed, "saved by 1 process, resumed at pp=2", first_step=3)
+
+
+@pytest.mark.multirank
+def test_interleaved_schedule_matches_one_process(tmp_path):
+    """pp=2 ranks x 2 virtual stages (4 stages of one block, interleaved 1F1B, 4 microbatches)."""
+    depth = ("model.depth=4",)
+    train(tiny_config(tmp_path / "one", *BASE, *STEPS, *depth))
+    pp = ("parallel.pp=2", "parallel.virtual_stages=2", "parallel.pp_schedule=interleaved",
+          "parallel.pp_microbatches=4", *STEPS, *depth)  # fmt: skip
+    _check_same(_metrics(tmp_path / "one"), run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "interleaved")
+
+
+@pytest.mark.multirank
+def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
+    """4 ranks: tp=2 x pp=2 (both tp ranks of a stage see the whole batch) and pp=2 x dp=2 (FSDP2 on each
+    stage, Sinkhorn over both data-parallel ranks) against one process on the same global batch."""
+    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.data_parallel=fsdp", *STEPS)
+    got = run_ranks(_train_rank, 4, str(tmp_path / "tp_pp"), tp_pp)[0]
+    pp_dp = ("parallel.pp=2", "parallel.dp=2", "parallel.data_parallel=fsdp", "parallel.pp_microbatches=2", *STEPS)
+    got_dp = run_ranks(_train_rank, 4, str(tmp_path / "pp_dp"), pp_dp)[0]
+    train(tiny_config(tmp_path / "one", *BASE, *STEPS))
+    _check_same(_metrics(tmp_path / "one"), got, "tp=2 x pp=2")
+    merge_rank_loaders(monkeypatch, 2)
+    train(tiny_config(tmp_path / "one_dp2", *BASE, *STEPS))
+    _check_same(_metrics(tmp_path / "one_dp2"), got_dp, "pp=2 x dp=2")
