@@ -186,21 +186,28 @@ class PipelinedWebDINOTask(WebDINOTask):
         self.is_first = any(m.is_first for _, m in self.stages)
         self.is_last = any(m.is_last for _, m in self.stages)
 
+    def build_loader(self, *, batch_size, rank, world_size, device):
+        self._check_batch(batch_size)  # at the start, not at the first step
+        return super().build_loader(batch_size=batch_size, rank=rank, world_size=world_size, device=device)
+
+    def _check_batch(self, b):
+        if b % self.n_micro:
+            raise ValueError(
+                f"the per-rank batch of {b} images does not split into parallel.pp_microbatches={self.n_micro}"
+            )
+        if b // self.n_micro < 2 and self.objective.weights["koleo"]:
+            raise ValueError(
+                f"microbatches of {b // self.n_micro} image(s) leave KoLeo no neighbours: use fewer "
+                f"parallel.pp_microbatches (now {self.n_micro}) or a larger train.batch_size"
+            )
+
     def forward_backward(self, batch, sched):
         """Teacher pipeline, then the student schedule (forward and backward) on one batch; returns the loss
         terms (0-d tensors, averaged over the microbatches) on every pp rank."""
         lay = self.layout
         g, masks = batch["global_crops"], batch.get("masks")
         B = g.shape[0] // lay.n_global
-        if B % self.n_micro:
-            raise ValueError(
-                f"the per-rank batch of {B} images does not split into parallel.pp_microbatches={self.n_micro}"
-            )
-        if B // self.n_micro < 2 and self.objective.weights["koleo"]:
-            raise ValueError(
-                f"microbatches of {B // self.n_micro} image(s) leave KoLeo no neighbours: use fewer "
-                f"parallel.pp_microbatches (now {self.n_micro}) or a larger train.batch_size"
-            )
+        self._check_batch(B)
         image_major = lambda x, n: x.unflatten(0, (n, B)).transpose(0, 1).contiguous()  # noqa: E731
         if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
             masks = torch.zeros(lay.n_global * B, lay.global_len - lay.n_prefix, dtype=torch.bool, device=g.device)

@@ -126,9 +126,9 @@ def measure_one_process(ac, images):
     return {"tokens": tokens, **trace_step(model, crops, masks)}
 
 
-def measure_tp(rank, world, acs, images):
+def measure_tp(rank, world, acs, images, sequence_parallel=False):
     """run_ranks target: {ac: the same probe} for each mode in `acs`, with the blocks tensor-parallel (apply_tp)
-    over all `world` ranks (tp=world); every rank runs the same images."""
+    over all `world` ranks (tp=world), with sequence parallel or not; every rank runs the same images."""
     from fastvit.config import ParallelConfig
     from fastvit.parallel.mesh import build_mesh, resolve_dims
     from fastvit.parallel.tp import apply_tp
@@ -138,7 +138,7 @@ def measure_tp(rank, world, acs, images):
         torch.manual_seed(0)
         model = probe_vit()
         mesh = build_mesh(resolve_dims(ParallelConfig(dp=1, tp=world, pp=1), world, model.cfg))
-        apply_tp(list(model.blocks), mesh.tp)
+        apply_tp(list(model.blocks), mesh.tp, sequence_parallel=sequence_parallel)
         apply_activation_checkpointing(list(model.blocks), ac)
         crops, masks, tokens = crops_of(images)
         out[ac] = {"tokens": tokens, **trace_step(model, crops, masks)}
