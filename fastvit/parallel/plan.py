@@ -11,7 +11,11 @@ the peak of the student's forward + backward on the busiest stage, per token (d 
   saved by a block for its backward: block input, norm1 out, residual sum, norm2 out (4d) and, with
   LayerScale, proj out and w3 out (2d), all replicated over tp; q, k, v, attention out (4d) and the MLP's
   inputs (SwiGLU: w12 out 2h + SwiGLU out h; GELU: 2h), split over tp; fp32 stats 4 + H / tp;
-  a checkpointed block keeps only its input (d); the final norm (last stage) keeps d + 2 fp32, a stage
+  with sequence parallel (sp, tp > 1) the block input, residual sum, proj and w3 outs and the norms' stats
+  are token shards (1/tp), but qkv and w12 (fc1) save the all-gathered full norm1 / norm2 outs (2d), as
+  measured (DTensor's ColwiseParallel(input_layouts=Shard(0)) keeps its gathered input for the weight grad);
+  a checkpointed block keeps only its input (d, or d / tp under sp); the final norm (last stage, on the
+  gathered tokens) keeps d + 2 fp32, a stage
   that sends to a next one keeps its output (d); 1F1B keeps min(pp, microbatches) microbatches in flight;
   while the last block of the stage runs its backward: its recomputed activations (when it is checkpointed:
   full every block, selective blocks 0, 2, 4, ...) and the gradients in flight at the SwiGLU backward, the
@@ -19,12 +23,16 @@ the peak of the student's forward + backward on the busiest stage, per token (d 
   the CPU torch path keeps two more (h) temporaries: 4h / tp; GELU h / tp), less what the final norm freed.
   Not counted: the crops' pixels, the heads (a few masked tokens and CLS rows: under 1%), the no-grad
   teacher forward (transient, never at the same time as the student's backward).
+Sequence parallel pads the tokens to a multiple of tp (at most tp - 1 rows, not counted). It cannot train
+with drop path (it drops whole images, a rank holds token shards): no sp layouts when model.drop_path > 0.
 Step time: FLOPs from vit_forward_flops (student 3x forward, +1 forward of blocks under full checkpointing,
 +1/2 selective; teacher 1 forward of the global crops) at an assumed fraction of the table peak, the 1F1B
-bubble (pp - 1) / microbatches, tp all-reduces (4 per block and microbatch, 6 with recompute, exposed)
+bubble (pp - 1) / microbatches, tp all-reduces (4 per block and microbatch, 6 with recompute, exposed; under
+sp each is an all-gather + a reduce-scatter of the same ring bytes, so the same time)
 and FSDP all-gathers / reduce-scatters (assumed hidden behind compute up to its length).
 """
 
+import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass
@@ -50,9 +58,14 @@ class Layout:
     pp: int
     ac: str  # none | selective | full
     fsdp: bool = True
+    sp: bool = False  # sequence parallel (parallel.sequence_parallel), only with tp > 1
+
+    def __post_init__(self):
+        if self.sp and self.tp == 1:
+            raise ValueError(f"sequence parallel (sp=True) needs tp > 1, got tp={self.tp}")
 
     def __str__(self):
-        return f"dp={self.dp} tp={self.tp} pp={self.pp} ac={self.ac}"
+        return f"dp={self.dp} tp={self.tp} pp={self.pp} ac={self.ac}" + (" sp" if self.sp else "")
 
 
 def head_params(width, cfg_obj):
@@ -102,15 +115,19 @@ def static_memory(cfg, n_head, layout, gpu=True):
 
 STAT_BYTES = 4  # LayerNorm mean / rstd and attention's log-sum-exp are fp32 whatever the activation dtype
 CHECKPOINT_EVERY = {"none": 0, "full": 1, "selective": 2}  # as fastvit.parallel.checkpointing
+AC_MODES = ("none", "selective", "full")
 
 
-def block_saved_bytes(cfg, tp, bytes_per):
+def block_saved_bytes(cfg, tp, bytes_per, sp=False):
     """Bytes per token one block saves for its backward, its input included (see the module docstring)."""
     d, h = cfg.width, cfg.mlp_hidden
     layerscale = cfg.layerscale_init is not None
-    replicated = (4 + 2 * layerscale) * d * bytes_per + 4 * STAT_BYTES  # x, norm1, sum, norm2 (+ proj, w3 outs)
     mlp = 3 * h if cfg.mlp == "swiglu" else 2 * h  # MLP inputs: w12 out (2h) + SwiGLU out (h), or fc1 / GELU outs
     split = (4 * d + mlp) * bytes_per + cfg.heads * STAT_BYTES  # q, k, v, attention out, MLP inputs; lse
+    if sp:  # token shards: x, sum (+ proj, w3 outs), norm stats; all-gathered (full): norm1, norm2 outs
+        shards = (2 + 2 * layerscale) * d * bytes_per + 4 * STAT_BYTES
+        return 2 * d * bytes_per + (shards + split) / tp
+    replicated = (4 + 2 * layerscale) * d * bytes_per + 4 * STAT_BYTES  # x, norm1, sum, norm2 (+ proj, w3 outs)
     return replicated + split / tp
 
 
@@ -130,11 +147,12 @@ def activation_parts(cfg, tokens, layout, bytes_per=2, gpu=True, in_flight=1):
     d, b, blocks = cfg.width, bytes_per, cfg.depth // layout.pp
     every = CHECKPOINT_EVERY[layout.ac]
     n_ckpt = -(-blocks // every) if every else 0  # blocks 0, every, 2 every, ...
-    full = block_saved_bytes(cfg, layout.tp, b)
+    full = block_saved_bytes(cfg, layout.tp, b, layout.sp)
+    block_in = d * b / layout.tp if layout.sp else d * b  # what a checkpointed block keeps
     edge = d * b + 2 * STAT_BYTES if layout.pp == 1 else d * b  # final norm input, or the stage output kept
-    saved = (blocks - n_ckpt) * full + n_ckpt * d * b + edge
+    saved = (blocks - n_ckpt) * full + n_ckpt * block_in + edge
     last_checkpointed = every and (blocks - 1) % every == 0
-    recompute = full - d * b if last_checkpointed else 0.0
+    recompute = full - block_in if last_checkpointed else 0.0
     working = backward_working_bytes(cfg, layout.tp, b, gpu) - (edge if layout.pp == 1 else 0.0)
     parts = {"saved": in_flight * saved, "recompute": recompute, "working": working}
     parts = {k: tokens * v for k, v in parts.items()}
@@ -191,15 +209,17 @@ def step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu):
     return total, {"compute": compute, "bubble": bubble, "tp_comm": tp_comm, "fsdp_comm": fsdp}
 
 
-def candidates(cfg, gpus, batch):
+def candidates(cfg, gpus, batch, sequence_parallel=True):
+    """The dp x tp x pp x ac layouts of `gpus` GPUs that divide the model and the batch; with tp > 1 also their
+    sequence-parallel variants when `sequence_parallel` (False when training with drop path)."""
     for tp, pp in itertools.product((1, 2, 4, 8), (1, 2, 4, 8)):
         if gpus % (tp * pp) or cfg.heads % tp or cfg.mlp_hidden % tp or cfg.depth % pp:
             continue
         dp = gpus // (tp * pp)
         if batch % dp:
             continue
-        for ac in ("none", "selective", "full"):
-            yield Layout(dp=dp, tp=tp, pp=pp, ac=ac)
+        for sp, ac in itertools.product((False, True) if tp > 1 and sequence_parallel else (False,), AC_MODES):
+            yield Layout(dp=dp, tp=tp, pp=pp, ac=ac, sp=sp)
 
 
 def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
@@ -216,18 +236,21 @@ def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
 
 
 def plan(cfg, gpus, gpu_name, batch):
-    """All candidate layouts evaluated, fastest first among those that fit, then the rest."""
+    """All candidate layouts evaluated, fastest first among those that fit, then the rest (at equal time: fewer
+    tp x pp GPUs, then without sequence parallel). No sequence-parallel layouts when cfg.model.drop_path > 0."""
     if gpu_name not in GPU_TABLE:
         raise ValueError(f"gpu={gpu_name!r}: choose one of {sorted(GPU_TABLE)}")
     gpu = GPU_TABLE[gpu_name]
     vit = vit_config(cfg.model.name, **_model_overrides(cfg.model))
-    rows = [evaluate(vit, cfg.data, cfg.objective, lay, batch, gpu) for lay in candidates(vit, gpus, batch)]
+    layouts = candidates(vit, gpus, batch, sequence_parallel=cfg.model.drop_path == 0)
+    rows = [evaluate(vit, cfg.data, cfg.objective, lay, batch, gpu) for lay in layouts]
     if not rows:
         raise ValueError(f"no dp x tp x pp layout of {gpus} GPUs divides batch {batch} and fits {vit.name}")
     budget = HBM_USABLE * gpu["hbm"] * GB
     for r in rows:
         r["fits"] = r["memory"]["total"] <= budget
-    return vit, sorted(rows, key=lambda r: (not r["fits"], r["seconds"], r["layout"].tp * r["layout"].pp))
+    key = lambda r: (not r["fits"], r["seconds"], r["layout"].tp * r["layout"].pp, r["layout"].sp)  # noqa: E731
+    return vit, sorted(rows, key=key)
 
 
 def _model_overrides(m):

@@ -103,8 +103,10 @@ class WebDINOStage(nn.Module):
         dino_g = self.dino_head.features(cls_g)
         if self.teacher:
             return dino_g.view(lay.n_global, b, -1).transpose(0, 1), ibot
-        cls_l = x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0]
-        dino_l = self.dino_head.features(cls_l)
+        if self.n_local:
+            dino_l = self.dino_head.features(x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0])
+        else:
+            dino_l = dino_g.new_zeros(0, dino_g.shape[-1])
         return cls_g, dino_g, dino_l, ibot, self.dino_head.prototypes(), self.ibot_head.prototypes(), masks_BGN
 
 

@@ -73,8 +73,9 @@ def test_1f1b_matches_one_process_and_checkpoints_reshard(tmp_path):
 
 @pytest.mark.multirank
 def test_interleaved_schedule_matches_one_process(tmp_path):
-    """pp=2 ranks x 2 virtual stages (4 stages of one block, interleaved 1F1B, 4 microbatches)."""
-    depth = ("model.depth=4",)
+    """pp=2 ranks x 2 virtual stages (4 stages of one block, interleaved 1F1B, 4 microbatches), with softmax
+    centering (its EMA centers live on the last stage)."""
+    depth = ("model.depth=4", "objective.centering=softmax")
     train(tiny_config(tmp_path / "one", *BASE, *STEPS, *depth))
     pp = ("parallel.pp=2", "parallel.virtual_stages=2", "parallel.pp_schedule=interleaved",
           "parallel.pp_microbatches=4", *STEPS, *depth)  # fmt: skip
@@ -83,13 +84,14 @@ def test_interleaved_schedule_matches_one_process(tmp_path):
 
 @pytest.mark.multirank
 def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
-    """4 ranks: tp=2 x pp=2 (both tp ranks of a stage see the whole batch) and pp=2 x dp=2 (FSDP2 on each
-    stage, Sinkhorn over both data-parallel ranks) against one process on the same global batch."""
-    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.data_parallel=fsdp", *STEPS)
+    """4 ranks: tp=2 x pp=2 (both tp ranks of a stage see the whole batch; global crops only) and pp=2 x dp=2
+    (FSDP2 on each stage, Sinkhorn over both data-parallel ranks) against one process on the same global batch."""
+    no_local = ("data.n_local_crops=0", *STEPS)
+    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.data_parallel=fsdp", *no_local)
     got = run_ranks(_train_rank, 4, str(tmp_path / "tp_pp"), tp_pp)[0]
     pp_dp = ("parallel.pp=2", "parallel.dp=2", "parallel.data_parallel=fsdp", "parallel.pp_microbatches=2", *STEPS)
     got_dp = run_ranks(_train_rank, 4, str(tmp_path / "pp_dp"), pp_dp)[0]
-    train(tiny_config(tmp_path / "one", *BASE, *STEPS))
+    train(tiny_config(tmp_path / "one", *BASE, *no_local))
     _check_same(_metrics(tmp_path / "one"), got, "tp=2 x pp=2")
     merge_rank_loaders(monkeypatch, 2)
     train(tiny_config(tmp_path / "one_dp2", *BASE, *STEPS))
