@@ -261,7 +261,9 @@ def _model_overrides(m):
     return out
 
 
-def format_plan(vit, rows, gpus, gpu_name, batch, top=12):
+def format_plan(vit, rows, gpus, gpu_name, batch, top=12, drop_path=0.0):
+    """The plan's table (the first `top` rows), its recommendation and why; drop_path: model.drop_path (> 0: the
+    sp layouts were left out, which the why line says)."""
     gb = lambda x: f"{x / GB:7.1f}"  # noqa: E731
     lines = [
         f"plan: {vit.name} ({vit.width}x{vit.depth}, {vit.heads} heads) on {gpus} x {gpu_name}, batch {batch}; "
@@ -283,11 +285,15 @@ def format_plan(vit, rows, gpus, gpu_name, batch, top=12):
         return "\n".join(lines)
     total = gb(best["memory"]["total"]).strip()
     lines.append(f"recommended: {best['layout']}, ~{best['seconds']:.2f} s/step, {total} GB per GPU")
-    lines.append(_why(best, rows))
+    lines.append(_why(best, rows, drop_path))
     return "\n".join(lines)
 
 
-def _why(best, rows):
+def _find(rows, layout):
+    return next((r for r in rows if r["layout"] == layout), None)
+
+
+def _why(best, rows, drop_path=0.0):
     lay = best["layout"]
     fits = [r for r in rows if r["fits"]]
     reasons = [f"fastest of the {len(fits)} layouts that fit in {HBM_USABLE:.0%} of memory"]
@@ -297,17 +303,32 @@ def _why(best, rows):
         flat = [r for r in fits if r["layout"].tp == 1 and r["layout"].pp == 1]
         if flat:
             f = flat[0]
+            axes = " / ".join(f"{k}={v}" for k, v in (("tp", lay.tp), ("pp", lay.pp)) if v > 1)
+            costs = [f"a {best['parts']['bubble']:.2f} s bubble"] if lay.pp > 1 else []
+            costs += [f"{best['parts']['tp_comm']:.2f} s of tp communication"] if lay.tp > 1 else []
             reasons.append(
-                f"the best pure-FSDP layout ({f['layout']}) takes {f['seconds']:.2f} s: "
-                f"tp={lay.tp} / pp={lay.pp} cut the activations per GPU to "
-                f"{best['memory']['activations'] / GB:.0f} GB, which buys ac={lay.ac} for a "
-                f"{best['parts']['bubble']:.2f} s bubble and {best['parts']['tp_comm']:.2f} s of tp all-reduces"
+                f"the best pure-FSDP layout ({f['layout']}) takes {f['seconds']:.2f} s: {axes} cut the activations "
+                f"per GPU to {best['memory']['activations'] / GB:.0f} GB, which buys ac={lay.ac} for "
+                + " and ".join(costs)
+            )
+    if lay.sp:
+        no_sp = _find(rows, dataclasses.replace(lay, sp=False))
+        if no_sp:
+            reasons.append(
+                f"sequence parallel keeps the norms' and residuals' activations at 1/{lay.tp}: "
+                f"{best['memory']['total'] / GB:.0f} GB per GPU instead of {no_sp['memory']['total'] / GB:.0f} GB "
+                "(it needs model.drop_path=0)"
             )
     if lay.ac != "none":
-        no_ac = [r for r in rows if r["layout"] == Layout(lay.dp, lay.tp, lay.pp, "none")]
-        if no_ac and not no_ac[0]["fits"]:
-            need = no_ac[0]["memory"]["total"] / GB
+        no_ac = _find(rows, dataclasses.replace(lay, ac="none"))
+        if no_ac and not no_ac["fits"]:
+            need = no_ac["memory"]["total"] / GB
             reasons.append(f"without activation checkpointing this layout needs {need:.0f} GB per GPU")
+    if drop_path > 0 and any(r["layout"].tp > 1 for r in rows):
+        reasons.append(
+            f"no sequence-parallel (sp) layouts: model.drop_path={drop_path} drops whole images, which tp ranks' "
+            "token shards do not hold"
+        )
     return "why: " + "; ".join(reasons)
 
 
@@ -330,7 +351,7 @@ def main(argv):
     except ValueError as e:
         print(f"fastvit plan: {e}", file=sys.stderr)
         return 2
-    print(format_plan(vit, rows, gpus, gpu_name, cfg.train.batch_size))
+    print(format_plan(vit, rows, gpus, gpu_name, cfg.train.batch_size, drop_path=cfg.model.drop_path))
     return 0
 
 
@@ -339,6 +360,8 @@ __all__ = [
     "Layout",
     "activation_bytes",
     "activation_parts",
+    "candidates",
+    "format_plan",
     "main",
     "plan",
     "static_memory",

@@ -96,13 +96,13 @@ TRACES = 3  # traced steps per probe; timing (a collective's buffer freed a litt
 # the smallest of several traces is the deterministic footprint
 
 
-def trace_step(model, crops, masks):
+def trace_step(model, crops, masks, traces=TRACES):
     """(saved, peak) bytes of a traced forward + backward of model.forward_crops after a warm-up step (the
-    smallest of TRACES traces)."""
+    smallest of `traces` traces)."""
     weights = fixed_weights(model, crops, masks)
     output_loss(model(crops, masks), weights).backward()
     runs = []
-    for _ in range(TRACES):
+    for _ in range(traces):
         for p in model.parameters():
             p.grad.zero_()
         if dist.is_initialized():
@@ -126,9 +126,11 @@ def measure_one_process(ac, images):
     return {"tokens": tokens, **trace_step(model, crops, masks)}
 
 
-def measure_tp(rank, world, acs, images, sequence_parallel=False):
+def measure_tp(rank, world, acs, images, sequence_parallel=False, traces=TRACES):
     """run_ranks target: {ac: the same probe} for each mode in `acs`, with the blocks tensor-parallel (apply_tp)
-    over all `world` ranks (tp=world), with sequence parallel or not; every rank runs the same images."""
+    over all `world` ranks (tp=world), with sequence parallel (token shards between the linears) or not; every
+    rank runs the same images. Under sequence parallel with checkpointing a (T, D) buffer freed a little late was
+    seen in every one of 3 traces on a busy machine (its backward has twice the collectives): pass more `traces`."""
     from fastvit.config import ParallelConfig
     from fastvit.parallel.mesh import build_mesh, resolve_dims
     from fastvit.parallel.tp import apply_tp
@@ -141,7 +143,7 @@ def measure_tp(rank, world, acs, images, sequence_parallel=False):
         apply_tp(list(model.blocks), mesh.tp, sequence_parallel=sequence_parallel)
         apply_activation_checkpointing(list(model.blocks), ac)
         crops, masks, tokens = crops_of(images)
-        out[ac] = {"tokens": tokens, **trace_step(model, crops, masks)}
+        out[ac] = {"tokens": tokens, **trace_step(model, crops, masks, traces)}
     return out
 
 

@@ -1,14 +1,17 @@
 """The layout planner against what real small CPU runs allocate (tests/parallel/memory_probe.py: the CPU
 allocator's bytes from torch.profiler): static memory of one process; activation peaks of the packed multi-crop
-student forward + backward at ac = none / selective / full on one process and at tp=2; the whole per-rank
-memory of FSDP over dp=2; and the 7B plan."""
+student forward + backward at ac = none / selective / full on one process and at tp=2 (with and without
+sequence parallel); the whole per-rank memory of FSDP over dp=2; and the 7B plan (sp layouts only without drop
+path)."""
+
+import dataclasses
 
 import pytest
 from memory_probe import measure_fsdp, measure_one_process, measure_tp, probe_vit
 from parallel_cases import TinyDino, reference
 
 from fastvit.config import load_config
-from fastvit.parallel.plan import GPU_TABLE, Layout, activation_parts, main, plan, static_memory
+from fastvit.parallel.plan import GPU_TABLE, Layout, activation_parts, format_plan, main, plan, static_memory
 from fastvit.testing import run_ranks
 
 IMAGES = 4  # per rank: 8 global crops of 17 tokens + 32 local crops of 5 tokens = 296 packed tokens
@@ -56,6 +59,17 @@ def test_tp2_activations_match_each_rank():
 
 
 @pytest.mark.multirank
+def test_tp2_sequence_parallel_activations_match_each_rank():
+    """Token shards between the linears: x, residual sum, LayerScale inputs and norm stats at 1/tp, the gathered
+    norm outputs that qkv / w12 save at full size (the planner's sp terms)."""
+    for rank, out in enumerate(run_ranks(measure_tp, 2, ("none", "full"), IMAGES, True, 5)):
+        for ac, got in out.items():
+            plan_ = planned_activations(Layout(dp=1, tp=2, pp=1, ac=ac, fsdp=False, sp=True), got["tokens"])
+            check_ratio(got["saved"], plan_["saved"], f"tp=2 sp rank {rank} ac={ac} saved after the forward")
+            check_ratio(got["peak"], plan_["peak"], f"tp=2 sp rank {rank} ac={ac} peak of forward + backward")
+
+
+@pytest.mark.multirank
 def test_fsdp_dp2_total_matches_each_rank():
     cfg = probe_vit().cfg
     for rank, out in enumerate(run_ranks(measure_fsdp, 2, ("none", "full"), IMAGES)):
@@ -82,3 +96,27 @@ def test_vit7b_plan_recommends_a_fitting_layout(capsys):
     assert main(["model.name=vit_7b", "gpus=64", "gpu=tpu"]) == 2
     with pytest.raises(ValueError, match="gpu='tpu'"):
         plan(cfg, 64, "tpu", 3072)
+
+
+def test_vit7b_plan_sequence_parallel_layouts(capsys):
+    """sp variants of every tp > 1 layout: same step time, less activation memory; none with drop path."""
+    vit, rows = plan(load_config("", ["model.name=vit_7b"]), 64, "h200", 3072)
+    by_layout = {r["layout"]: r for r in rows}
+    sp_rows = [r for r in rows if r["layout"].sp]
+    assert sp_rows and all(r["layout"].tp > 1 for r in sp_rows)
+    assert len(sp_rows) == sum(lay.tp > 1 for lay in by_layout if not lay.sp)
+    for r in sp_rows:
+        plain = by_layout[dataclasses.replace(r["layout"], sp=False)]
+        assert r["seconds"] == plain["seconds"]
+        assert r["memory"]["activations"] < plain["memory"]["activations"], r["layout"]
+    # restricted to tp=2 x pp=1 only sequence parallel fits ac=selective, and the planner says so
+    sub = [r for r in rows if r["layout"].tp == 2 and r["layout"].pp == 1]
+    text = format_plan(vit, sub, 64, "h200", 3072)
+    assert "recommended: dp=32 tp=2 pp=1 ac=selective sp," in text and "sequence parallel keeps" in text
+    assert str(Layout(1, 2, 1, "none", sp=True)).endswith(" sp") and " sp" not in str(Layout(1, 2, 1, "none"))
+    with pytest.raises(ValueError, match="tp=1"):
+        Layout(8, 1, 1, "none", sp=True)
+    _, rows_dp = plan(load_config("", ["model.name=vit_7b", "model.drop_path=0.4"]), 64, "h200", 3072)
+    assert rows_dp and not any(r["layout"].sp for r in rows_dp)
+    assert main(["model.name=vit_7b", "gpus=64", "gpu=h200", "train.batch_size=3072", "model.drop_path=0.4"]) == 0
+    assert "no sequence-parallel (sp) layouts: model.drop_path=0.4" in capsys.readouterr().out

@@ -84,10 +84,12 @@ def test_interleaved_schedule_matches_one_process(tmp_path):
 
 @pytest.mark.multirank
 def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
-    """4 ranks: tp=2 x pp=2 (both tp ranks of a stage see the whole batch; global crops only) and pp=2 x dp=2
-    (FSDP2 on each stage, Sinkhorn over both data-parallel ranks) against one process on the same global batch."""
+    """4 ranks: tp=2 x pp=2 with sequence parallel (both tp ranks of a stage see the whole batch; global crops
+    only) and pp=2 x dp=2 (FSDP2 on each stage, Sinkhorn over both data-parallel ranks) against one process on
+    the same global batch."""
     no_local = ("data.n_local_crops=0", *STEPS)
-    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.data_parallel=fsdp", *no_local)
+    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "parallel.data_parallel=fsdp",
+             *no_local)  # fmt: skip
     got = run_ranks(_train_rank, 4, str(tmp_path / "tp_pp"), tp_pp)[0]
     pp_dp = ("parallel.pp=2", "parallel.dp=2", "parallel.data_parallel=fsdp", "parallel.pp_microbatches=2", *STEPS)
     got_dp = run_ranks(_train_rank, 4, str(tmp_path / "pp_dp"), pp_dp)[0]
