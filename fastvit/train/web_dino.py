@@ -70,13 +70,14 @@ class WebDINO(nn.Module):
 
 
 def build_student_teacher(cfg, device):
-    """Student and teacher WebDINO modules on `device`, initialised identically; teacher has no grads."""
+    """Student and teacher WebDINO modules on `device`, initialised identically; the teacher has no grads and
+    stays in eval mode (no drop path: it sees every block for every image, as in DINOv2)."""
     with torch.device("meta"):
         student = WebDINO(build_backbone(cfg.model), cfg.objective)
     student.to_empty(device=device)
     student.init_weights()
     teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False)
+    teacher.requires_grad_(False).eval()
     return student, teacher
 
 

@@ -133,3 +133,19 @@ def test_bad_input_fails_at_start_with_a_clear_message(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert cli(["train", *tiny_args(tmp_path / "b", "train.batch_size=7", "optim.grad_accum=2")]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_teacher_runs_every_block_while_the_student_drops_paths(tmp_path):
+    """With model.drop_path > 0 the student drops whole images from residual branches; the EMA teacher never does."""
+    import torch
+
+    from fastvit.train.web_dino import build_student_teacher
+
+    student, teacher = build_student_teacher(tiny_config(tmp_path, "model.drop_path=0.5"), torch.device("cpu"))
+    assert student.training and not teacher.training
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        t1, t2 = (teacher.backbone(x)["cls"] for _ in range(2))
+        s1, s2 = (student.backbone(x)["cls"] for _ in range(2))
+    assert torch.equal(t1, t2)
+    assert not torch.equal(s1, s2)  # the student's forward is stochastic, so the teacher's being fixed is not vacuous
