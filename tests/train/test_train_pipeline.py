@@ -98,3 +98,19 @@ def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
     merge_rank_loaders(monkeypatch, 2)
     train(tiny_config(tmp_path / "one_dp2", *BASE, *STEPS))
     _check_same(_metrics(tmp_path / "one_dp2"), got_dp, "pp=2 x dp=2")
+
+
+def test_pipeline_refuses_what_it_cannot_train(tmp_path):
+    """Clear errors, before anything is built: a task without a pipeline version, and gradient accumulation."""
+    from types import SimpleNamespace
+
+    from fastvit.parallel.mesh import ParallelDims
+    from fastvit.train.loop import build_task, pipelined
+
+    mesh = SimpleNamespace(dims=ParallelDims(dp=1, tp=1, pp=2))
+    mae = build_task(tiny_config(tmp_path, "objective.name=web_mae"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="objective.name=web_dino only"):
+        pipelined(mae, mesh)
+    dino = build_task(tiny_config(tmp_path, "optim.grad_accum=2"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="parallel.pp_microbatches"):
+        pipelined(dino, mesh)
