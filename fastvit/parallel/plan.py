@@ -15,8 +15,8 @@ the peak of the student's forward + backward on the busiest stage, per token (d 
   are token shards (1/tp), but qkv and w12 (fc1) save the all-gathered full norm1 / norm2 outs (2d), as
   measured (DTensor's ColwiseParallel(input_layouts=Shard(0)) keeps its gathered input for the weight grad);
   a checkpointed block keeps only its input (d, or d / tp under sp); the final norm (last stage, on the
-  gathered tokens) keeps d + 2 fp32, a stage
-  that sends to a next one keeps its output (d); 1F1B keeps min(pp, microbatches) microbatches in flight;
+  gathered tokens) keeps d + 2 fp32, a stage that sends to a next one keeps its (gathered) output (d);
+  1F1B keeps min(pp, microbatches) microbatches in flight;
   while the last block of the stage runs its backward: its recomputed activations (when it is checkpointed:
   full every block, selective blocks 0, 2, 4, ...) and the gradients in flight at the SwiGLU backward, the
   step's high point (the GPU kernel writes a (2h) gradient from the (h) one: 2h / tp beyond the freed inputs;

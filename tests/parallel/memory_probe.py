@@ -129,8 +129,9 @@ def measure_one_process(ac, images):
 def measure_tp(rank, world, acs, images, sequence_parallel=False, traces=TRACES):
     """run_ranks target: {ac: the same probe} for each mode in `acs`, with the blocks tensor-parallel (apply_tp)
     over all `world` ranks (tp=world), with sequence parallel (token shards between the linears) or not; every
-    rank runs the same images. Under sequence parallel with checkpointing a (T, D) buffer freed a little late was
-    seen in every one of 3 traces on a busy machine (its backward has twice the collectives): pass more `traces`."""
+    rank runs the same images. Under sequence parallel with full checkpointing some traces (up to 3 of 10 per rank
+    here, every one of 5 once on a busy machine) hold one more (T, D) fp32 tensor from the end of the forward into
+    the backward (not tracked down; gloo collectives in flight are suspected): pass more `traces` there."""
     from fastvit.config import ParallelConfig
     from fastvit.parallel.mesh import build_mesh, resolve_dims
     from fastvit.parallel.tp import apply_tp
