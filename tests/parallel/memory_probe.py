@@ -13,6 +13,7 @@ gradients in place, then traces a second forward + backward:
 
 import torch
 import torch.distributed as dist
+from parallel_cases import local_bytes
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from fastvit.models.vit import build_vit
@@ -146,17 +147,6 @@ def measure_tp(rank, world, acs, images, sequence_parallel=False, traces=TRACES)
         crops, masks, tokens = crops_of(images)
         out[ac] = {"tokens": tokens, **trace_step(model, crops, masks, traces)}
     return out
-
-
-def local_bytes(tensors):
-    """Bytes of the local shards of `tensors` (DTensors count their local part)."""
-    from torch.distributed.tensor import DTensor
-
-    total = 0
-    for t in tensors:
-        t = t.to_local() if isinstance(t, DTensor) else t
-        total += t.numel() * t.element_size()
-    return total
 
 
 def measure_fsdp(rank, world, acs, images):

@@ -4,16 +4,11 @@ The same global batch goes through both; every loss term and the gradient norm m
 order of sums differs). KoLeo is weighted 0 here: under a pipeline it is computed within each microbatch.
 """
 
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
-from tiny import merge_rank_loaders, tiny_config
+from tiny import copy_run_until, merge_rank_loaders, run_metrics, tiny_config
 
 from fastvit.testing import run_ranks
-from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
 
 COMPARED = ("loss", "dino_global", "dino_local", "ibot", "grad_norm")
@@ -21,14 +16,10 @@ BASE = ("objective.koleo_weight=0", "optim.warmup_steps=1", "train.keep_checkpoi
 STEPS = ("train.steps=3", "train.checkpoint_every=0")
 
 
-def _metrics(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
 def _train_rank(rank, world_size, out, extra):
     torch.set_num_threads(1)
     train(tiny_config(out, *BASE, *extra))
-    return _metrics(out) if rank == 0 else None
+    return run_metrics(out) if rank == 0 else None
 
 
 def _check_same(ref, got, what, first_step=1):
@@ -40,17 +31,6 @@ def _check_same(ref, got, what, first_step=1):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (what, a["step"], key, a[key], b[key])
 
 
-def _copy_until(src, dst, step):
-    """A copy of run folder `src` as it was right after its step-`step` checkpoint."""
-    shutil.copytree(src, dst)
-    for path in (dst / "checkpoints").glob("step_*"):
-        if ckpt.step_of(path) > step:
-            shutil.rmtree(path)
-    (dst / "checkpoints" / "latest").write_text(f"step_{step}\n")
-    rows = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
-    (dst / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
-
-
 @pytest.mark.multirank
 def test_1f1b_matches_one_process_and_checkpoints_reshard(tmp_path):
     """pp=2 (1F1B, 8 one-image microbatches) equals one process for 4 steps; a checkpoint written at pp=2
@@ -59,14 +39,14 @@ def test_1f1b_matches_one_process_and_checkpoints_reshard(tmp_path):
     pp = ("parallel.pp=2", "parallel.pp_schedule=1f1b", *resume)
     one = tmp_path / "one"
     train(tiny_config(one, *BASE, *resume))
-    ref = _metrics(one)
+    ref = run_metrics(one)
     _check_same(ref, run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "pp=2")
     assert ref[-1]["loss"] != ref[0]["loss"]  # the steps really trained
 
-    _copy_until(tmp_path / "pp", tmp_path / "pp_to_one", 2)
+    copy_run_until(tmp_path / "pp", tmp_path / "pp_to_one", 2)
     train(tiny_config(tmp_path / "pp_to_one", *BASE, *resume))
-    _check_same(ref, _metrics(tmp_path / "pp_to_one"), "saved at pp=2, resumed by 1 process", first_step=3)
-    _copy_until(one, tmp_path / "one_to_pp", 2)
+    _check_same(ref, run_metrics(tmp_path / "pp_to_one"), "saved at pp=2, resumed by 1 process", first_step=3)
+    copy_run_until(one, tmp_path / "one_to_pp", 2)
     resumed = run_ranks(_train_rank, 2, str(tmp_path / "one_to_pp"), pp)[0]
     _check_same(ref, resumed, "saved by 1 process, resumed at pp=2", first_step=3)
 
@@ -79,7 +59,7 @@ def test_interleaved_schedule_matches_one_process(tmp_path):
     train(tiny_config(tmp_path / "one", *BASE, *STEPS, *depth))
     pp = ("parallel.pp=2", "parallel.virtual_stages=2", "parallel.pp_schedule=interleaved",
           "parallel.pp_microbatches=4", *STEPS, *depth)  # fmt: skip
-    _check_same(_metrics(tmp_path / "one"), run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "interleaved")
+    _check_same(run_metrics(tmp_path / "one"), run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "interleaved")
 
 
 @pytest.mark.multirank
@@ -94,10 +74,10 @@ def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
     pp_dp = ("parallel.pp=2", "parallel.dp=2", "parallel.data_parallel=fsdp", "parallel.pp_microbatches=2", *STEPS)
     got_dp = run_ranks(_train_rank, 4, str(tmp_path / "pp_dp"), pp_dp)[0]
     train(tiny_config(tmp_path / "one", *BASE, *no_local))
-    _check_same(_metrics(tmp_path / "one"), got, "tp=2 x pp=2")
+    _check_same(run_metrics(tmp_path / "one"), got, "tp=2 x pp=2")
     merge_rank_loaders(monkeypatch, 2)
     train(tiny_config(tmp_path / "one_dp2", *BASE, *STEPS))
-    _check_same(_metrics(tmp_path / "one_dp2"), got_dp, "pp=2 x dp=2")
+    _check_same(run_metrics(tmp_path / "one_dp2"), got_dp, "pp=2 x dp=2")
 
 
 def test_pipeline_refuses_what_it_cannot_train(tmp_path):

@@ -1,8 +1,13 @@
 """A Web-DINO configuration small enough to train a few steps in seconds on a CPU."""
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 
 from fastvit.config import load_config
+from fastvit.train import checkpoint as ckpt
 from fastvit.train.web_dino import WebDINOTask
 
 TINY = [
@@ -61,3 +66,19 @@ def merge_rank_loaders(monkeypatch, dp):
         return MergedLoader(loaders, d.n_global_crops, d.n_local_crops)
 
     monkeypatch.setattr(WebDINOTask, "build_loader", merged_loader)
+
+
+def run_metrics(run_dir):
+    """The metrics.jsonl rows of a run folder."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def copy_run_until(src, dst, step):
+    """A copy of run folder `src` as it was right after its step-`step` checkpoint."""
+    shutil.copytree(src, dst)
+    for path in (dst / "checkpoints").glob("step_*"):
+        if ckpt.step_of(path) > step:
+            shutil.rmtree(path)
+    (dst / "checkpoints" / "latest").write_text(f"step_{step}\n")
+    rows = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (dst / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
