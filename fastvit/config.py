@@ -134,7 +134,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs
-    eval_every: int = 0  # run kNN every N steps; 0 disables
+    eval_every: int = 0  # kNN of the EMA teacher every N steps (knn_top1 in metrics.jsonl); 0 disables
 
 
 @dataclass(kw_only=True)

@@ -53,8 +53,8 @@ def random_backbone(cfg):
     return backbone
 
 
-def score(backbone, cfg, kind):
-    """Top-1 (in %) of `kind` evaluation of a backbone on the config's eval sources."""
+def score(backbone, cfg, kind, device="cpu"):
+    """Top-1 (in %) of `kind` evaluation of a backbone (moved to `device`) on the config's eval sources."""
     e = cfg.eval
     train_spec = e.train_source or cfg.data.source
     if not cfg.data.val_source:
@@ -62,7 +62,8 @@ def score(backbone, cfg, kind):
     train_src = source_from_spec(train_spec, "train", seed=cfg.train.seed)
     val_src = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
     size = cfg.data.global_crops_size
-    kw = {"mode": e.features, "batch_size": e.batch_size, "max_images": e.max_images}
+    backbone = backbone.to(device)
+    kw = {"mode": e.features, "batch_size": e.batch_size, "max_images": e.max_images, "device": device}
     train_x, train_y = extract_features(backbone, train_src, size, **kw)
     val_x, val_y = extract_features(backbone, val_src, size, **kw)
     if kind == "knn":
@@ -71,16 +72,17 @@ def score(backbone, cfg, kind):
                                  batch_size=e.batch_size, seed=cfg.train.seed)  # fmt: skip
 
 
-def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=False):
-    """Evaluates the run's latest (or the given) checkpoint; writes and returns the result dict."""
+def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=False, device="cpu"):
+    """Evaluates the run's latest (or the given) checkpoint on the main process; writes and returns the result
+    dict (without "top1" on the other processes)."""
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose one of {KINDS}")
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
     result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
     if is_main_process():
-        result["top1"] = score(load_teacher_backbone(cfg, checkpoint), cfg, kind)
+        result["top1"] = score(load_teacher_backbone(cfg, checkpoint), cfg, kind, device)
         if compare_random_init:
-            result["top1_random_init"] = score(random_backbone(cfg), cfg, kind)
+            result["top1_random_init"] = score(random_backbone(cfg), cfg, kind, device)
         path = Path(run_dir) / "eval.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         previous[kind] = result

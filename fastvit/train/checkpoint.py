@@ -128,15 +128,16 @@ def load_checkpoint(path, state, extra_rank=None):
 
 
 def load_module(path, module, key, prefix=""):
-    """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (one process, plain
-    tensors), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA teacher's ViT."""
+    """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
+    alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA
+    teacher's ViT."""
     from fastvit.parallel.tp import canonical_state  # checkpoints keep fused qkv / w12 rows canonical
 
     state = {key: {prefix + name: t for name, t in module.state_dict().items()}}  # tensors share the storage
     canon, finish = canonical_state(state)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(canon, checkpoint_id=str(path))
+        dcp.load(canon, checkpoint_id=str(path), no_dist=True)
     finish()
     return module
 

@@ -166,7 +166,18 @@ def train(cfg):
 def _save(cfg, task, optimizer, loader, run_dir, step, extra_rank):
     extra = {"rng": _rng_state(), "loader": loader.state_dict(), "step": step}
     state, _ = canonical_state(task.state_dict(optimizer))
-    ckpt.save_checkpoint(run_dir, step, state, extra, keep=cfg.train.keep_checkpoints, extra_rank=extra_rank)
+    return ckpt.save_checkpoint(run_dir, step, state, extra, keep=cfg.train.keep_checkpoints, extra_rank=extra_rank)
+
+
+def _knn_of_checkpoint(cfg, run_dir, path, device):
+    """train.eval_every: kNN top-1 of the EMA teacher of checkpoint `path`, computed on rank 0 (also written to
+    eval.json); the other ranks wait for it and get None."""
+    from fastvit.eval.run import evaluate_run
+
+    top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
+    if dist.is_initialized():
+        dist.barrier()
+    return top1
 
 
 def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, extra_rank, device, run_dir, log, stop):
@@ -217,9 +228,14 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, e
         optimizer.step()
         task.after_step(sched)
         steps_since += 1
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == total:
-            elapsed = time.perf_counter() - t_last
+        done, t_step = step + 1, time.perf_counter()
+        save = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total
+        evaluate = bool(cfg.train.eval_every and cfg.data.val_source and done % cfg.train.eval_every == 0)
+        if save or evaluate or stop.requested:  # the periodic kNN reads the checkpoint, whatever the layout
+            path = _save(cfg, task, optimizer, loader, run_dir, done, extra_rank)
+        knn = _knn_of_checkpoint(cfg, run_dir, path, device) if evaluate else None
+        if done % cfg.train.log_every == 0 or done == total or evaluate:
+            elapsed = t_step - t_last
             values = _all_mean((sums / accum).tolist() + [float(skipped)])
             record = {"step": done, **dict(zip(keys, values[:-1]))}
             record["loss"] = record.pop("total")
@@ -230,10 +246,10 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, e
                 mfu=tflops / peak if peak else None, memory_gib=peak_memory_gib(device),
                 skipped_files=round(values[-1] * world),
             )  # fmt: skip
+            if knn is not None:
+                record["knn_top1"] = knn
             log.log(record)
             t_last, steps_since = time.perf_counter(), 0
-        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total or stop.requested:
-            _save(cfg, task, optimizer, loader, run_dir, done, extra_rank)
         if stop.requested:
             if _is_main():
                 print(f"fastvit train: stop requested; checkpoint of step {done} written, exiting", flush=True)

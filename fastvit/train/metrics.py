@@ -104,7 +104,10 @@ class MetricsLogger:
             self.tb.close()
 
 
-_SHOWN = ("step", "loss", "dino_global", "dino_local", "ibot", "koleo", "lr", "images_per_s", "mfu", "skipped_files")
+_SHOWN = (
+    "step", "loss", "dino_global", "dino_local", "ibot", "koleo", "lr", "images_per_s", "mfu", "skipped_files",
+    "knn_top1",
+)  # fmt: skip
 
 
 def _fmt(k, v):

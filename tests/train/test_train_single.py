@@ -149,3 +149,17 @@ def test_teacher_runs_every_block_while_the_student_drops_paths(tmp_path):
         s1, s2 = (student.backbone(x)["cls"] for _ in range(2))
     assert torch.equal(t1, t2)
     assert not torch.equal(s1, s2)  # the student's forward is stochastic, so the teacher's being fixed is not vacuous
+
+
+def test_eval_every_logs_the_teachers_knn(tmp_path):
+    """train.eval_every: the kNN top-1 of the step's checkpoint goes into that step's metrics row and eval.json."""
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=4", "train.eval_every=2", "train.log_every=3", "train.checkpoint_every=0"))
+    rows = read_metrics(run)
+    assert sorted(rows) == [2, 3, 4]  # eval steps are logged whatever log_every says
+    assert "knn_top1" not in rows[3]
+    for step in (2, 4):
+        assert 0.0 <= rows[step]["knn_top1"] <= 100.0
+    saved = json.loads((run / "eval.json").read_text())["knn"]
+    assert saved["step"] == 4 and saved["top1"] == rows[4]["knn_top1"]
+    assert (run / "checkpoints" / "step_2").is_dir()  # written for the evaluation although checkpoint_every=0
