@@ -97,6 +97,9 @@ def _sk_apply_kernel(
 _BLOCK_B, _BLOCK_K = 16, 256
 
 
+INTERPRETED = type(_sk_prototype_sums_kernel).__name__ == "InterpretedFunction"  # defined under TRITON_INTERPRET=1
+
+
 def _check(t_BK, scale, n_scale, name):
     if t_BK.dim() != 2:
         raise ValueError(f"sinkhorn {name}: teacher logits must be [B, K], got {tuple(t_BK.shape)}")

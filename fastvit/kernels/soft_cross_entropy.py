@@ -83,6 +83,9 @@ def _soft_ce_bwd_kernel(
             tl.store(gp_ptr + row * K + offs, ((lse - z) * g).to(gp_ptr.dtype.element_ty), mask=mask)
 
 
+INTERPRETED = type(_soft_ce_fwd_kernel).__name__ == "InterpretedFunction"  # defined under TRITON_INTERPRET=1
+
+
 def _check(s_RK, p_RK, temp):
     if s_RK.dim() != 2 or p_RK.shape != s_RK.shape:
         raise ValueError(

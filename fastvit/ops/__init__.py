@@ -34,6 +34,8 @@ BACKEND_MODULES = {
     "swiglu": "fastvit.ops.swiglu",
     "mae_loss": "fastvit.ops.mae_loss",
     "clip_loss": "fastvit.ops.clip_loss",
+    "soft_cross_entropy": "fastvit.ops.soft_cross_entropy",
+    "sinkhorn_knopp": "fastvit.ops.sinkhorn",
 }
 
 

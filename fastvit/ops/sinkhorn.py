@@ -10,17 +10,15 @@ import torch
 import torch.distributed as dist
 
 from fastvit.kernels import sinkhorn as _k
+from fastvit.ops import backend as backend_lib
 
-_BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch")
 _CHUNK = 8192  # prototypes per step of the torch passes: bounds their fp32 temporaries to [B, 8192]
 
 
-def _resolve(backend, device):
-    if backend not in _BACKENDS:
-        raise ValueError(f"sinkhorn_knopp backend {backend!r} is not available; choose one of {_BACKENDS}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return backend
+def available(device):
+    """Backends (besides "auto") usable for tensors on `device`."""
+    return (["triton"] if backend_lib.triton_runs(_k, device) else []) + ["torch"]
 
 
 def dist_active(group=None):
@@ -114,7 +112,7 @@ def sinkhorn_knopp(teacher_logits, temp, n_iters=3, *, n_rows=None, group=None, 
     Each rank calls this even with zero local rows (the collectives must match).
     """
     check_sinkhorn_args(teacher_logits, temp, n_iters)
-    be = _resolve(backend, teacher_logits.device)
+    be = backend_lib.resolve("sinkhorn_knopp", backend, teacher_logits, BACKENDS, available(teacher_logits.device))
     t = teacher_logits.detach()
     B, K = t.shape
     n_rows = global_row_count(B, t.device, n_rows, group)

@@ -7,16 +7,14 @@ backend: "auto" (Triton on CUDA, torch elsewhere), "triton" (also on the CPU und
 import torch
 
 from fastvit.kernels import soft_cross_entropy as _k
+from fastvit.ops import backend as backend_lib
 
-_BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch")
 
 
-def _resolve(backend, device):
-    if backend not in _BACKENDS:
-        raise ValueError(f"soft_cross_entropy backend {backend!r} is not available; choose one of {_BACKENDS}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return backend
+def available(device):
+    """Backends (besides "auto") usable for tensors on `device`."""
+    return (["triton"] if backend_lib.triton_runs(_k, device) else []) + ["torch"]
 
 
 def _fwd_torch(s_RK, p_RK, temp):
@@ -104,6 +102,6 @@ def soft_cross_entropy(student_logits, teacher_probs, student_temp, *, backend="
     if not student_temp > 0:
         raise ValueError(f"soft_cross_entropy needs a positive student_temp, got {student_temp}")
     lead, K = student_logits.shape[:-1], student_logits.shape[-1]
-    be = _resolve(backend, student_logits.device)
+    be = backend_lib.resolve("soft_cross_entropy", backend, student_logits, BACKENDS, available(student_logits.device))
     loss, _, _ = _fwd_op(student_logits.reshape(-1, K), teacher_probs.reshape(-1, K), float(student_temp), be)
     return loss.reshape(lead)
