@@ -200,16 +200,12 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, e
             skipped += int(batch.get("skipped", 0))
             sync = micro == accum - 1 or not hasattr(task.student_dp, "no_sync")  # DDP reduces on the last one
             with autocast, contextlib.nullcontext() if sync else task.student_dp.no_sync():
-                if hasattr(task, "forward_backward"):  # a pipelined task runs its backward inside its schedule
-                    losses = task.forward_backward(batch, sched)
-                    finite = not _any_rank(not torch.isfinite(losses["total"]).item())
-                    if not finite:
-                        break
-                else:
-                    losses = task.losses(batch, sched)
-                    if _any_rank(not torch.isfinite(losses["total"]).item()):
-                        finite = False
-                        break
+                pipelined = hasattr(task, "forward_backward")  # it runs its backward inside its schedule
+                losses = task.forward_backward(batch, sched) if pipelined else task.losses(batch, sched)
+                finite = not _any_rank(not torch.isfinite(losses["total"]).item())
+                if not finite:
+                    break
+                if not pipelined:
                     (losses["total"] / accum).backward()
             sums += torch.tensor([losses[k].item() for k in keys], dtype=torch.float64)
         grad_norm = _clip(task.student, cfg.optim.clip_grad, getattr(task, "pp_group", None)) if finite else math.nan
