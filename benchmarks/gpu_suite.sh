@@ -19,7 +19,7 @@ timeout 200 python -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/gpu_
 TESTS_RC=$?
 tail -n 30 "$OUT/gpu_tests.log"
 
-timeout 270 python -c 'import sys; from fastvit.bench.kernels import main; sys.exit(main(sys.argv[1:]))' \
+timeout 270 python -c 'import sys; from fastvit.benchmarks.kernels import main; sys.exit(main(sys.argv[1:]))' \
   "out=$OUT/kernels" "quick=$QUICK" >"$OUT/bench_kernels.log" 2>&1
 BENCH_RC=$?
 

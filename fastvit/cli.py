@@ -16,7 +16,11 @@ USAGE = """fastvit <command> [args]
 """
 
 # command -> (module, function): each takes the remaining argv and returns an exit code.
-_BENCHES = {"kernels": "fastvit.bench.kernels", "step": "fastvit.bench.step", "data": "fastvit.bench.data"}
+_BENCHES = {
+    "kernels": "fastvit.benchmarks.kernels",
+    "step": "fastvit.benchmarks.step",
+    "data": "fastvit.benchmarks.data",
+}
 _DATA = {"make-shards": "fastvit.data.shards"}
 
 

@@ -33,9 +33,14 @@ def _devices():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             devices.append(
-                {"type": "cuda", "index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
-                 "memory_gib": round(p.total_memory / 2**30, 1)}
-            )  # fmt: skip
+                {
+                    "type": "cuda",
+                    "index": i,
+                    "name": p.name,
+                    "capability": f"{p.major}.{p.minor}",
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                }
+            )
     return devices
 
 
@@ -44,8 +49,13 @@ def collect():
     from fastvit import ops
 
     versions = {"python": platform.python_version(), "fastvit": _version("fastvit"), "torch": torch.__version__}
-    for name, dist in [("triton", "triton"), ("numpy", "numpy"), ("dali", "nvidia-dali-cuda130"),
-                       ("flash_attn", "flash-attn"), ("transformers", "transformers")]:  # fmt: skip
+    for name, dist in [
+        ("triton", "triton"),
+        ("numpy", "numpy"),
+        ("dali", "nvidia-dali-cuda130"),
+        ("flash_attn", "flash-attn"),
+        ("transformers", "transformers"),
+    ]:
         versions[name] = _version(dist)
     return {"versions": versions, "devices": _devices(), "build": _build(), "backends": ops.available_backends()}
 

@@ -63,9 +63,16 @@ def build_loader(
         from fastvit.data.dali import DaliLoader
 
         return DaliLoader(
-            source, crops, sampler, batch_size, seed=seed, mask=mask, device_id=device_id,
-            num_threads=kernel_threads(1), out_dtype=out_dtype,
-        )  # fmt: skip
+            source,
+            crops,
+            sampler,
+            batch_size,
+            seed=seed,
+            mask=mask,
+            device_id=device_id,
+            num_threads=kernel_threads(1),
+            out_dtype=out_dtype,
+        )
     dataset = MultiCropDataset(source, crops, seed=seed, draft=draft)
     threads = kernel_threads(num_workers)
     collate = MultiCropCollate(crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=threads)

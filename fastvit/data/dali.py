@@ -117,9 +117,13 @@ class DaliLoader:
                 H, W = im.shape[:2]
                 s.params = A.draw_sample_params(self.cfg, H, W, self.seed, s.epoch, s.index, s.skipped)
             flat = multicrop(
-                images, crop_table([s.params for s in samples]), mean=self.cfg.mean, std=self.cfg.std,
-                blur_radius=self.cfg.blur_radius, out_dtype=self.out_dtype,
-            )  # fmt: skip
+                images,
+                crop_table([s.params for s in samples]),
+                mean=self.cfg.mean,
+                std=self.cfg.std,
+                blur_radius=self.cfg.blur_radius,
+                out_dtype=self.out_dtype,
+            )
             batch = finish_batch(flat, samples, self.cfg, self.seed, self.mask)
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]

@@ -103,9 +103,15 @@ class MultiCropCollate:
     def __call__(self, samples: list[Sample]) -> dict:
         table = crop_table([s.params for s in samples])
         flat = multicrop(
-            [s.image for s in samples], table, mean=self.cfg.mean, std=self.cfg.std,
-            blur_radius=self.cfg.blur_radius, out_dtype=self.out_dtype, backend="cpp", num_threads=self.num_threads,
-        )  # fmt: skip
+            [s.image for s in samples],
+            table,
+            mean=self.cfg.mean,
+            std=self.cfg.std,
+            blur_radius=self.cfg.blur_radius,
+            out_dtype=self.out_dtype,
+            backend="cpp",
+            num_threads=self.num_threads,
+        )
         return finish_batch(flat, samples, self.cfg, self.seed, self.mask)
 
 
@@ -155,11 +161,15 @@ class Loader:
         # Workers are started with forkserver, not fork: the collate runs the OpenMP kernel, and GNU OpenMP
         # hangs in a child forked from a parent whose OpenMP pool is already running (torch's, at the first op).
         dl = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=self.collate,
-            pin_memory=self.pin_memory, prefetch_factor=2 if self.num_workers else None,
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            pin_memory=self.pin_memory,
+            prefetch_factor=2 if self.num_workers else None,
             multiprocessing_context="forkserver" if self.num_workers else None,
             generator=torch.Generator(),  # workers' base seed must not consume the training RNG (exact resume)
-        )  # fmt: skip
+        )
         for batch in dl:
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]

@@ -152,9 +152,20 @@ def multicrop(
         out_off, total = crop_offsets(params)
         out = _new_output(total, out_dtype, torch.device("cpu"))
         _ext.cpp().multicrop(
-            0, addresses.ctypes.data, shapes.ctypes.data, len(keep), params.ctypes.data, len(params), out.data_ptr(),
-            out_off.ctypes.data, out_dtype == torch.bfloat16, mean, std, blur_radius, num_threads,
-        )  # fmt: skip
+            0,
+            addresses.ctypes.data,
+            shapes.ctypes.data,
+            len(keep),
+            params.ctypes.data,
+            len(params),
+            out.data_ptr(),
+            out_off.ctypes.data,
+            out_dtype == torch.bfloat16,
+            mean,
+            std,
+            blur_radius,
+            num_threads,
+        )
         return out
     flat_u8, offsets, shapes = pack_images(images)
     params = _check_params(params, shapes.cpu().numpy(), blur_radius)
@@ -170,10 +181,22 @@ def multicrop(
     out_off_t = torch.from_numpy(out_off).to(device)
     workspace = torch.empty(2 * total, dtype=torch.float32, device=device)
     _ext.require_cuda().multicrop(
-        flat_u8.data_ptr(), offsets.data_ptr(), shapes.data_ptr(), params_t.data_ptr(), len(params),
-        int(params[:, A.SIZE].max()), out.data_ptr(), out_off_t.data_ptr(), total, out_dtype == torch.bfloat16,
-        mean, std, blur_radius, workspace.data_ptr(), torch.cuda.current_stream(device).cuda_stream,
-    )  # fmt: skip
+        flat_u8.data_ptr(),
+        offsets.data_ptr(),
+        shapes.data_ptr(),
+        params_t.data_ptr(),
+        len(params),
+        int(params[:, A.SIZE].max()),
+        out.data_ptr(),
+        out_off_t.data_ptr(),
+        total,
+        out_dtype == torch.bfloat16,
+        mean,
+        std,
+        blur_radius,
+        workspace.data_ptr(),
+        torch.cuda.current_stream(device).cuda_stream,
+    )
     return out
 
 

@@ -68,8 +68,16 @@ def score(backbone, cfg, kind, device="cpu"):
     val_x, val_y = extract_features(backbone, val_src, size, **kw)
     if kind == "knn":
         return knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)
-    return linear_probe_accuracy(train_x, train_y, val_x, val_y, epochs=e.linear_epochs, lr=e.linear_lr,
-                                 batch_size=e.batch_size, seed=cfg.train.seed)  # fmt: skip
+    return linear_probe_accuracy(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        epochs=e.linear_epochs,
+        lr=e.linear_lr,
+        batch_size=e.batch_size,
+        seed=cfg.train.seed,
+    )
 
 
 def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=False, device="cpu"):

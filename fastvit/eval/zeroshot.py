@@ -26,8 +26,9 @@ def class_names(source):
         return list(CLASSES)
     names = getattr(source, "classes", None)
     if not names:
-        raise ValueError(f"{source.spec}: zero-shot evaluation needs class names (builtin or a folder of class "
-                         "sub-folders)")  # fmt: skip
+        raise ValueError(
+            f"{source.spec}: zero-shot evaluation needs class names (builtin or a folder of class sub-folders)"
+        )
     return [n.replace("_", " ") for n in names]
 
 
@@ -69,10 +70,16 @@ def evaluate_zeroshot(run_dir, cfg, checkpoint):
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=builtin:val")
     model, tok = load_clip(cfg, checkpoint)
     val = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
-    top1 = zeroshot_accuracy(model, tok, val, cfg.data.global_crops_size, batch_size=cfg.eval.batch_size,
-                             max_images=cfg.eval.max_images)  # fmt: skip
-    result = {"eval": "zeroshot", "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint), "top1": top1,
-              "chance": 100.0 / len(class_names(val))}  # fmt: skip
+    top1 = zeroshot_accuracy(
+        model, tok, val, cfg.data.global_crops_size, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images
+    )
+    result = {
+        "eval": "zeroshot",
+        "checkpoint": str(checkpoint),
+        "step": ckpt.step_of(checkpoint),
+        "top1": top1,
+        "chance": 100.0 / len(class_names(val)),
+    }
     path = Path(run_dir) / "eval.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     previous["zeroshot"] = result

@@ -35,8 +35,10 @@ _BLOCK = {  # native suffix -> (hub suffix, modular suffix)
     "mlp.fc1": ("mlp.fc1", "mlp.fc1"),
     "mlp.fc2": ("mlp.fc2", "mlp.fc2"),
 }
-_QKV = {"hub": ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
-        "modular": ("attention.q_proj", "attention.k_proj", "attention.v_proj")}  # fmt: skip
+_QKV = {
+    "hub": ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+    "modular": ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+}
 _LAYOUTS = ("hub", "modular")
 
 

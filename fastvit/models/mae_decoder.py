@@ -18,8 +18,9 @@ def sincos_pos_embed_2d(grid, dim):
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     parts = []
     for coord in (ys.reshape(-1), xs.reshape(-1)):
         angles = coord[:, None] * omega[None]
@@ -75,8 +76,9 @@ class MaskedAutoencoder(nn.Module):
         if c.n_registers:
             raise ValueError(f"MAE encoders take no register tokens, got model.n_registers={c.n_registers}")
         self.backbone = backbone
-        self.decoder = MAEDecoder(c.width, c.grid, c.patch_size, width=decoder_width, depth=decoder_depth,
-                                  heads=decoder_heads)  # fmt: skip
+        self.decoder = MAEDecoder(
+            c.width, c.grid, c.patch_size, width=decoder_width, depth=decoder_depth, heads=decoder_heads
+        )
 
     def init_weights(self):
         self.backbone.init_weights()

@@ -62,8 +62,12 @@ class TextTransformer(nn.Module):
         d, n = self.width, len(self.layers)
         proj_std, attn_std, fc_std = d**-0.5 * (2 * max(n, 1)) ** -0.5, d**-0.5, (2 * d) ** -0.5
         for blk in self.layers:
-            for lin, std in ((blk.attn.qkv, attn_std), (blk.attn.proj, proj_std), (blk.mlp.fc1, fc_std),
-                             (blk.mlp.fc2, proj_std)):  # fmt: skip
+            for lin, std in (
+                (blk.attn.qkv, attn_std),
+                (blk.attn.proj, proj_std),
+                (blk.mlp.fc1, fc_std),
+                (blk.mlp.fc2, proj_std),
+            ):
                 nn.init.normal_(lin.weight, std=std)
                 nn.init.zeros_(lin.bias)
             blk.norm1.reset_parameters()

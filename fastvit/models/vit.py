@@ -53,8 +53,8 @@ def _row(width, depth, heads, mlp="swiglu"):
     return dict(width=width, depth=depth, heads=heads, mlp_hidden=hidden, mlp=mlp)
 
 
-# REFERENCE.md section 2. vit_s / vit_b / vit_l are the DINOv2 ViT-S/B/L/14 layouts (GELU MLP ratio 4),
-# so released DINOv2 S/B/L checkpoints load as they are; every Web-DINO row uses SwiGLU.
+# The Web-DINO builders (facebookresearch/webssl). vit_s / vit_b / vit_l are the DINOv2 ViT-S/B/L/14 layouts
+# (GELU MLP ratio 4), so released DINOv2 S/B/L checkpoints load as they are; every Web-DINO row uses SwiGLU.
 VIT_SIZES = {
     "vit_s": _row(384, 12, 6, "gelu"),
     "vit_b": _row(768, 12, 12, "gelu"),

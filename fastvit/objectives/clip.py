@@ -38,8 +38,7 @@ def infonce_loss(img_bD, txt_bD, logit_scale, *, group=None, backend="auto"):
 def siglip_loss(img_bD, txt_bD, logit_scale, logit_bias, *, group=None, backend="auto"):
     """SigLIP: per image row, the sum over all texts of -log sigmoid(z * (scale * cosine + bias)), z = +-1."""
     txt_BD, offset = gather_with_grad(txt_bD, group)
-    return clip_loss(img_bD, txt_BD, logit_scale, offset=offset, kind="siglip", logit_bias=logit_bias,
-                     backend=backend)  # fmt: skip
+    return clip_loss(img_bD, txt_BD, logit_scale, offset=offset, kind="siglip", logit_bias=logit_bias, backend=backend)
 
 
 class LogitScale(nn.Module):
@@ -76,8 +75,9 @@ class CLIPObjective(nn.Module):
 
     def forward(self, img_bD, txt_bD, logit_scale, logit_bias=None):
         if img_bD.shape != txt_bD.shape:
-            raise ValueError(f"image and text embeddings must have equal shapes, got {tuple(img_bD.shape)} "
-                             f"and {tuple(txt_bD.shape)}")  # fmt: skip
+            raise ValueError(
+                f"image and text embeddings must have equal shapes, got {tuple(img_bD.shape)} and {tuple(txt_bD.shape)}"
+            )
         if self.kind == "siglip":
             loss = siglip_loss(img_bD, txt_bD, logit_scale, logit_bias, group=self.group, backend=self.backend)
         else:

@@ -1,4 +1,4 @@
-"""DINO / iBOT / KoLeo loss functions (DINOv2 semantics, REFERENCE section 5) and the Web-DINO objective.
+"""DINO / iBOT / KoLeo loss functions (DINOv2 semantics, dinov2/loss) and the Web-DINO objective.
 
 All functions accept any float dtype and compute in fp32. The cross-entropies run on the fused
 fastvit.ops.soft_cross_entropy (Triton on CUDA, torch on the CPU; `backend=` to choose).

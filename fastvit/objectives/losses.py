@@ -1,4 +1,4 @@
-"""DINO and iBOT cross-entropies (DINOv2 semantics, REFERENCE section 5) on the fused soft cross-entropy op."""
+"""DINO and iBOT cross-entropies (DINOv2 semantics, dinov2/loss) on the fused soft cross-entropy op."""
 
 from fastvit.ops.soft_cross_entropy import soft_cross_entropy
 

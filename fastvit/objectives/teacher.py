@@ -1,4 +1,4 @@
-"""EMA teacher update and the Web-DINO schedules, as plain functions of the step (REFERENCE section 4)."""
+"""EMA teacher update and the Web-DINO schedules, as plain functions of the step (DINOv2 ViT-g recipe)."""
 
 import math
 

@@ -48,10 +48,23 @@ class WebDINOObjective(nn.Module):
     """DINO + iBOT + KoLeo losses of Web-DINO; returns {dino_global, dino_local, ibot, koleo, total}."""
 
     def __init__(
-        self, *, n_global=2, n_local=8, student_temp=0.1, dino_weight=1.0, ibot_weight=1.0, koleo_weight=0.1,
-        centering="sinkhorn", sinkhorn_iters=3, center_momentum=0.9, dino_out_dim=131072, ibot_out_dim=131072,
-        chunk=DEFAULT_CHUNK, backend="auto", group=None,
-    ):  # fmt: skip
+        self,
+        *,
+        n_global=2,
+        n_local=8,
+        student_temp=0.1,
+        dino_weight=1.0,
+        ibot_weight=1.0,
+        koleo_weight=0.1,
+        centering="sinkhorn",
+        sinkhorn_iters=3,
+        center_momentum=0.9,
+        dino_out_dim=131072,
+        ibot_out_dim=131072,
+        chunk=DEFAULT_CHUNK,
+        backend="auto",
+        group=None,
+    ):
         super().__init__()
         if n_global < 2 or n_local < 0:
             raise ValueError(f"WebDINOObjective needs n_global >= 2 and n_local >= 0, got {n_global}, {n_local}")
@@ -60,8 +73,12 @@ class WebDINOObjective(nn.Module):
         self.n_global, self.n_local, self.student_temp = n_global, n_local, student_temp
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
         self.centering, self.sinkhorn_iters, self.chunk, self.backend, self.group = (
-            centering, sinkhorn_iters, chunk, backend, group,
-        )  # fmt: skip
+            centering,
+            sinkhorn_iters,
+            chunk,
+            backend,
+            group,
+        )
         if centering == "softmax":
             self.dino_center = Centering(dino_out_dim, center_momentum)
             self.ibot_center = Centering(ibot_out_dim, center_momentum)
@@ -70,8 +87,17 @@ class WebDINOObjective(nn.Module):
     def n_terms(self):
         return self.n_global * self.n_local + (self.n_global - 1) * self.n_global
 
-    def forward(self, student_global, student_local, teacher_global, student_patches, teacher_patches, masks,
-                student_cls, teacher_temp):  # fmt: skip
+    def forward(
+        self,
+        student_global,
+        student_local,
+        teacher_global,
+        student_patches,
+        teacher_patches,
+        masks,
+        student_cls,
+        teacher_temp,
+    ):
         n_g = self.n_global
         if student_global.shape[0] != n_g or teacher_global.shape[0] != n_g:
             raise ValueError(f"expected {n_g} global crops, got {student_global.shape[0]} / {teacher_global.shape[0]}")
@@ -105,8 +131,9 @@ class WebDINOObjective(nn.Module):
         patches = PrototypeLogits(teacher_patches.features[None], teacher_patches.prototypes)
         return dino, self._factored_targets(patches, teacher_temp, "ibot")
 
-    def student_losses(self, student_global, student_local, dino_targets, student_patches, ibot_targets, masks,
-                       student_cls):  # fmt: skip
+    def student_losses(
+        self, student_global, student_local, dino_targets, student_patches, ibot_targets, masks, student_cls
+    ):
         """The loss dict of forward() for student PrototypeLogits against precomputed TeacherTargets:
         dino_targets rows [n_g, B] (the student's B images), ibot_targets rows [1, M] (masks' M patches)."""
         dino_global, dino_local = self._dino_from_targets(student_global, student_local, dino_targets)
@@ -174,8 +201,9 @@ class WebDINOObjective(nn.Module):
     def _factored_targets(self, t, teacher_temp, head):
         """TeacherTargets for PrototypeLogits t with features [T, B, D] (rows of all T crops centred together)."""
         if self.centering == "sinkhorn":
-            return sinkhorn_targets(t.features, t.prototypes, teacher_temp, self.sinkhorn_iters, group=self.group,
-                                    chunk=self.chunk)  # fmt: skip
+            return sinkhorn_targets(
+                t.features, t.prototypes, teacher_temp, self.sinkhorn_iters, group=self.group, chunk=self.chunk
+            )
         center = getattr(self, f"{head}_center")
         targets = softmax_center_targets(t.features, t.prototypes, center.center, teacher_temp, chunk=self.chunk)
         center.update_factored(t.features, t.prototypes, self.group)

@@ -250,8 +250,9 @@ def attention(q, k, v, *, cu_seqlens=None, max_seqlen=None, scale=None, backend=
     computed from cu_seqlens when not given (a host sync).
     """
     if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"attention: q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")  # fmt: skip
+        raise ValueError(
+            f"attention: q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if cu_seqlens is None:
         if q.dim() != 4:
             raise ValueError(f"dense attention expects (B, H, N, D) inputs, got q of shape {tuple(q.shape)}")

@@ -34,9 +34,15 @@ def _resolve(backend, x):
 
 @torch.library.custom_op("fastvit::clip_loss_chunked", mutates_args=())
 def _clip_loss_chunked(
-    q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, offset: int, siglip: bool,
-    chunk: int, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    offset: int,
+    siglip: bool,
+    chunk: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from fastvit.kernels.clip_loss import clip_rows_torch, clip_rows_triton
 
     rows = clip_rows_triton if backend == "triton" else clip_rows_torch

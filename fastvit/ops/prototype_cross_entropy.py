@@ -27,9 +27,17 @@ def _chunks(xs2, ws, xt2, wt, a, b2, t_inv, s_temp, chunk):
 
 @torch.library.custom_op("fastvit::prototype_cross_entropy", mutates_args=())
 def _fwd_op(
-    xs: torch.Tensor, ws: torch.Tensor, xt: torch.Tensor, wt: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-    row_w: torch.Tensor, t_inv: float, s_temp: float, chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    xs: torch.Tensor,
+    ws: torch.Tensor,
+    xt: torch.Tensor,
+    wt: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_w: torch.Tensor,
+    t_inv: float,
+    s_temp: float,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     (S, B, D), T = xs.shape, xt.shape[0]
     m = torch.full((S, B), float("-inf"), device=xs.device)
     sumexp = torch.zeros(S, B, device=xs.device)
@@ -56,10 +64,20 @@ def _(xs, ws, xt, wt, a, b, row_w, t_inv, s_temp, chunk):
 
 @torch.library.custom_op("fastvit::prototype_cross_entropy_bwd", mutates_args=())
 def _bwd_op(
-    g: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor, xt: torch.Tensor, wt: torch.Tensor, a: torch.Tensor,
-    b: torch.Tensor, row_w: torch.Tensor, lse: torch.Tensor, psum: torch.Tensor, t_inv: float, s_temp: float,
+    g: torch.Tensor,
+    xs: torch.Tensor,
+    ws: torch.Tensor,
+    xt: torch.Tensor,
+    wt: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_w: torch.Tensor,
+    lse: torch.Tensor,
+    psum: torch.Tensor,
+    t_inv: float,
+    s_temp: float,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     (S, B, D), T = xs.shape, xt.shape[0]
     coef = g.float()[:, :, None] * row_w.float()  # [S, T, B]
     wsum = (coef * psum[None]).sum(1)  # [S, B]

@@ -1,6 +1,6 @@
 """fastvit.ops.sinkhorn_knopp: DINOv2's Sinkhorn-Knopp teacher centering, streamed over prototypes.
 
-The iteration runs on the factored form P = exp(t / temp - shift) * r[k] * c[b] (see fastvit/kernels/sinkhorn.py):
+The iteration runs on the factored form P = exp(t / temp - shift) * r[k] * c[b] (see kernels/sinkhorn.py):
 each half-iteration is one streaming pass (custom ops fastvit::sinkhorn_pass / fastvit::sinkhorn_apply, Triton or
 chunked torch) and the per-prototype sums are all-reduced in torch between passes. It is a stop-gradient op
 (the teacher side of the loss): the input is detached, and the ops have no autograd formula on purpose.
@@ -105,7 +105,7 @@ def check_sinkhorn_args(t_BK, temp, n_iters):
 
 @torch.no_grad()
 def sinkhorn_knopp(teacher_logits, temp, n_iters=3, *, n_rows=None, group=None, backend="auto"):
-    """Sinkhorn-Knopp targets [B, K] (fp32) for teacher logits [B, K] (DINOv2 semantics, REFERENCE section 5).
+    """Sinkhorn-Knopp targets [B, K] (fp32) for teacher logits [B, K] (DINOv2 semantics, dinov2/loss).
 
     Prototype sums and the row count are all-reduced over `group` when torch.distributed is initialised.
     n_rows: B_global, e.g. the global masked-patch count for iBOT; default: local rows summed over ranks.

@@ -48,11 +48,21 @@ def build_clip(cfg, device):
     o = cfg.objective
     tok = build_tokenizer(o.clip_tokenizer, o.clip_context_length)
     with torch.device("meta"):
-        text = TextTransformer(vocab_size=tok.vocab_size, context_length=o.clip_context_length,
-                               width=o.clip_text_width, depth=o.clip_text_depth, heads=o.clip_text_heads,
-                               embed_dim=o.clip_embed_dim)  # fmt: skip
-        model = CLIPModel(build_backbone(cfg.model), text, embed_dim=o.clip_embed_dim, kind=o.clip_loss,
-                          init_temperature=o.clip_init_temperature)  # fmt: skip
+        text = TextTransformer(
+            vocab_size=tok.vocab_size,
+            context_length=o.clip_context_length,
+            width=o.clip_text_width,
+            depth=o.clip_text_depth,
+            heads=o.clip_text_heads,
+            embed_dim=o.clip_embed_dim,
+        )
+        model = CLIPModel(
+            build_backbone(cfg.model),
+            text,
+            embed_dim=o.clip_embed_dim,
+            kind=o.clip_loss,
+            init_temperature=o.clip_init_temperature,
+        )
     model.to_empty(device=device)
     model.init_weights()
     model.backbone.mask_token.requires_grad_(False)
@@ -81,8 +91,9 @@ class CLIPTask(StudentOnlyTask):
     def build_loader(self, *, batch_size, rank, world_size, device):
         d = self.cfg.data
         self.source = captioned_source(d.source, "train", seed=self.cfg.train.seed, captions=d.captions)
-        return single_crop_loader(self.cfg, self.source, batch_size=batch_size, rank=rank, world_size=world_size,
-                                  device=device)  # fmt: skip
+        return single_crop_loader(
+            self.cfg, self.source, batch_size=batch_size, rank=rank, world_size=world_size, device=device
+        )
 
     def schedules(self, step, total):
         return {"logit_scale": float(self.student.logit().item())}

@@ -48,8 +48,10 @@ def build_task(cfg, device):
 def pipelined(task, mesh):
     """The pipeline-parallel version of a task (parallel.pp > 1); only Web-DINO has one."""
     if task.cfg.objective.name != "web_dino":
-        raise ValueError(f"parallel.pp={mesh.dims.pp}: pipeline parallelism trains objective.name=web_dino only, "
-                         f"not {task.cfg.objective.name!r}; use parallel.tp and FSDP for it")  # fmt: skip
+        raise ValueError(
+            f"parallel.pp={mesh.dims.pp}: pipeline parallelism trains objective.name=web_dino only, "
+            f"not {task.cfg.objective.name!r}; use parallel.tp and FSDP for it"
+        )
     from fastvit.train.web_dino_pp import PipelinedWebDINOTask
 
     return PipelinedWebDINOTask(task, mesh)
@@ -143,16 +145,21 @@ def train(cfg):
             del state[key]
         task.load_state_dict(state, optimizer)
         if extra is None:
-            raise ValueError(f"{latest} has no data / RNG state for data-parallel rank {data_rank}; resume with the "
-                             "data-parallel size it was written with")  # fmt: skip
+            raise ValueError(
+                f"{latest} has no data / RNG state for data-parallel rank {data_rank}; resume with the "
+                "data-parallel size it was written with"
+            )
         _set_rng_state(extra["rng"])
         loader.load_state_dict(extra["loader"])
         start_step = ckpt.step_of(latest)
     if rank == 0:
         vit = task.backbone_cfg
-        print(f"fastvit train: {cfg.objective.name} {cfg.model.name} ({vit.width} wide, {vit.depth} blocks), "
-              f"{world} rank(s) on {device}, "
-              f"steps {start_step} -> {cfg.train.steps}, run folder {run_dir}", flush=True)  # fmt: skip
+        print(
+            f"fastvit train: {cfg.objective.name} {cfg.model.name} ({vit.width} wide, {vit.depth} blocks), "
+            f"{world} rank(s) on {device}, "
+            f"steps {start_step} -> {cfg.train.steps}, run folder {run_dir}",
+            flush=True,
+        )
     log = MetricsLogger(run_dir, cfg.train.steps, enabled=rank == 0)
     stop = _StopRequest()
     try:
@@ -237,11 +244,16 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, e
             record["loss"] = record.pop("total")
             tflops = flops * steps_since / elapsed / 1e12  # per rank
             record.update(
-                lr=lr, wd=wd, **sched, grad_norm=grad_norm,
-                images_per_s=cfg.train.batch_size * steps_since / elapsed, tflops=tflops,
-                mfu=tflops / peak if peak else None, memory_gib=peak_memory_gib(device),
+                lr=lr,
+                wd=wd,
+                **sched,
+                grad_norm=grad_norm,
+                images_per_s=cfg.train.batch_size * steps_since / elapsed,
+                tflops=tflops,
+                mfu=tflops / peak if peak else None,
+                memory_gib=peak_memory_gib(device),
                 skipped_files=round(values[-1] * world),
-            )  # fmt: skip
+            )
             if knn is not None:
                 record["knn_top1"] = knn
             log.log(record)

@@ -105,9 +105,18 @@ class MetricsLogger:
 
 
 _SHOWN = (
-    "step", "loss", "dino_global", "dino_local", "ibot", "koleo", "lr", "images_per_s", "mfu", "skipped_files",
+    "step",
+    "loss",
+    "dino_global",
+    "dino_local",
+    "ibot",
+    "koleo",
+    "lr",
+    "images_per_s",
+    "mfu",
+    "skipped_files",
     "knn_top1",
-)  # fmt: skip
+)
 
 
 def _fmt(k, v):

@@ -24,10 +24,16 @@ def build_backbone(cfg_model, device="meta"):
     if cfg_model.mlp:
         overrides["mlp"] = cfg_model.mlp
     return build_vit(
-        cfg_model.name, device=device, patch_size=cfg_model.patch_size, img_size=cfg_model.img_size,
-        n_registers=cfg_model.n_registers, layerscale_init=cfg_model.layerscale_init,
-        drop_path=cfg_model.drop_path, qkv_bias=cfg_model.qkv_bias, **overrides,
-    )  # fmt: skip
+        cfg_model.name,
+        device=device,
+        patch_size=cfg_model.patch_size,
+        img_size=cfg_model.img_size,
+        n_registers=cfg_model.n_registers,
+        layerscale_init=cfg_model.layerscale_init,
+        drop_path=cfg_model.drop_path,
+        qkv_bias=cfg_model.qkv_bias,
+        **overrides,
+    )
 
 
 class WebDINO(nn.Module):
@@ -84,21 +90,36 @@ def build_student_teacher(cfg, device):
 def build_objective(cfg, group=None):
     o = cfg.objective
     return WebDINOObjective(
-        n_global=cfg.data.n_global_crops, n_local=cfg.data.n_local_crops, student_temp=o.student_temp,
-        dino_weight=o.dino_weight, ibot_weight=o.ibot_weight, koleo_weight=o.koleo_weight, centering=o.centering,
-        dino_out_dim=o.dino_out_dim, ibot_out_dim=o.ibot_out_dim, group=group,
-    )  # fmt: skip
+        n_global=cfg.data.n_global_crops,
+        n_local=cfg.data.n_local_crops,
+        student_temp=o.student_temp,
+        dino_weight=o.dino_weight,
+        ibot_weight=o.ibot_weight,
+        koleo_weight=o.koleo_weight,
+        centering=o.centering,
+        dino_out_dim=o.dino_out_dim,
+        ibot_out_dim=o.ibot_out_dim,
+        group=group,
+    )
 
 
 def crop_config(cfg):
     d = cfg.data
     brightness, contrast, saturation, hue = d.color_jitter
     return MultiCropConfig(
-        global_size=d.global_crops_size, local_size=d.local_crops_size, n_global=d.n_global_crops,
-        n_local=d.n_local_crops, global_scale=d.global_crops_scale, local_scale=d.local_crops_scale,
-        brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, jitter_p=d.color_jitter_p,
+        global_size=d.global_crops_size,
+        local_size=d.local_crops_size,
+        n_global=d.n_global_crops,
+        n_local=d.n_local_crops,
+        global_scale=d.global_crops_scale,
+        local_scale=d.local_crops_scale,
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        hue=hue,
+        jitter_p=d.color_jitter_p,
         gray_p=d.grayscale_p,
-    )  # fmt: skip
+    )
 
 
 def compute_losses(student, teacher, objective, batch, n_global, n_local, teacher_temp):
@@ -150,10 +171,17 @@ class WebDINOTask:
         c = self.cfg
         mask = MaskConfig(patch_size=c.model.patch_size, ratio=c.data.mask_ratio, prob=c.data.mask_probability)
         return build_loader(
-            c.data.source, batch_size=batch_size, crops=crop_config(c), mask=mask, seed=c.train.seed, rank=rank,
-            world_size=world_size, loader=c.data.loader, num_workers=c.data.num_workers,
+            c.data.source,
+            batch_size=batch_size,
+            crops=crop_config(c),
+            mask=mask,
+            seed=c.train.seed,
+            rank=rank,
+            world_size=world_size,
+            loader=c.data.loader,
+            num_workers=c.data.num_workers,
             device_id=device.index if device.type == "cuda" else None,
-        )  # fmt: skip
+        )
 
     def schedules(self, step, total):
         """Logged per-step values of the objective: teacher momentum and temperature."""
@@ -167,8 +195,15 @@ class WebDINOTask:
 
     def losses(self, batch, sched):
         d = self.cfg.data
-        return compute_losses(self.student_dp, self.teacher_dp, self.objective, batch, d.n_global_crops,
-                              d.n_local_crops, sched["teacher_temp"])  # fmt: skip
+        return compute_losses(
+            self.student_dp,
+            self.teacher_dp,
+            self.objective,
+            batch,
+            d.n_global_crops,
+            d.n_local_crops,
+            sched["teacher_temp"],
+        )
 
     def after_step(self, sched):
         ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])

@@ -260,8 +260,12 @@ class PipelinedWebDINOTask(WebDINOTask):
         losses = self.objective.student_losses(
             PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
             PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
-            dino_t.columns(slice(lo, hi)), sp, it, masks, cls_g.view(lay.n_global, b, -1) if b > 1 else None,
-        )  # fmt: skip
+            dino_t.columns(slice(lo, hi)),
+            sp,
+            it,
+            masks,
+            cls_g.view(lay.n_global, b, -1) if b > 1 else None,
+        )
         self._records[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
         return losses["total"]
 

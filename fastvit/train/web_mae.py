@@ -16,28 +16,46 @@ def single_crop_config(cfg):
     """One random-resized crop + flip per image (no colour, blur or solarisation): MAE's and CLIP's augmentation."""
     d = cfg.data
     return MultiCropConfig(
-        global_size=d.global_crops_size, n_global=1, n_local=0, global_scale=d.global_crops_scale, jitter_p=0.0,
-        gray_p=0.0, blur_p_global=(0.0,), solarize_p_global=(0.0,),
-    )  # fmt: skip
+        global_size=d.global_crops_size,
+        n_global=1,
+        n_local=0,
+        global_scale=d.global_crops_scale,
+        jitter_p=0.0,
+        gray_p=0.0,
+        blur_p_global=(0.0,),
+        solarize_p_global=(0.0,),
+    )
 
 
 def single_crop_loader(cfg, source, *, batch_size, rank, world_size, device):
     d = cfg.data
     return build_loader(
-        source, batch_size=batch_size, crops=single_crop_config(cfg), seed=cfg.train.seed, rank=rank,
-        world_size=world_size, loader=d.loader, num_workers=d.num_workers,
+        source,
+        batch_size=batch_size,
+        crops=single_crop_config(cfg),
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world_size,
+        loader=d.loader,
+        num_workers=d.num_workers,
         device_id=device.index if device.type == "cuda" else None,
-    )  # fmt: skip
+    )
 
 
 def build_mae(cfg, device):
     o, m = cfg.objective, cfg.model
     if cfg.data.global_crops_size != m.img_size:
-        raise ValueError(f"Web-MAE trains at model.img_size: set data.global_crops_size={m.img_size} "
-                         f"(got {cfg.data.global_crops_size})")  # fmt: skip
+        raise ValueError(
+            f"Web-MAE trains at model.img_size: set data.global_crops_size={m.img_size} "
+            f"(got {cfg.data.global_crops_size})"
+        )
     with torch.device("meta"):
-        model = MaskedAutoencoder(build_backbone(m), decoder_width=o.mae_decoder_width,
-                                  decoder_depth=o.mae_decoder_depth, decoder_heads=o.mae_decoder_heads)  # fmt: skip
+        model = MaskedAutoencoder(
+            build_backbone(m),
+            decoder_width=o.mae_decoder_width,
+            decoder_depth=o.mae_decoder_depth,
+            decoder_heads=o.mae_decoder_heads,
+        )
     model.to_empty(device=device)
     model.init_weights()
     model.backbone.mask_token.requires_grad_(False)  # unused by the visible-patch encoder (DDP needs every grad)
@@ -57,8 +75,9 @@ class WebMAETask(StudentOnlyTask):
         self.objective = MAEObjective(cfg.model.patch_size, norm_pix=o.mae_norm_pix, backend=o.mae_loss_backend)
 
     def build_loader(self, *, batch_size, rank, world_size, device):
-        return single_crop_loader(self.cfg, self.cfg.data.source, batch_size=batch_size, rank=rank,
-                                  world_size=world_size, device=device)  # fmt: skip
+        return single_crop_loader(
+            self.cfg, self.cfg.data.source, batch_size=batch_size, rank=rank, world_size=world_size, device=device
+        )
 
     def losses(self, batch, sched):
         x_B3HW = batch["global_crops"]
@@ -73,8 +92,15 @@ class WebMAETask(StudentOnlyTask):
         n_keep = int(c.grid**2 * (1 - o.mae_mask_ratio))
         encoder = vit_forward_flops(c, [(b, c.img_size, n_keep)])["total"]
         # the decoder as a ViT of its own size: its patch-embedding term equals the pixel prediction head's
-        dec = vit_config("vit_s", width=o.mae_decoder_width, depth=o.mae_decoder_depth, heads=o.mae_decoder_heads,
-                         mlp="gelu", patch_size=c.patch_size, img_size=c.img_size)  # fmt: skip
+        dec = vit_config(
+            "vit_s",
+            width=o.mae_decoder_width,
+            depth=o.mae_decoder_depth,
+            heads=o.mae_decoder_heads,
+            mlp="gelu",
+            patch_size=c.patch_size,
+            img_size=c.img_size,
+        )
         decoder = vit_forward_flops(dec, [(b, c.img_size)])["total"]
         embed = head_flops(b * (1 + n_keep), [c.width, o.mae_decoder_width])
         return 3 * (encoder + decoder + embed)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fastvit.kernels.clip_loss import clip_loss_ref
+
 from fastvit.ops import clip_loss
 from fastvit.testing import assert_close
 
@@ -30,8 +30,16 @@ def test_clip_loss_matches_float64(case, kind, backend):
     ref = clip_loss_ref(q64, k64, s64, offset, bias64, siglip)
     grads_ref = torch.autograd.grad(ref, leaves64)
     leaves = [t.detach().float().requires_grad_() for t in leaves64]
-    out = clip_loss(leaves[0], leaves[1], leaves[2], offset=offset, kind=kind,
-                    logit_bias=leaves[3] if siglip else None, chunk_rows=chunk, backend=backend)  # fmt: skip
+    out = clip_loss(
+        leaves[0],
+        leaves[1],
+        leaves[2],
+        offset=offset,
+        kind=kind,
+        logit_bias=leaves[3] if siglip else None,
+        chunk_rows=chunk,
+        backend=backend,
+    )
     grads = torch.autograd.grad(2.0 * out, leaves)
     assert_close(out, ref, atol=2e-5, rtol=1e-5, name="loss")
     for name, g, e in zip(["dq", "dk", "dscale", "dbias"], grads, grads_ref):

@@ -21,8 +21,9 @@ def _loss_and_grads(img_raw, txt_raw, kind, backend):
     img_raw, txt_raw = img_raw.clone().requires_grad_(), txt_raw.clone().requires_grad_()
     log_scale = torch.tensor([2.3], dtype=img_raw.dtype, requires_grad=True)
     bias = torch.tensor([-2.0], dtype=img_raw.dtype, requires_grad=True)
-    out = CLIPObjective(kind, backend=backend)(F.normalize(img_raw, dim=-1), F.normalize(txt_raw, dim=-1),
-                                               log_scale.exp(), bias if kind == "siglip" else None)  # fmt: skip
+    out = CLIPObjective(kind, backend=backend)(
+        F.normalize(img_raw, dim=-1), F.normalize(txt_raw, dim=-1), log_scale.exp(), bias if kind == "siglip" else None
+    )
     out["total"].backward()
     bias_grad = bias.grad if bias.grad is not None else torch.zeros(1, dtype=img_raw.dtype)
     return out["total"].detach(), img_raw.grad, txt_raw.grad, log_scale.grad, bias_grad

@@ -107,8 +107,20 @@ def test_cpp_matches_reference_on_a_large_image():
 def test_hue_on_ties_and_extremes(shift):
     # A crop of the whole image at its own size resamples exactly (taps at integer offsets), so the
     # hue step sees these pixels as they are: ties between the max channels, grays, primaries.
-    special = [(200, 200, 10), (10, 200, 200), (200, 10, 200), (77, 77, 77), (0, 0, 0), (255, 255, 255),
-               (255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 0, 0), (255, 254, 254), (128, 127, 128)]  # fmt: skip
+    special = [
+        (200, 200, 10),
+        (10, 200, 200),
+        (200, 10, 200),
+        (77, 77, 77),
+        (0, 0, 0),
+        (255, 255, 255),
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (1, 0, 0),
+        (255, 254, 254),
+        (128, 127, 128),
+    ]
     rng = np.random.default_rng(5)
     pixels = np.concatenate([np.array(special, np.uint8), rng.integers(0, 256, (12 * 12 - len(special), 3))])
     images = [pixels.astype(np.uint8).reshape(12, 12, 3)]

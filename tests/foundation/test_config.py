@@ -7,9 +7,15 @@ from fastvit.config import Config, apply_overrides, load_config, read_config, re
 def test_overrides_are_typed():
     cfg = apply_overrides(
         Config(),
-        ["model.name=vit_b", "train.steps=12", "optim.lr=1e-4", "parallel.compile=true",
-         "data.global_crops_scale=[0.4, 1]", "model.layerscale_init=null"],
-    )  # fmt: skip
+        [
+            "model.name=vit_b",
+            "train.steps=12",
+            "optim.lr=1e-4",
+            "parallel.compile=true",
+            "data.global_crops_scale=[0.4, 1]",
+            "model.layerscale_init=null",
+        ],
+    )
     assert cfg.model.name == "vit_b"
     assert cfg.train.steps == 12 and isinstance(cfg.train.steps, int)
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)

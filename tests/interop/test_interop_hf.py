@@ -22,9 +22,16 @@ transformers = pytest.importorskip("transformers")
 
 def hf_model(mlp="swiglu", img=28):
     cfg = transformers.Dinov2Config(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4, use_swiglu_ffn=mlp == "swiglu",
-        image_size=img, patch_size=14, layerscale_value=1e-5, qkv_bias=True,
-    )  # fmt: skip
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=4,
+        use_swiglu_ffn=mlp == "swiglu",
+        image_size=img,
+        patch_size=14,
+        layerscale_value=1e-5,
+        qkv_bias=True,
+    )
     model = transformers.Dinov2Model(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():

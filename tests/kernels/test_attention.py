@@ -3,9 +3,9 @@ dense and packed, awkward lengths, head dims 64/80/128, the output and all three
 
 import pytest
 import torch
+from fastvit.kernels.attention import attention_ref
 from kernel_tolerance import kernel_tol
 
-from fastvit.kernels.attention import attention_ref
 from fastvit.ops import attention
 from fastvit.testing import assert_close
 

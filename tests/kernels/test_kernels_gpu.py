@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from kernel_tolerance import kernel_tol
-
 from fastvit.kernels.attention import attention_ref
 from fastvit.kernels.layer_norm import add_layer_norm_ref
 from fastvit.kernels.swiglu import swiglu_ref
+from kernel_tolerance import kernel_tol
+
 from fastvit.ops import add_layer_norm, attention, swiglu
 from fastvit.testing import assert_close
 
@@ -24,8 +24,11 @@ def _check(fn, ref, inputs64, grads64, dtype, name):
     expected = _outputs_and_grads(ref, inputs64, grads64)
     actual = _outputs_and_grads(fn, [t.to(dtype) for t in inputs64], [g.to(dtype) for g in grads64])
     for i, (a, e) in enumerate(zip(actual, expected)):
-        tol = kernel_tol(lambda *t, i=i: _outputs_and_grads(ref, t[: len(inputs64)], t[len(inputs64) :])[i],
-                         [*inputs64, *grads64], dtype)  # fmt: skip
+        tol = kernel_tol(
+            lambda *t, i=i: _outputs_and_grads(ref, t[: len(inputs64)], t[len(inputs64) :])[i],
+            [*inputs64, *grads64],
+            dtype,
+        )
         assert_close(a, e, atol=tol, name=f"{name} output/grad {i} {dtype}")
 
 
@@ -38,8 +41,14 @@ def test_attention_dense_and_packed_gpu(dtype, D):
     lengths = [257, 257, 50, 50, 50, 37, 1]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     packed = [torch.randn(sum(lengths), H, D, device="cuda", dtype=torch.float64) for _ in range(4)]
-    _check(lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend="triton"),
-           lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()), packed[:3], packed[3:], dtype, "packed")  # fmt: skip
+    _check(
+        lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend="triton"),
+        lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()),
+        packed[:3],
+        packed[3:],
+        dtype,
+        "packed",
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -47,8 +56,14 @@ def test_attention_dense_and_packed_gpu(dtype, D):
 def test_add_layer_norm_and_swiglu_gpu(dtype, width):
     x, r, dy, ds = (torch.randn(4 * 257, width, device="cuda", dtype=torch.float64) for _ in range(4))
     w, b = 1 + 0.1 * torch.randn(width, device="cuda", dtype=torch.float64), torch.randn(width, device="cuda").double()
-    _check(lambda *t: add_layer_norm(*t, backend="triton"), lambda *t: add_layer_norm_ref(*t, 1e-6),
-           [x, r, w, b], [dy, ds], dtype, "add_layer_norm")  # fmt: skip
+    _check(
+        lambda *t: add_layer_norm(*t, backend="triton"),
+        lambda *t: add_layer_norm_ref(*t, 1e-6),
+        [x, r, w, b],
+        [dy, ds],
+        dtype,
+        "add_layer_norm",
+    )
     xs = torch.randn(4 * 257, 2 * width, device="cuda", dtype=torch.float64)
     _check(lambda t: swiglu(t, backend="triton"), swiglu_ref, [xs], [dy], dtype, "swiglu")
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from fastvit.kernels.layer_norm import add_layer_norm_ref, layer_norm_ref
 from kernel_tolerance import kernel_tol
 
-from fastvit.kernels.layer_norm import add_layer_norm_ref, layer_norm_ref
 from fastvit.ops import add_layer_norm, layer_norm
 from fastvit.testing import assert_close
 
@@ -56,8 +56,12 @@ def test_layer_norm_fwd_bwd(dtype, with_residual, shape):
 def test_layer_norm_backends_agree_on_strided_rows(backend):
     x = torch.randn(6, 2, 257)[:, 0]  # rows with a stride of 2 * 257
     w, b = torch.randn(257), torch.randn(257)
-    assert_close(layer_norm(x, w, b, backend=backend), layer_norm_ref(x.double(), w.double(), b.double(), EPS),
-                 atol=2e-5, name=backend)  # fmt: skip
+    assert_close(
+        layer_norm(x, w, b, backend=backend),
+        layer_norm_ref(x.double(), w.double(), b.double(), EPS),
+        atol=2e-5,
+        name=backend,
+    )
 
 
 def test_layer_norm_errors():

@@ -11,8 +11,11 @@ BACKENDS = ["torch", "triton"]
 
 
 def _opcheck(op, args):
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
-                                                 "test_aot_dispatch_dynamic"))  # fmt: skip
+    torch.library.opcheck(
+        op,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic"),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -37,8 +40,9 @@ def test_opcheck_layer_norm(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True])
 def test_opcheck_attention(backend, packed):
-    shape, cu, max_seqlen = ((21, 2, 16), torch.tensor([0, 13, 21], dtype=torch.int32), 13) if packed else (
-        (2, 2, 13, 16), None, 13)  # fmt: skip
+    shape, cu, max_seqlen = (
+        ((21, 2, 16), torch.tensor([0, 13, 21], dtype=torch.int32), 13) if packed else ((2, 2, 13, 16), None, 13)
+    )
     q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
     _opcheck(torch.ops.fastvit.attention.default, (q, k, v, cu, max_seqlen, 0.25, backend))
     o, lse = torch.ops.fastvit.attention(q, k, v, cu, max_seqlen, 0.25, backend)
@@ -61,8 +65,9 @@ class _Block(nn.Module):
         h = layer_norm(x_TD, self.norm1.weight, self.norm1.bias, backend=self.backend)
         q, k, v = self.qkv(h).view(T, 3, self.heads, D // self.heads).unbind(1)
         a = attention(q, k, v, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=self.backend)
-        h, x_TD = add_layer_norm(self.proj(a.reshape(T, D)), x_TD, self.norm2.weight, self.norm2.bias,
-                                 backend=self.backend)  # fmt: skip
+        h, x_TD = add_layer_norm(
+            self.proj(a.reshape(T, D)), x_TD, self.norm2.weight, self.norm2.bias, backend=self.backend
+        )
         return x_TD + self.w3(swiglu(self.w12(h), backend=self.backend))
 
 

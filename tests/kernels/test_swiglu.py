@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from fastvit.kernels.swiglu import swiglu_ref
 from kernel_tolerance import kernel_tol
 
-from fastvit.kernels.swiglu import swiglu_ref
 from fastvit.ops import swiglu
 from fastvit.testing import assert_close
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from fastvit.kernels.mae_loss import mae_loss_ref, patchify
+
 from fastvit.ops import mae_loss
 from fastvit.testing import assert_close, low_precision_tol
 
@@ -32,7 +32,7 @@ def test_mae_loss_matches_float64(shape, norm_pix, backend):
     pred = pred64.detach().float().requires_grad_()
     out = mae_loss(
         pred, images64.float().transpose(2, 3).contiguous().transpose(2, 3), mask, p, norm_pix=norm_pix, backend=backend
-    )  # fmt: skip  (non-contiguous images)
+    )  # non-contiguous images
     out.backward()
     assert out.dtype == torch.float32 and out.dim() == 0
     assert_close(out, ref, atol=1e-5, rtol=1e-5, name="loss")

@@ -34,12 +34,27 @@ def test_decoder_puts_visible_tokens_back_in_place():
 
 
 def test_short_mae_run_lowers_loss(tmp_path):
-    cfg = load_config("demo_mae", [
-        f"train.out={tmp_path}", "train.steps=16", "train.batch_size=16", "train.log_every=4",
-        "train.checkpoint_every=0", "model.width=64", "model.depth=2", "model.heads=2", "model.img_size=32",
-        "data.global_crops_size=32", "objective.mae_decoder_width=32", "objective.mae_decoder_depth=1",
-        "objective.mae_decoder_heads=2", "data.num_workers=0", "optim.warmup_steps=4", "optim.lr=3e-3",
-    ])  # fmt: skip
+    cfg = load_config(
+        "demo_mae",
+        [
+            f"train.out={tmp_path}",
+            "train.steps=16",
+            "train.batch_size=16",
+            "train.log_every=4",
+            "train.checkpoint_every=0",
+            "model.width=64",
+            "model.depth=2",
+            "model.heads=2",
+            "model.img_size=32",
+            "data.global_crops_size=32",
+            "objective.mae_decoder_width=32",
+            "objective.mae_decoder_depth=1",
+            "objective.mae_decoder_heads=2",
+            "data.num_workers=0",
+            "optim.warmup_steps=4",
+            "optim.lr=3e-3",
+        ],
+    )
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]

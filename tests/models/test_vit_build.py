@@ -5,7 +5,7 @@ import torch
 
 from fastvit.models import VIT_SIZES, build_vit, num_params, swiglu_hidden, vit_config
 
-# Exact counts at 224 px (patch 14, 257 positions, mask token included), and REFERENCE.md's rounded values.
+# Exact counts at 224 px (patch 14, 257 positions, mask token included), and the Web-SSL paper's rounded values.
 EXACT = {
     "vit_s": 21_629_184,  # DINOv2 ViT-S/14 (22,056,576 at 518 px)
     "vit_b": 85_725_696,
@@ -43,10 +43,23 @@ def test_meta_param_counts_are_exact(name):
 
 def test_native_parameter_names():
     names = set(build_vit("vit_1b", device="meta").state_dict())
-    for key in ("cls_token", "pos_embed", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "norm.weight", "blocks.39.norm1.weight", "blocks.39.attn.qkv.weight", "blocks.39.attn.qkv.bias",
-                "blocks.39.attn.proj.weight", "blocks.39.ls1.gamma", "blocks.39.norm2.bias",
-                "blocks.39.mlp.w12.weight", "blocks.39.mlp.w3.bias", "blocks.39.ls2.gamma"):  # fmt: skip
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "mask_token",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "blocks.39.norm1.weight",
+        "blocks.39.attn.qkv.weight",
+        "blocks.39.attn.qkv.bias",
+        "blocks.39.attn.proj.weight",
+        "blocks.39.ls1.gamma",
+        "blocks.39.norm2.bias",
+        "blocks.39.mlp.w12.weight",
+        "blocks.39.mlp.w3.bias",
+        "blocks.39.ls2.gamma",
+    ):
         assert key in names, key
 
 

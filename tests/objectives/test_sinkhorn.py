@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-
 from fastvit.kernels.sinkhorn import sinkhorn_knopp_ref
+
 from fastvit.objectives.dino import sinkhorn_knopp
 from fastvit.testing import assert_close
 
 
 def definition64(t, temp, n_iters=3, n_rows=None):
-    """REFERENCE section 5, one process, float64 (no max shift)."""
+    """DINOv2's SinkhornKnopp definition, one process, float64 (no max shift)."""
     Q = torch.exp(t.double() / temp).t()  # [K, B]
     K, B = Q.shape
     B = B if n_rows is None else n_rows

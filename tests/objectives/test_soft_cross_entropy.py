@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from fastvit.kernels.soft_cross_entropy import soft_cross_entropy_fwd_triton
+
 from fastvit.ops.soft_cross_entropy import soft_cross_entropy
 from fastvit.testing import assert_close, low_precision_tol
 
@@ -39,8 +39,13 @@ def test_matches_float64_definition(backend, R, K):
 def test_low_precision_inputs(dtype):
     R, K = 3, 300
     s64, p64 = torch.randn(R, K, dtype=torch.float64), torch.softmax(torch.randn(R, K, dtype=torch.float64), -1)
-    tol = low_precision_tol(lambda s, p: definition64(s, p, 0.1) if s.dtype == torch.float64 else
-                            -(p * torch.log_softmax(s / 0.1, -1)).sum(-1), [s64, p64], dtype)  # fmt: skip
+    tol = low_precision_tol(
+        lambda s, p: (
+            definition64(s, p, 0.1) if s.dtype == torch.float64 else -(p * torch.log_softmax(s / 0.1, -1)).sum(-1)
+        ),
+        [s64, p64],
+        dtype,
+    )
     loss, gs, _ = run(s64, p64, 0.1, dtype, "triton", torch.ones(R))
     assert gs.dtype == dtype
     assert_close(loss, definition64(s64.to(dtype), p64.to(dtype), 0.1), atol=tol, name="loss lowp")

@@ -44,8 +44,13 @@ def hand_loop(sg, sl, tg, sp, tp, masks, cls, temp):
             row += 1
     ibot = ibot / masks.shape[0] * 2 / N_G
     koleo = sum(koleo64(cls[i]) for i in range(N_G))
-    return {"dino_global": glob, "dino_local": loc, "ibot": ibot, "koleo": koleo,
-            "total": glob + loc + ibot + 0.1 * koleo}  # fmt: skip
+    return {
+        "dino_global": glob,
+        "dino_local": loc,
+        "ibot": ibot,
+        "koleo": koleo,
+        "total": glob + loc + ibot + 0.1 * koleo,
+    }
 
 
 def make_masks():
@@ -80,8 +85,16 @@ def run_objective(objective, chunked, x_glob, x_loc, x_patch, masks, steps=2):
         f = (lambda h, x: h.prototype_logits(x)) if chunked else (lambda h, x: h(x))
         with torch.no_grad():
             tg, tp = f(t_dino, x_glob), f(t_ibot, x_patch[masks])
-        out = objective(f(dino, x_glob), f(dino, x_loc), tg, f(ibot, x_patch[masks]), tp, masks,
-                        x_glob, teacher_temp=0.05 + 0.01 * step)  # fmt: skip
+        out = objective(
+            f(dino, x_glob),
+            f(dino, x_loc),
+            tg,
+            f(ibot, x_patch[masks]),
+            tp,
+            masks,
+            x_glob,
+            teacher_temp=0.05 + 0.01 * step,
+        )
     out["total"].backward()
     grads = [p.grad for p in list(dino.parameters()) + list(ibot.parameters())]
     return out, grads

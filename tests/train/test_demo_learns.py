@@ -11,8 +11,16 @@ from fastvit.train.loop import train
 
 @pytest.mark.slow
 def test_short_demo_run_beats_its_initialisation_on_knn(tmp_path):
-    cfg = load_config("demo", [f"train.out={tmp_path}", "train.steps=150", "train.checkpoint_every=150",
-                               "train.keep_checkpoints=2", "eval.max_images=2000"])  # fmt: skip
+    cfg = load_config(
+        "demo",
+        [
+            f"train.out={tmp_path}",
+            "train.steps=150",
+            "train.checkpoint_every=150",
+            "train.keep_checkpoints=2",
+            "eval.max_images=2000",
+        ],
+    )
     run = train(cfg)
     before = evaluate_run(run, cfg, "knn", checkpoint=ckpt.checkpoint_dir(run) / "step_0")["top1"]
     after = evaluate_run(run, cfg, "knn")["top1"]

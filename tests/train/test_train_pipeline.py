@@ -59,8 +59,14 @@ def test_interleaved_schedule_matches_one_process(tmp_path):
     centering (its EMA centers live on the last stage)."""
     depth = ("model.depth=4", "objective.centering=softmax")
     train(tiny_config(tmp_path / "one", *BASE, *STEPS, *depth))
-    pp = ("parallel.pp=2", "parallel.virtual_stages=2", "parallel.pp_schedule=interleaved",
-          "parallel.pp_microbatches=4", *STEPS, *depth)  # fmt: skip
+    pp = (
+        "parallel.pp=2",
+        "parallel.virtual_stages=2",
+        "parallel.pp_schedule=interleaved",
+        "parallel.pp_microbatches=4",
+        *STEPS,
+        *depth,
+    )
     _check_same(run_metrics(tmp_path / "one"), run_ranks(_train_rank, 2, str(tmp_path / "pp"), pp)[0], "interleaved")
 
 
@@ -70,8 +76,13 @@ def test_tp_x_pp_and_pp_x_dp_match_one_process(tmp_path, monkeypatch):
     only) and pp=2 x dp=2 (FSDP2 on each stage, Sinkhorn over both data-parallel ranks) against one process on
     the same global batch."""
     no_local = ("data.n_local_crops=0", *STEPS)
-    tp_pp = ("parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true", "parallel.data_parallel=fsdp",
-             *no_local)  # fmt: skip
+    tp_pp = (
+        "parallel.tp=2",
+        "parallel.pp=2",
+        "parallel.sequence_parallel=true",
+        "parallel.data_parallel=fsdp",
+        *no_local,
+    )
     got = run_ranks(_train_rank, 4, str(tmp_path / "tp_pp"), tp_pp)[0]
     pp_dp = ("parallel.pp=2", "parallel.dp=2", "parallel.data_parallel=fsdp", "parallel.pp_microbatches=2", *STEPS)
     got_dp = run_ranks(_train_rank, 4, str(tmp_path / "pp_dp"), pp_dp)[0]

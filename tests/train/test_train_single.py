@@ -39,8 +39,19 @@ def test_metrics_carry_every_term_and_the_schedules(tmp_path):
     run = train(tiny_config(tmp_path / "run", "train.steps=3", "objective.teacher_temp=0.07"))
     m = read_metrics(run)
     assert sorted(m) == [1, 2, 3]
-    for key in (*LOSS_TERMS, "lr", "wd", "momentum", "teacher_temp", "images_per_s", "tflops", "mfu",
-                "memory_gib", "skipped_files", "grad_norm"):  # fmt: skip
+    for key in (
+        *LOSS_TERMS,
+        "lr",
+        "wd",
+        "momentum",
+        "teacher_temp",
+        "images_per_s",
+        "tflops",
+        "mfu",
+        "memory_gib",
+        "skipped_files",
+        "grad_norm",
+    ):
         assert key in m[3], key
     assert all(math.isfinite(m[s]["loss"]) for s in m)
     assert m[1]["lr"] == 0.0 and m[2]["lr"] > 0.0  # linear warmup from 0
@@ -77,8 +88,14 @@ def test_non_finite_losses_skip_steps_then_stop_the_run(tmp_path, monkeypatch, c
 
 def _run_cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fastvit.cli", "train", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastvit.cli", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_for_step(run, step, proc, timeout=120):

@@ -127,10 +127,22 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None):
     rstd_M = torch.empty_like(mean_M)
     if M:
         _ln_fwd_kernel[(M,)](
-            x_MN, res_MN if res_MN is not None else x_MN, weight, bias, y_MN, s_MN if s_MN is not None else y_MN,
-            mean_M, rstd_M, n, x_MN.stride(0), res_MN.stride(0) if res_MN is not None else 0, eps,
-            HAS_RES=res_MN is not None, BLOCK_N=triton.next_power_of_2(n), num_warps=_warps(n),
-        )  # fmt: skip
+            x_MN,
+            res_MN if res_MN is not None else x_MN,
+            weight,
+            bias,
+            y_MN,
+            s_MN if s_MN is not None else y_MN,
+            mean_M,
+            rstd_M,
+            n,
+            x_MN.stride(0),
+            res_MN.stride(0) if res_MN is not None else 0,
+            eps,
+            HAS_RES=res_MN is not None,
+            BLOCK_N=triton.next_power_of_2(n),
+            num_warps=_warps(n),
+        )
     s = None if s_MN is None else s_MN.view(x.shape)
     return y_MN.view(x.shape), s, mean_M, rstd_M
 
@@ -160,10 +172,23 @@ def layer_norm_bwd(dy, x, weight, mean_M, rstd_M, dres=None):
     db_GN = torch.zeros_like(dw_GN)
     if M:
         _ln_bwd_kernel[(G,)](
-            dy_MN, x_MN, weight, mean_M, rstd_M, dres_MN if dres_MN is not None else dy_MN, dx_MN, dw_GN, db_GN,
-            M, n, x_MN.stride(0), triton.cdiv(M, G),
-            HAS_DRES=dres_MN is not None, BLOCK_N=triton.next_power_of_2(n), num_warps=_warps(n),
-        )  # fmt: skip
+            dy_MN,
+            x_MN,
+            weight,
+            mean_M,
+            rstd_M,
+            dres_MN if dres_MN is not None else dy_MN,
+            dx_MN,
+            dw_GN,
+            db_GN,
+            M,
+            n,
+            x_MN.stride(0),
+            triton.cdiv(M, G),
+            HAS_DRES=dres_MN is not None,
+            BLOCK_N=triton.next_power_of_2(n),
+            num_warps=_warps(n),
+        )
     return dx_MN.view(x.shape), dw_GN.sum(0).to(weight.dtype), db_GN.sum(0).to(weight.dtype)
 
 

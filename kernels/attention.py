@@ -49,8 +49,18 @@ def _attn_fwd_kernel(
     o_ptr,  # output like q, with the o strides
     lse_ptr,  # (T, H) fp32 log-sum-exp of the scaled scores (dense: T = B * N), contiguous
     cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
-    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_ob,
+    stride_ot,
+    stride_oh,
     N,  # dense sequence length (unused when PACKED)
     H,
     HEAD_DIM,
@@ -61,7 +71,7 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
     if pid_m * BLOCK_M >= seq_len:
@@ -102,14 +112,19 @@ def _attn_bwd_delta_kernel(
     do_ptr,  # output gradient like o, with the do strides
     delta_ptr,  # (T, H) fp32 rowsum(dO * O), contiguous
     cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
-    stride_ob, stride_ot, stride_oh, stride_dob, stride_dot, stride_doh,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
     N,
     H,
     HEAD_DIM,
     PACKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
     if pid_m * BLOCK_M >= seq_len:
@@ -135,8 +150,21 @@ def _attn_bwd_dkdv_kernel(
     dk_ptr,  # key gradient like q, with the dk strides
     dv_ptr,  # value gradient like q, with the dk strides too
     cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
-    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-    stride_dob, stride_dot, stride_doh, stride_dkb, stride_dkt, stride_dkh,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dkb,
+    stride_dkt,
+    stride_dkh,
     N,
     H,
     HEAD_DIM,
@@ -147,7 +175,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     pid_n, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
     if pid_n * BLOCK_N >= seq_len:
@@ -193,8 +221,21 @@ def _attn_bwd_dq_kernel(
     delta_ptr,  # (T, H) fp32 rowsum(dO * O), contiguous
     dq_ptr,  # query gradient like q, with the dq strides
     cu_ptr,  # (S + 1,) int32 sequence offsets (PACKED only)
-    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-    stride_dob, stride_dot, stride_doh, stride_dqb, stride_dqt, stride_dqh,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_dob,
+    stride_dot,
+    stride_doh,
+    stride_dqb,
+    stride_dqt,
+    stride_dqh,
     N,
     H,
     HEAD_DIM,
@@ -205,7 +246,7 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
     if pid_m * BLOCK_M >= seq_len:
@@ -301,19 +342,24 @@ class _Layout:
 
 def _check(q, k, v, cu_seqlens, max_seqlen):
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"attention (triton): q, k, v dtypes must match and be one of {_DTYPES}, got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}")  # fmt: skip
+        raise ValueError(
+            f"attention (triton): q, k, v dtypes must match and be one of {_DTYPES}, got "
+            f"{q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"attention (triton): q, k, v shapes must match, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")  # fmt: skip
+        raise ValueError(
+            f"attention (triton): q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[-1] > 256:
         raise ValueError(f"attention (triton) supports head dims up to 256, got {q.shape[-1]}")
     if cu_seqlens is None and q.dim() != 4:
         raise ValueError(f"dense attention expects (B, H, N, D) inputs, got {tuple(q.shape)}")
     if cu_seqlens is not None:
         if q.dim() != 3 or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"packed attention expects (T, H, D) inputs and int32 cu_seqlens (S + 1,), got q "
-                             f"{tuple(q.shape)}, cu_seqlens {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")  # fmt: skip
+            raise ValueError(
+                f"packed attention expects (T, H, D) inputs and int32 cu_seqlens (S + 1,), got q "
+                f"{tuple(q.shape)}, cu_seqlens {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
+            )
         if max_seqlen is None or max_seqlen < 0:
             raise ValueError(f"packed attention (triton) needs max_seqlen >= 0, got {max_seqlen}")
 
@@ -334,10 +380,26 @@ def attention_fwd(q, k, v, scale, cu_seqlens=None, max_seqlen=None):
     o, lse = lay.empty_like_q(q), lay.empty_stats(q)
     if lay.T and lay.max_seqlen:
         _fwd[lambda meta: lay.grid(meta, "BLOCK_M")](
-            q, k, v, o, lse, lay.cu, *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(o),
-            lay.N, lay.H, lay.D, scale * _LOG2E, PACKED=lay.packed, UPCAST=INTERPRETED,
-            PRECISION=_precision(q.dtype), BLOCK_D=max(triton.next_power_of_2(lay.D), 16), **_TILE,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            o,
+            lse,
+            lay.cu,
+            *lay.strides(q),
+            *lay.strides(k),
+            *lay.strides(v),
+            *lay.strides(o),
+            lay.N,
+            lay.H,
+            lay.D,
+            scale * _LOG2E,
+            PACKED=lay.packed,
+            UPCAST=INTERPRETED,
+            PRECISION=_precision(q.dtype),
+            BLOCK_D=max(triton.next_power_of_2(lay.D), 16),
+            **_TILE,
+        )
     return o, lse
 
 
@@ -345,8 +407,9 @@ def attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens=None, max_seqlen=None):
     """Gradients (dq, dk, dv) of attention_fwd, recomputing the probabilities from lse."""
     _check(q, k, v, cu_seqlens, max_seqlen)
     if do.shape != q.shape or o.shape != q.shape:
-        raise ValueError(f"attention backward: do {tuple(do.shape)} and o {tuple(o.shape)} must match q "
-                         f"{tuple(q.shape)}")  # fmt: skip
+        raise ValueError(
+            f"attention backward: do {tuple(do.shape)} and o {tuple(o.shape)} must match q {tuple(q.shape)}"
+        )
     q, k, v, o, do = (_unit(t) for t in (q, k, v, o, do))
     lay = _Layout(q, cu_seqlens, max_seqlen)
     dq, dk, dv, delta = lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_stats(q)
@@ -354,9 +417,19 @@ def attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens=None, max_seqlen=None):
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = max(triton.next_power_of_2(lay.D), 16)
     _attn_bwd_delta_kernel[(triton.cdiv(lay.max_seqlen, 64), lay.H, lay.S)](
-        o, do, delta, lay.cu, *lay.strides(o), *lay.strides(do), lay.N, lay.H, lay.D,
-        PACKED=lay.packed, BLOCK_M=64, BLOCK_D=block_d,
-    )  # fmt: skip
+        o,
+        do,
+        delta,
+        lay.cu,
+        *lay.strides(o),
+        *lay.strides(do),
+        lay.N,
+        lay.H,
+        lay.D,
+        PACKED=lay.packed,
+        BLOCK_M=64,
+        BLOCK_D=block_d,
+    )
     common = dict(PACKED=lay.packed, UPCAST=INTERPRETED, PRECISION=_precision(q.dtype), BLOCK_D=block_d, **_TILE)
     qkv_do = (*lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(do))
     _dkdv[lambda meta: lay.grid(meta, "BLOCK_N")](

@@ -143,9 +143,21 @@ def _launch(kernel, pred, images, mask, patch_size, norm_pix, eps, *outs):
     B, N, P = pred.shape
     if B * N:
         kernel[(B * N,)](
-            images, pred, mask, *outs, N, GW, P, patch_size, *images.stride(), pred.stride(0), pred.stride(1),
-            float(eps), NORM=bool(norm_pix), BLOCK_P=triton.next_power_of_2(P),
-        )  # fmt: skip
+            images,
+            pred,
+            mask,
+            *outs,
+            N,
+            GW,
+            P,
+            patch_size,
+            *images.stride(),
+            pred.stride(0),
+            pred.stride(1),
+            float(eps),
+            NORM=bool(norm_pix),
+            BLOCK_P=triton.next_power_of_2(P),
+        )
 
 
 def mae_loss_fwd(pred, images, mask, patch_size, norm_pix=True, eps=1e-6):
@@ -160,8 +172,9 @@ def mae_loss_bwd(g_BN, pred, images, mask, patch_size, norm_pix=True, eps=1e-6):
     if tuple(g_BN.shape) != tuple(mask.shape):
         raise ValueError(f"mae_loss backward: grad shape {tuple(g_BN.shape)} != mask shape {tuple(mask.shape)}")
     dpred = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
-    _launch(_mae_loss_bwd_kernel, pred, images, mask, patch_size, norm_pix, eps,
-            g_BN.to(torch.float32).contiguous(), dpred)  # fmt: skip
+    _launch(
+        _mae_loss_bwd_kernel, pred, images, mask, patch_size, norm_pix, eps, g_BN.to(torch.float32).contiguous(), dpred
+    )
     return dpred
 
 

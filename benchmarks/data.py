@@ -120,9 +120,11 @@ class PillowPerCrop(torch.utils.data.Dataset):
 def pillow_loader(source, cfg, batch: int, workers: int):
     sampler = ResumableSampler(len(source), shuffle=False)
     return torch.utils.data.DataLoader(
-        PillowPerCrop(source, cfg), batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=False),
-        num_workers=workers, collate_fn=torch.utils.data.default_collate,
-    )  # fmt: skip
+        PillowPerCrop(source, cfg),
+        batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=False),
+        num_workers=workers,
+        collate_fn=torch.utils.data.default_collate,
+    )
 
 
 def time_batches(loader, n_batches: int) -> float:
@@ -170,11 +172,16 @@ def summarise(runs: dict[str, list[dict]], n_crops: int) -> list[dict]:
     out = []
     for name, rs in runs.items():
         best = max(r["images_per_s"] for r in rs)
-        out.append({
-            "backend": name, "images_per_s": best, "crops_per_s": best * n_crops,
-            "median_images_per_s": statistics.median(r["images_per_s"] for r in rs),
-            "speedup_vs_pillow": best / base, "runs": rs,
-        })  # fmt: skip
+        out.append(
+            {
+                "backend": name,
+                "images_per_s": best,
+                "crops_per_s": best * n_crops,
+                "median_images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                "speedup_vs_pillow": best / base,
+                "runs": rs,
+            }
+        )
     return out
 
 
@@ -191,18 +198,26 @@ def main(argv: list[str]) -> int:
         load_start = os.getloadavg()
         results = summarise(run_all(folder, cfg, opts), cfg.n_crops)
         load_end = os.getloadavg()
-    print(f"decode + {cfg.n_global}x{cfg.global_size} + {cfg.n_local}x{cfg.local_size} crops, {opts['images']} JPEGs "
-          f"{opts['min_side']}-{opts['max_side']} px, batch {opts['batch']}, {opts['workers']} workers, {cpus} CPUs, "
-          f"best of {opts['repeats']}; load average {load_start[0]:.2f} -> {load_end[0]:.2f}")  # fmt: skip
+    print(
+        f"decode + {cfg.n_global}x{cfg.global_size} + {cfg.n_local}x{cfg.local_size} crops, {opts['images']} JPEGs "
+        f"{opts['min_side']}-{opts['max_side']} px, batch {opts['batch']}, {opts['workers']} workers, {cpus} CPUs, "
+        f"best of {opts['repeats']}; load average {load_start[0]:.2f} -> {load_end[0]:.2f}"
+    )
     print(f"{'backend':<10} {'images/s':>10} {'crops/s':>10} {'median':>10} {'vs pillow':>10}")
     for r in results:
-        name, ips, cps, med, up = (r[k] for k in ("backend", "images_per_s", "crops_per_s", "median_images_per_s",
-                                                   "speedup_vs_pillow"))  # fmt: skip
+        name, ips, cps, med, up = (
+            r[k] for k in ("backend", "images_per_s", "crops_per_s", "median_images_per_s", "speedup_vs_pillow")
+        )
         print(f"{name:<10} {ips:>10.1f} {cps:>10.1f} {med:>10.1f} {up:>9.2f}x")
     os.makedirs(opts["out"], exist_ok=True)
     path = os.path.join(opts["out"], "bench_data.json")
-    meta = {"cpus": cpus, "load_avg_start": load_start, "load_avg_end": load_end, "torch": torch.__version__,
-            "pillow": PIL.__version__}  # fmt: skip
+    meta = {
+        "cpus": cpus,
+        "load_avg_start": load_start,
+        "load_avg_end": load_end,
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+    }
     with open(path, "w") as f:
         report = {"options": opts, "crops": cfg.__dict__, "machine": meta, "results": results}
         json.dump(report, f, indent=1, default=list)

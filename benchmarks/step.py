@@ -28,15 +28,17 @@ def synthetic_batch(cfg, batch, device, seed=0):
 
     d = cfg.data
     g = torch.Generator().manual_seed(seed)
-    out = {"global_crops": torch.randn(d.n_global_crops * batch, 3, d.global_crops_size, d.global_crops_size,
-                                       generator=g)}  # fmt: skip
+    out = {
+        "global_crops": torch.randn(d.n_global_crops * batch, 3, d.global_crops_size, d.global_crops_size, generator=g)
+    }
     if d.n_local_crops:
         out["local_crops"] = torch.randn(
             d.n_local_crops * batch, 3, d.local_crops_size, d.local_crops_size, generator=g
         )
     grid = (d.global_crops_size // cfg.model.patch_size,) * 2
-    masks = ibot_masks(np.random.default_rng(seed), d.n_global_crops * batch, grid, ratio=d.mask_ratio,
-                       prob=d.mask_probability)  # fmt: skip
+    masks = ibot_masks(
+        np.random.default_rng(seed), d.n_global_crops * batch, grid, ratio=d.mask_ratio, prob=d.mask_probability
+    )
     out["masks"] = masks["masks"]
     return {k: v.to(device) for k, v in out.items()}
 
@@ -85,20 +87,32 @@ def main(argv):
     flops = task.flops_per_step(b)
     peak, peak_source = peak_tflops(device)
     result = {
-        "model": cfg.model.name, "objective": cfg.objective.name, "batch_size": b, "device": str(device),
+        "model": cfg.model.name,
+        "objective": cfg.objective.name,
+        "batch_size": b,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision(cfg, device),
-        "step_s": step_s, "images_per_s": b / step_s, "tflops": flops / step_s / 1e12,
-        "mfu": flops / step_s / 1e12 / peak if peak else None, "peak_tflops": peak, "peak_source": peak_source,
-        "flops_per_step": flops, "memory_gib": peak_memory_gib(device), "loss": losses["total"].item(),
-        "warmup": bench["warmup"], "iters": bench["iters"],
-    }  # fmt: skip
+        "step_s": step_s,
+        "images_per_s": b / step_s,
+        "tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / 1e12 / peak if peak else None,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "flops_per_step": flops,
+        "memory_gib": peak_memory_gib(device),
+        "loss": losses["total"].item(),
+        "warmup": bench["warmup"],
+        "iters": bench["iters"],
+    }
     out = Path(bench["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "step.json").write_text(json.dumps(result, indent=2) + "\n")
     mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
     print(f"{'model':<10}{'batch':>7}{'step s':>10}{'images/s':>11}{'TFLOP/s':>10}{'MFU':>8}{'memory GiB':>12}")
-    print(f"{cfg.model.name:<10}{b:>7}{step_s:>10.3f}{result['images_per_s']:>11.1f}{result['tflops']:>10.3f}"
-          f"{mfu:>8}{result['memory_gib']:>12.2f}")  # fmt: skip
+    print(
+        f"{cfg.model.name:<10}{b:>7}{step_s:>10.3f}{result['images_per_s']:>11.1f}{result['tflops']:>10.3f}"
+        f"{mfu:>8}{result['memory_gib']:>12.2f}"
+    )
     print(f"peak: {peak if peak else 'unknown'} TFLOP/s ({peak_source}); wrote {out / 'step.json'}")
     return 0

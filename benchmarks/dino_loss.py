@@ -52,11 +52,18 @@ def _inputs(B, K, device, seed=0):
     masks[:B] = torch.rand(B, 256, generator=g) < 0.3  # half of the global crops masked
     M = int(masks.sum())
     return {
-        "s_glob": unit(2, B, 384), "s_loc": unit(8, B, 384), "t_glob": unit(2, B, 384),
-        "s_patch": unit(M, 256), "t_patch": unit(M, 256), "cls": unit(2, B, 64),
-        "w_dino": unit(K, 384), "w_ibot": unit(K, 256), "tw_dino": unit(K, 384), "tw_ibot": unit(K, 256),
+        "s_glob": unit(2, B, 384),
+        "s_loc": unit(8, B, 384),
+        "t_glob": unit(2, B, 384),
+        "s_patch": unit(M, 256),
+        "t_patch": unit(M, 256),
+        "cls": unit(2, B, 64),
+        "w_dino": unit(K, 384),
+        "w_ibot": unit(K, 256),
+        "tw_dino": unit(K, 384),
+        "tw_ibot": unit(K, 256),
         "masks": masks.to(device),
-    }  # fmt: skip
+    }
 
 
 _LEAVES = ("s_glob", "s_loc", "s_patch", "w_dino", "w_ibot")
@@ -70,9 +77,15 @@ def _step(x, leaves, chunked):
         f = lambda feats, protos: feats @ protos.t()
     objective = WebDINOObjective(n_global=2, n_local=8)
     out = objective(
-        f(leaves["s_glob"], leaves["w_dino"]), f(leaves["s_loc"], leaves["w_dino"]), f(x["t_glob"], x["tw_dino"]),
-        f(leaves["s_patch"], leaves["w_ibot"]), f(x["t_patch"], x["tw_ibot"]), x["masks"], x["cls"], 0.07,
-    )  # fmt: skip
+        f(leaves["s_glob"], leaves["w_dino"]),
+        f(leaves["s_loc"], leaves["w_dino"]),
+        f(x["t_glob"], x["tw_dino"]),
+        f(leaves["s_patch"], leaves["w_ibot"]),
+        f(x["t_patch"], x["tw_ibot"]),
+        x["masks"],
+        x["cls"],
+        0.07,
+    )
     out["total"].backward()
     return out["total"].detach(), {k: v.grad for k, v in leaves.items()}
 
@@ -106,12 +119,28 @@ def bench_dino_loss(device, quick: bool) -> list[dict]:
         grad_err = max((grads_c[k].float() - grads_p[k].float()).abs().max().item() for k in grads_p)
         common = {"B": B, "K": K, **n_rows, "device": str(device)}
         grad_bytes = sum(g.numel() * g.element_size() for g in grads_p.values())  # held by both at the end
-        rows.append({"name": "dino_loss/plain_torch", **common, "peak_bytes": peak_p, "seconds": sec_p,
-                     "leaf_grad_bytes": grad_bytes})  # fmt: skip
-        rows.append({"name": "dino_loss/chunked", **common, "peak_bytes": peak_c, "seconds": sec_c,
-                     "leaf_grad_bytes": grad_bytes, "memory_ratio": peak_c / peak_p,
-                     "memory_ratio_without_leaf_grads": (peak_c - grad_bytes) / (peak_p - grad_bytes),
-                     "loss_abs_err": abs(loss_c - loss_p).item(), "grad_max_abs_err": grad_err})  # fmt: skip
+        rows.append(
+            {
+                "name": "dino_loss/plain_torch",
+                **common,
+                "peak_bytes": peak_p,
+                "seconds": sec_p,
+                "leaf_grad_bytes": grad_bytes,
+            }
+        )
+        rows.append(
+            {
+                "name": "dino_loss/chunked",
+                **common,
+                "peak_bytes": peak_c,
+                "seconds": sec_c,
+                "leaf_grad_bytes": grad_bytes,
+                "memory_ratio": peak_c / peak_p,
+                "memory_ratio_without_leaf_grads": (peak_c - grad_bytes) / (peak_p - grad_bytes),
+                "loss_abs_err": abs(loss_c - loss_p).item(),
+                "grad_max_abs_err": grad_err,
+            }
+        )
     return rows
 
 

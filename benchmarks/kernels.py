@@ -60,8 +60,18 @@ def _row(op, case, dtype, backend, pass_, ms=None, work=None, unit="", ref_ms=No
     """One table line: work is FLOPs (unit TFLOP/s) or bytes (unit GB/s) of the pass."""
     value = None if ms is None or work is None else work / (ms * 1e-3) / (1e12 if unit == "TFLOP/s" else 1e9)
     vs_ref = None if ms is None or ref_ms is None else ref_ms / ms
-    return dict(op=op, case=case, dtype=str(dtype).replace("torch.", ""), backend=backend, pass_=pass_, ms=ms,
-                value=value, unit=unit, vs_ref=vs_ref, **extra)  # fmt: skip
+    return dict(
+        op=op,
+        case=case,
+        dtype=str(dtype).replace("torch.", ""),
+        backend=backend,
+        pass_=pass_,
+        ms=ms,
+        value=value,
+        unit=unit,
+        vs_ref=vs_ref,
+        **extra,
+    )
 
 
 def _as_list(out):
@@ -153,8 +163,14 @@ def main(argv: list[str]) -> int:
     ctx = Ctx(torch.device("cuda" if torch.cuda.is_available() else "cpu"), quick, _use_interpreter())
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"device": _device_name(ctx), "mode": "gpu" if ctx.gpu else "cpu", "quick": quick,
-              "torch": torch.__version__, "seconds": 0.0, "rows": []}  # fmt: skip
+    report = {
+        "device": _device_name(ctx),
+        "mode": "gpu" if ctx.gpu else "cpu",
+        "quick": quick,
+        "torch": torch.__version__,
+        "seconds": 0.0,
+        "rows": [],
+    }
     by_op = {}
     for op in ops:  # the JSON is rewritten after every op, so a run cut short keeps what it measured
         by_op[op] = REGISTRY[op](ctx)
@@ -183,8 +199,10 @@ def format_table(rows):
             continue
         thr = f"{r['value']:.3g} {r['unit']}" if r["value"] is not None else ""
         ratio = f"{r['vs_ref']:.2f}x" if r["vs_ref"] is not None else ""
-        lines.append(f"{r['op']:<15}{r['case']:<30}{r['dtype']:<9}{r['backend']:<14}{r['pass_']:<9}"
-                     f"{r['ms']:>10.3f}{thr:>20}{ratio:>8}")  # fmt: skip
+        lines.append(
+            f"{r['op']:<15}{r['case']:<30}{r['dtype']:<9}{r['backend']:<14}{r['pass_']:<9}"
+            f"{r['ms']:>10.3f}{thr:>20}{ratio:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -241,17 +259,28 @@ def _dtype(ctx):
 
 def bench_attention(ctx):
     from fastvit.kernels.attention import attention_ref
+
     from fastvit.ops import attention
 
     cu = torch.tensor([0, 257, 307], dtype=torch.int32, device=ctx.device)
-    rows = _correctness(ctx, "attention", "dense 1x2x197x64", lambda q, k, v: attention(q, k, v, backend="triton"),
-                        attention_ref, [torch.randn(1, 2, 197, 64, dtype=torch.float64) for _ in range(3)],
-                        ["out", "dq", "dk", "dv"])  # fmt: skip
-    rows += _correctness(ctx, "attention", "packed 257+50 x1x80",
-                         lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend="triton"),
-                         lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()),
-                         [torch.randn(307, 1, 80, dtype=torch.float64) for _ in range(3)],
-                         ["out", "dq", "dk", "dv"])  # fmt: skip
+    rows = _correctness(
+        ctx,
+        "attention",
+        "dense 1x2x197x64",
+        lambda q, k, v: attention(q, k, v, backend="triton"),
+        attention_ref,
+        [torch.randn(1, 2, 197, 64, dtype=torch.float64) for _ in range(3)],
+        ["out", "dq", "dk", "dv"],
+    )
+    rows += _correctness(
+        ctx,
+        "attention",
+        "packed 257+50 x1x80",
+        lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend="triton"),
+        lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()),
+        [torch.randn(307, 1, 80, dtype=torch.float64) for _ in range(3)],
+        ["out", "dq", "dk", "dv"],
+    )
     backends, dt = _backends(ctx, "fastvit.ops.attention"), _dtype(ctx)
     for label, width, heads, n in _shapes(ctx):
         rows += _attention_case(ctx, label, width, heads, n, backends, dt)
@@ -270,12 +299,21 @@ def _attention_case(ctx, label, width, heads, n, backends, dt):
     from fastvit.ops import attention
 
     B, D = max(_total_tokens(ctx) // n, 1), width // heads
-    q, k, v = (torch.randn(B, n, heads, D, device=ctx.device, dtype=dt).transpose(1, 2).requires_grad_()
-               for _ in range(3))  # fmt: skip
-    return _bench_backends(ctx, "attention", f"{label} {B}x{heads}x{n}x{D}", dt, [q, k, v],
-                           lambda: F.scaled_dot_product_attention(q, k, v),
-                           lambda b: attention(q, k, v, backend=b), backends,
-                           _attention_flops(heads, D, [(n, B)]), "TFLOP/s")  # fmt: skip
+    q, k, v = (
+        torch.randn(B, n, heads, D, device=ctx.device, dtype=dt).transpose(1, 2).requires_grad_() for _ in range(3)
+    )
+    return _bench_backends(
+        ctx,
+        "attention",
+        f"{label} {B}x{heads}x{n}x{D}",
+        dt,
+        [q, k, v],
+        lambda: F.scaled_dot_product_attention(q, k, v),
+        lambda b: attention(q, k, v, backend=b),
+        backends,
+        _attention_flops(heads, D, [(n, B)]),
+        "TFLOP/s",
+    )
 
 
 def _multicrop_case(ctx, name, backends, dt):
@@ -286,14 +324,20 @@ def _multicrop_case(ctx, name, backends, dt):
     width, heads = VIT_WIDTHS[name]
     D, imgs = width // heads, max(_total_tokens(ctx) // (2 * 257 + 8 * 50), 1)
     G, L = 2 * imgs, 8 * imgs  # global and local crops
-    cu = torch.tensor([0, *range(257, G * 257 + 1, 257), *range(G * 257 + 50, G * 257 + L * 50 + 1, 50)],
-                      dtype=torch.int32, device=ctx.device)  # fmt: skip
-    q, k, v = (torch.randn(G * 257 + L * 50, heads, D, device=ctx.device, dtype=dt, requires_grad=True)
-               for _ in range(3))  # fmt: skip
+    cu = torch.tensor(
+        [0, *range(257, G * 257 + 1, 257), *range(G * 257 + 50, G * 257 + L * 50 + 1, 50)],
+        dtype=torch.int32,
+        device=ctx.device,
+    )
+    q, k, v = (
+        torch.randn(G * 257 + L * 50, heads, D, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(3)
+    )
 
     def per_resolution(fn):
-        split = lambda t: (t[: G * 257].view(G, 257, heads, D).transpose(1, 2),
-                           t[G * 257 :].view(L, 50, heads, D).transpose(1, 2))  # fmt: skip
+        split = lambda t: (
+            t[: G * 257].view(G, 257, heads, D).transpose(1, 2),
+            t[G * 257 :].view(L, 50, heads, D).transpose(1, 2),
+        )
         return [fn(*parts) for parts in zip(split(q), split(k), split(v))]
 
     def fastvit_fn(b):
@@ -302,23 +346,44 @@ def _multicrop_case(ctx, name, backends, dt):
         return attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend=b)
 
     variants = backends + ["triton per-resolution"] * ("triton" in backends)
-    return _bench_backends(ctx, "attention", f"{name} multicrop {imgs}img x{heads}x{D}", dt, [q, k, v],
-                           lambda: per_resolution(F.scaled_dot_product_attention), fastvit_fn, variants,
-                           _attention_flops(heads, D, [(257, G), (50, L)]), "TFLOP/s")  # fmt: skip
+    return _bench_backends(
+        ctx,
+        "attention",
+        f"{name} multicrop {imgs}img x{heads}x{D}",
+        dt,
+        [q, k, v],
+        lambda: per_resolution(F.scaled_dot_product_attention),
+        fastvit_fn,
+        variants,
+        _attention_flops(heads, D, [(257, G), (50, L)]),
+        "TFLOP/s",
+    )
 
 
 def bench_layer_norm(ctx):
     from fastvit.kernels.layer_norm import add_layer_norm_ref, layer_norm_ref
+
     from fastvit.ops import add_layer_norm, layer_norm
 
     x64, r64, w64, b64 = (torch.randn(s, dtype=torch.float64) for s in ((8, 1023), (8, 1023), (1023,), (1023,)))
-    rows = _correctness(ctx, "layer_norm", "8x1023", lambda x, w, b: layer_norm(x, w, b, backend="triton"),
-                        lambda x, w, b: layer_norm_ref(x, w, b, 1e-6), [x64, w64, b64],
-                        ["y", "dx", "dw", "db"])  # fmt: skip
-    rows += _correctness(ctx, "add_layer_norm", "8x1023",
-                         lambda x, r, w, b: add_layer_norm(x, r, w, b, backend="triton"),
-                         lambda x, r, w, b: add_layer_norm_ref(x, r, w, b, 1e-6), [x64, r64, w64, b64],
-                         ["y", "s", "dx", "dr", "dw", "db"])  # fmt: skip
+    rows = _correctness(
+        ctx,
+        "layer_norm",
+        "8x1023",
+        lambda x, w, b: layer_norm(x, w, b, backend="triton"),
+        lambda x, w, b: layer_norm_ref(x, w, b, 1e-6),
+        [x64, w64, b64],
+        ["y", "dx", "dw", "db"],
+    )
+    rows += _correctness(
+        ctx,
+        "add_layer_norm",
+        "8x1023",
+        lambda x, r, w, b: add_layer_norm(x, r, w, b, backend="triton"),
+        lambda x, r, w, b: add_layer_norm_ref(x, r, w, b, 1e-6),
+        [x64, r64, w64, b64],
+        ["y", "s", "dx", "dr", "dw", "db"],
+    )
     backends, dt = _backends(ctx, "fastvit.ops.layer_norm"), _dtype(ctx)
     for label, width, _, _ in {shape[1]: shape for shape in _shapes(ctx)}.values():
         rows += _layer_norm_case(ctx, label, width, backends, dt)
@@ -327,28 +392,53 @@ def bench_layer_norm(ctx):
 
 def _layer_norm_case(ctx, label, width, backends, dt):
     from fastvit.kernels.layer_norm import add_layer_norm_ref
+
     from fastvit.ops import add_layer_norm, layer_norm
 
     M = _total_tokens(ctx)
     x, r = (torch.randn(M, width, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(2))
     w, b = (torch.randn(width, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(2))
     nbytes = M * width * x.element_size()  # one (M, width) tensor; the ideal traffic counts whole tensors
-    rows = _bench_backends(ctx, "layer_norm", f"{label} {M}x{width}", dt, [x, w, b],
-                           lambda: F.layer_norm(x, (width,), w, b, 1e-6),
-                           lambda be: layer_norm(x, w, b, backend=be), backends,
-                           {"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes}, "GB/s")  # fmt: skip
-    return rows + _bench_backends(ctx, "add_layer_norm", f"{label} {M}x{width}", dt, [x, r, w, b],
-                                  lambda: add_layer_norm_ref(x, r, w, b, 1e-6),
-                                  lambda be: add_layer_norm(x, r, w, b, backend=be), backends,
-                                  {"fwd": 4 * nbytes, "bwd": 4 * nbytes, "fwd+bwd": 8 * nbytes}, "GB/s")  # fmt: skip
+    rows = _bench_backends(
+        ctx,
+        "layer_norm",
+        f"{label} {M}x{width}",
+        dt,
+        [x, w, b],
+        lambda: F.layer_norm(x, (width,), w, b, 1e-6),
+        lambda be: layer_norm(x, w, b, backend=be),
+        backends,
+        {"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes},
+        "GB/s",
+    )
+    return rows + _bench_backends(
+        ctx,
+        "add_layer_norm",
+        f"{label} {M}x{width}",
+        dt,
+        [x, r, w, b],
+        lambda: add_layer_norm_ref(x, r, w, b, 1e-6),
+        lambda be: add_layer_norm(x, r, w, b, backend=be),
+        backends,
+        {"fwd": 4 * nbytes, "bwd": 4 * nbytes, "fwd+bwd": 8 * nbytes},
+        "GB/s",
+    )
 
 
 def bench_swiglu(ctx):
     from fastvit.kernels.swiglu import swiglu_ref
+
     from fastvit.ops import swiglu
 
-    rows = _correctness(ctx, "swiglu", "8x2x341", lambda x: swiglu(x, backend="triton"), swiglu_ref,
-                        [torch.randn(8, 2 * 341, dtype=torch.float64)], ["y", "dx"])  # fmt: skip
+    rows = _correctness(
+        ctx,
+        "swiglu",
+        "8x2x341",
+        lambda x: swiglu(x, backend="triton"),
+        swiglu_ref,
+        [torch.randn(8, 2 * 341, dtype=torch.float64)],
+        ["y", "dx"],
+    )
     backends, dt = _backends(ctx, "fastvit.ops.swiglu"), _dtype(ctx)
     for label, width, _, _ in {shape[1]: shape for shape in _shapes(ctx)}.values():
         rows += _swiglu_case(ctx, label, width, backends, dt)
@@ -357,14 +447,24 @@ def bench_swiglu(ctx):
 
 def _swiglu_case(ctx, label, width, backends, dt):
     from fastvit.kernels.swiglu import swiglu_ref
+
     from fastvit.ops import swiglu
 
     M, h = _total_tokens(ctx), round(width * 8 / 3 / 64) * 64  # h: the SwiGLU hidden width of a ViT this wide
     x = torch.randn(M, 2 * h, device=ctx.device, dtype=dt, requires_grad=True)
     nbytes = M * h * x.element_size()
-    return _bench_backends(ctx, "swiglu", f"{label} {M}x2x{h}", dt, [x], lambda: swiglu_ref(x),
-                           lambda be: swiglu(x, backend=be), backends,
-                           {"fwd": 3 * nbytes, "bwd": 5 * nbytes, "fwd+bwd": 8 * nbytes}, "GB/s")  # fmt: skip
+    return _bench_backends(
+        ctx,
+        "swiglu",
+        f"{label} {M}x2x{h}",
+        dt,
+        [x],
+        lambda: swiglu_ref(x),
+        lambda be: swiglu(x, backend=be),
+        backends,
+        {"fwd": 3 * nbytes, "bwd": 5 * nbytes, "fwd+bwd": 8 * nbytes},
+        "GB/s",
+    )
 
 
 register("attention", bench_attention)
@@ -374,7 +474,7 @@ register("swiglu", bench_swiglu)
 
 def bench_dino_loss(ctx):
     """Peak memory and time of the Web-DINO objective, plain torch vs the chunked prototype path."""
-    from fastvit.bench.dino_loss import bench_dino_loss as run
+    from fastvit.benchmarks.dino_loss import bench_dino_loss as run
 
     rows = []
     for r in run(ctx.device, ctx.quick):
@@ -382,8 +482,16 @@ def bench_dino_loss(ctx):
         case = f"B={r['B']} K={r['K'] // 1024}k {r['peak_bytes'] / 2**20:.0f}MiB"
         if "memory_ratio" in r:
             case += f" {r['memory_ratio']:.2f}x"
-        keys = ("peak_bytes", "leaf_grad_bytes", "memory_ratio", "memory_ratio_without_leaf_grads",
-                "loss_abs_err", "grad_max_abs_err", "student_cls", "masked_patches")  # fmt: skip
+        keys = (
+            "peak_bytes",
+            "leaf_grad_bytes",
+            "memory_ratio",
+            "memory_ratio_without_leaf_grads",
+            "loss_abs_err",
+            "grad_max_abs_err",
+            "student_cls",
+            "masked_patches",
+        )
         extra = {k: r[k] for k in keys if k in r}
         rows.append(_row("dino_loss", case, torch.float32, backend, "fwd+bwd", ms=r["seconds"] * 1e3, **extra))
     return rows
@@ -393,8 +501,8 @@ register("dino_loss", bench_dino_loss)
 
 
 def bench_clip_loss(ctx):
-    """Peak memory and time of the contrastive losses, plain torch vs the chunked op (fastvit/bench/clip_loss.py)."""
-    from fastvit.bench.clip_loss import bench_clip_loss as run
+    """Peak memory and time of the contrastive losses, plain torch vs the chunked op (benchmarks/clip_loss.py)."""
+    from fastvit.benchmarks.clip_loss import bench_clip_loss as run
 
     return run(ctx)
 

@@ -96,8 +96,19 @@ def clip_rows_triton(dot_CB, scale, bias, target_start, siglip):
     loss, dsc, dbi = (torch.empty(C, dtype=torch.float32, device=dot_CB.device) for _ in range(3))
     if C:
         block = min(1024, triton.next_power_of_2(max(B, 16)))
-        _clip_rows_kernel[(C,)](dot_CB, loss, dsc, dbi, scale, bias, B, dot_CB.stride(0), int(target_start),
-                                SIGLIP=bool(siglip), BLOCK=block)  # fmt: skip
+        _clip_rows_kernel[(C,)](
+            dot_CB,
+            loss,
+            dsc,
+            dbi,
+            scale,
+            bias,
+            B,
+            dot_CB.stride(0),
+            int(target_start),
+            SIGLIP=bool(siglip),
+            BLOCK=block,
+        )
     return loss, dsc, dbi
 
 

@@ -130,9 +130,20 @@ def soft_cross_entropy_bwd_triton(g_R, s_RK, p_RK, lse_R, psum_R, temp, grad_p):
     if R and K:
         g_R = g_R.float().contiguous()
         _soft_ce_bwd_kernel[(R,)](
-            g_R, s_RK, p_RK, lse_R, psum_R, gs, gp, K, s_RK.stride(0), p_RK.stride(0), 1.0 / temp,
-            GRAD_P=bool(grad_p), BLOCK_K=_block_k(K),
-        )  # fmt: skip
+            g_R,
+            s_RK,
+            p_RK,
+            lse_R,
+            psum_R,
+            gs,
+            gp,
+            K,
+            s_RK.stride(0),
+            p_RK.stride(0),
+            1.0 / temp,
+            GRAD_P=bool(grad_p),
+            BLOCK_K=_block_k(K),
+        )
     return gs, (gp if grad_p else None)
 
 

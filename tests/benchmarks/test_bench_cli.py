@@ -2,9 +2,19 @@ import json
 
 from fastvit.cli import main
 
-TINY_MODEL = ["model.width=64", "model.depth=2", "model.heads=2", "model.patch_size=8", "data.global_crops_size=32",
-              "data.local_crops_size=16", "data.n_local_crops=2", "objective.dino_out_dim=256",
-              "objective.ibot_out_dim=256", "objective.head_hidden_dim=128", "train.batch_size=4"]  # fmt: skip
+TINY_MODEL = [
+    "model.width=64",
+    "model.depth=2",
+    "model.heads=2",
+    "model.patch_size=8",
+    "data.global_crops_size=32",
+    "data.local_crops_size=16",
+    "data.n_local_crops=2",
+    "objective.dino_out_dim=256",
+    "objective.ibot_out_dim=256",
+    "objective.head_hidden_dim=128",
+    "train.batch_size=4",
+]
 
 
 def test_bench_step_reports_throughput_and_mfu(tmp_path, capsys):
