@@ -18,6 +18,8 @@ from typing import Literal
 
 import yaml
 
+from fastvit.parallel.checkpointing import MODES as CHECKPOINTING_MODES
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
@@ -115,7 +117,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     data_parallel: Literal["ddp", "fsdp"] = "ddp"
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    activation_checkpointing: Literal[CHECKPOINTING_MODES] = "none"
     compile: bool = False
     sequence_parallel: bool = False  # with tp > 1: norms and residuals on 1/tp of the tokens each
     pp_schedule: Literal["1f1b", "interleaved", "gpipe"] = "1f1b"

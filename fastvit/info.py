@@ -3,8 +3,51 @@
 import importlib.metadata
 import json
 import platform
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet numbers of one GPU model (None: not known here; the planner offers only GPUs with all of them)."""
+
+    tflops: float  # dense bf16 peak TFLOP/s, without sparsity (the MFU denominator, the planner's compute)
+    hbm: float | None = None  # GB of HBM
+    nvlink: float | None = None  # NVLink GB/s per GPU per direction
+    net: float | None = None  # inter-node GB/s per GPU (one 400 Gb/s NIC per GPU on H100 / H200 nodes)
+    per_node: int = 8  # GPUs per node
+
+    @property
+    def plannable(self):
+        return None not in (self.hbm, self.nvlink, self.net)
+
+
+# The one GPU table: MFU in the training metrics and `fastvit plan` read it. Keys are matched (longest first) as
+# lower-case substrings of torch.cuda.get_device_name, e.g. "NVIDIA H200" -> "h200".
+GPUS = {
+    "h200": GPUSpec(989.0, hbm=141.0, nvlink=450.0, net=50.0),
+    "h100": GPUSpec(989.0, hbm=80.0, nvlink=450.0, net=50.0),
+    "a100": GPUSpec(312.0, hbm=80.0, nvlink=300.0, net=25.0),
+    "h800": GPUSpec(989.0),
+    "gh200": GPUSpec(989.0),
+    "b200": GPUSpec(2250.0),
+    "a800": GPUSpec(312.0),
+    "l40s": GPUSpec(362.0),
+    "a10g": GPUSpec(70.0),
+    "rtx 4090": GPUSpec(165.0),
+    "rtx 3090": GPUSpec(71.0),
+    "v100": GPUSpec(125.0),
+}
+
+
+def gpu_spec(device_name):
+    """(table key, GPUSpec) of a device name such as "NVIDIA H100 80GB HBM3", or (None, None) when unknown."""
+    name = device_name.lower()
+    for key in sorted(GPUS, key=len, reverse=True):
+        if key in name:
+            return key, GPUS[key]
+    return None, None
 
 
 def _version(dist):
@@ -39,6 +82,7 @@ def _devices():
                     "name": p.name,
                     "capability": f"{p.major}.{p.minor}",
                     "memory_gib": round(p.total_memory / 2**30, 1),
+                    "peak_bf16_tflops": getattr(gpu_spec(p.name)[1], "tflops", None),
                 }
             )
     return devices

@@ -12,8 +12,8 @@ from fastvit.data import source_from_spec
 from fastvit.eval.features import extract_features
 from fastvit.eval.knn import knn_accuracy
 from fastvit.eval.linear import linear_probe_accuracy
+from fastvit.models.build import build_backbone
 from fastvit.train import checkpoint as ckpt
-from fastvit.train.web_dino import build_backbone
 
 KINDS = ("knn", "linear")
 

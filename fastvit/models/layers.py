@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvit import ops
+from fastvit.ops.attention import BACKENDS as ATTENTION_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -86,28 +87,39 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; qkv fused [3D, D] in q, k, v order; per-image attention when packed."""
+    """Multi-head self-attention; qkv fused [3D, D] in q, k, v order; per-image attention when packed.
 
-    def __init__(self, dim, heads, qkv_bias=True):
+    The heads a call runs are read from qkv's output width (3 * heads * head_dim), so the same module runs a
+    tensor-parallel rank's share of the heads once fastvit.parallel.tp has column-sharded qkv (its rows in
+    shard-major order) and row-sharded proj. Tokens are counted on qkv's output too: under sequence parallel x
+    is this rank's token shard and qkv gathers the full sequence. `backend` is fastvit.ops.attention's.
+    """
+
+    def __init__(self, dim, heads, qkv_bias=True, backend="auto"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads {heads}")
-        self.heads = heads
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attn_backend={backend!r}: choose one of {ATTENTION_BACKENDS}")
+        self.heads, self.head_dim, self.backend = heads, dim // heads, backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=True)
 
     def forward(self, x, packing=None):
-        D = x.shape[-1]
-        Dh = D // self.heads
+        qkv = self.qkv(x)  # (B, N, 3 H Dh) or (T, 3 H Dh); H = heads / tp under tensor parallelism
+        Dh = self.head_dim
+        H = qkv.shape[-1] // (3 * Dh)
         if packing is None:
-            B, N, _ = x.shape
-            qkv = self.qkv(x).view(B, N, 3, self.heads, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
-            o_BHND = ops.attention(qkv[0], qkv[1], qkv[2])
-            return self.proj(o_BHND.transpose(1, 2).reshape(B, N, D))
-        T = x.shape[0]
-        q, k, v = self.qkv(x).view(T, 3, self.heads, Dh).unbind(1)  # each (T, H, Dh)
-        o_THD = ops.attention(q, k, v, cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen)
-        return self.proj(o_THD.reshape(T, D))
+            B, N, _ = qkv.shape
+            qkv = qkv.view(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+            o_BHND = ops.attention(qkv[0], qkv[1], qkv[2], backend=self.backend)
+            return self.proj(o_BHND.transpose(1, 2).reshape(B, N, H * Dh))
+        T = qkv.shape[0]
+        q, k, v = qkv.view(T, 3, H, Dh).unbind(1)  # each (T, H, Dh)
+        o_THD = ops.attention(
+            q, k, v, cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen, backend=self.backend
+        )
+        return self.proj(o_THD.reshape(T, H * Dh))
 
 
 class SwiGLUMlp(nn.Module):
@@ -159,11 +171,22 @@ def sample_keep(n, drop_prob, generator=None):
 class Block(nn.Module):
     """Pre-norm block: x + ls1(attn(norm1(x))), then + ls2(mlp(norm2(x))); drop path by sample subset."""
 
-    def __init__(self, dim, heads, mlp_hidden, *, mlp="swiglu", qkv_bias=True, layerscale_init=1e-5, drop_path=0.0):
+    def __init__(
+        self,
+        dim,
+        heads,
+        mlp_hidden,
+        *,
+        mlp="swiglu",
+        qkv_bias=True,
+        layerscale_init=1e-5,
+        drop_path=0.0,
+        attn_backend="auto",
+    ):
         super().__init__()
         self.drop_path = drop_path
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, heads, qkv_bias)
+        self.attn = Attention(dim, heads, qkv_bias, attn_backend)
         self.ls1 = LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
         self.norm2 = LayerNorm(dim)
         if mlp == "swiglu":

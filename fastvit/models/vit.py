@@ -37,6 +37,7 @@ class ViTConfig:
     drop_path: float = 0.0  # uniform over blocks
     qkv_bias: bool = True
     interpolate_offset: float = 0.1  # DINOv2 / Web-SSL bicubic pos-embed resampling; 0.0 = Hugging Face
+    attn_backend: str = "auto"  # fastvit.ops.attention's backend (auto | triton | flash_attn | torch)
     name: str = "custom"
 
     @property
@@ -114,7 +115,13 @@ class VisionTransformer(nn.Module):
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.n_registers, d)) if cfg.n_registers else None
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, d, kernel_size=p, stride=p)
-        kw = dict(mlp=cfg.mlp, qkv_bias=cfg.qkv_bias, layerscale_init=cfg.layerscale_init, drop_path=cfg.drop_path)
+        kw = dict(
+            mlp=cfg.mlp,
+            qkv_bias=cfg.qkv_bias,
+            layerscale_init=cfg.layerscale_init,
+            drop_path=cfg.drop_path,
+            attn_backend=cfg.attn_backend,
+        )
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_hidden, **kw) for _ in range(cfg.depth))
         self.norm = LayerNorm(d)
 

@@ -37,16 +37,15 @@ import itertools
 import sys
 from dataclasses import dataclass
 
+from fastvit.info import GPUS
+from fastvit.models.build import backbone_config
 from fastvit.models.flops import vit_forward_flops
-from fastvit.models.vit import vit_config
+from fastvit.parallel.checkpointing import EVERY as CHECKPOINT_EVERY
+from fastvit.parallel.checkpointing import MODES as AC_MODES
 
 GB = 1e9
-# peak dense bf16 TFLOP/s, HBM GB, NVLink GB/s per GPU per direction, network GB/s per GPU, GPUs per node
-GPU_TABLE = {
-    "h100": dict(tflops=989.0, hbm=80.0, nvlink=450.0, net=50.0, per_node=8),
-    "h200": dict(tflops=989.0, hbm=141.0, nvlink=450.0, net=50.0, per_node=8),
-    "a100": dict(tflops=312.0, hbm=80.0, nvlink=300.0, net=25.0, per_node=8),
-}
+# the GPUs of fastvit.info's table whose memory and links are known
+GPU_TABLE = {name: spec for name, spec in GPUS.items() if spec.plannable}
 # Fraction of the table peak a ViT step's matmuls reach (one large GEMM reaches ~790 of 989 TFLOP/s on an H200).
 ACHIEVABLE = 0.45
 HBM_USABLE = 0.9  # leave room for the allocator, NCCL buffers and fragmentation
@@ -115,8 +114,6 @@ def static_memory(cfg, n_head, layout, gpu=True):
 
 
 STAT_BYTES = 4  # LayerNorm mean / rstd and attention's log-sum-exp are fp32 whatever the activation dtype
-CHECKPOINT_EVERY = {"none": 0, "full": 1, "selective": 2}  # as fastvit.parallel.checkpointing
-AC_MODES = ("none", "selective", "full")
 
 
 def block_saved_bytes(cfg, tp, bytes_per, sp=False):
@@ -187,23 +184,24 @@ def step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu):
     fwd = vit_forward_flops(cfg, crops, heads)
     blocks = fwd["total"] - fwd["patch_embed"] - fwd["heads"]
     teacher = vit_forward_flops(cfg, crops[:1], heads[:1])["total"]
-    recompute = {"none": 0.0, "selective": 0.5, "full": 1.0}[layout.ac] * blocks
+    every = CHECKPOINT_EVERY[layout.ac]
+    recompute = (1 / every if every else 0.0) * blocks  # one block in `every` runs its forward twice
     flops = batch * (3 * fwd["total"] + recompute + teacher)
     gpus = layout.dp * layout.tp * layout.pp
-    compute = flops / (gpus * gpu["tflops"] * 1e12 * ACHIEVABLE)
+    compute = flops / (gpus * gpu.tflops * 1e12 * ACHIEVABLE)
     batch_dp = batch // layout.dp
     m = microbatches(layout, batch_dp)
     bubble = compute * (layout.pp - 1) / m
     student_tok, teacher_tok = recipe_tokens(cfg, cfg_data)
     tp_comm = 0.0
     if layout.tp > 1:  # ring all-reduce of (tokens, d) bf16 activations, 4 (6 with recompute) per block + 2 teacher
-        per_tok = 2 * (layout.tp - 1) / layout.tp * cfg.width * 2 / (gpu["nvlink"] * GB)
+        per_tok = 2 * (layout.tp - 1) / layout.tp * cfg.width * 2 / (gpu.nvlink * GB)
         n_ar = (4 + (2 if layout.ac != "none" else 0)) * student_tok + 2 * teacher_tok
         tp_comm = batch_dp * n_ar * per_tok * cfg.depth / layout.pp
     fsdp = 0.0
     if layout.dp > 1:
         p = stage_params(cfg, head_params(cfg.width, cfg_obj), layout)
-        bw = gpu["nvlink"] if layout.dp * layout.tp <= gpu["per_node"] else gpu["net"]
+        bw = gpu.nvlink if layout.dp * layout.tp <= gpu.per_node else gpu.net
         moved = (2 + 2 + 2 + 4) if layout.fsdp else 2 * 4  # bf16 gathers: fwd, bwd, teacher; fp32 reduce-scatter
         fsdp = (layout.dp - 1) / layout.dp * p * moved / (bw * GB)
     total = max(compute + bubble + tp_comm, fsdp)
@@ -242,24 +240,16 @@ def plan(cfg, gpus, gpu_name, batch):
     if gpu_name not in GPU_TABLE:
         raise ValueError(f"gpu={gpu_name!r}: choose one of {sorted(GPU_TABLE)}")
     gpu = GPU_TABLE[gpu_name]
-    vit = vit_config(cfg.model.name, **_model_overrides(cfg.model))
+    vit = backbone_config(cfg.model)
     layouts = candidates(vit, gpus, batch, sequence_parallel=cfg.model.drop_path == 0)
     rows = [evaluate(vit, cfg.data, cfg.objective, lay, batch, gpu) for lay in layouts]
     if not rows:
         raise ValueError(f"no dp x tp x pp layout of {gpus} GPUs divides batch {batch} and fits {vit.name}")
-    budget = HBM_USABLE * gpu["hbm"] * GB
+    budget = HBM_USABLE * gpu.hbm * GB
     for r in rows:
         r["fits"] = r["memory"]["total"] <= budget
     key = lambda r: (not r["fits"], r["seconds"], r["layout"].tp * r["layout"].pp, r["layout"].sp)  # noqa: E731
     return vit, sorted(rows, key=key)
-
-
-def _model_overrides(m):
-    out = {k: getattr(m, k) for k in ("width", "depth", "heads") if getattr(m, k)}
-    if m.mlp:
-        out["mlp"] = m.mlp
-    out.update(patch_size=m.patch_size, img_size=m.img_size, n_registers=m.n_registers)
-    return out
 
 
 def format_plan(vit, rows, gpus, gpu_name, batch, top=12, drop_path=0.0):
@@ -268,7 +258,7 @@ def format_plan(vit, rows, gpus, gpu_name, batch, top=12, drop_path=0.0):
     gb = lambda x: f"{x / GB:7.1f}"  # noqa: E731
     lines = [
         f"plan: {vit.name} ({vit.width}x{vit.depth}, {vit.heads} heads) on {gpus} x {gpu_name}, batch {batch}; "
-        f"GB per GPU, step time at {ACHIEVABLE:.0%} of {GPU_TABLE[gpu_name]['tflops']:.0f} TFLOP/s",
+        f"GB per GPU, step time at {ACHIEVABLE:.0%} of {GPU_TABLE[gpu_name].tflops:.0f} TFLOP/s",
         f"{'layout':<34} {'params':>7} {'grads':>7} {'optim':>7} {'teacher':>7} {'fsdp':>7} {'activ':>7} {'total':>7} "
         f"{'fits':>4} {'step s':>7} {'bubble':>6} {'tp comm':>7}",
     ]

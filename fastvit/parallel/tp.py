@@ -13,8 +13,8 @@ layout the attention and SwiGLU code expect. The reordering depends on tp, so ch
 `canonical_state`, which presents every fused tensor as a (parts, n, ...) DTensor in the model's own
 (part-major) order; torch.distributed.checkpoint then reshards it to any other layout.
 
-The block's Attention is replaced by HeadShardedAttention (same qkv / proj submodules, so parameter names
-are unchanged) because Attention.forward derives the head dim from the full input width.
+The blocks' modules stay as they are: Attention reads its local head count from the width of qkv's (column-
+sharded) output, so a rank runs its heads without a replacement module and parameter names do not change.
 
 Sequence parallel (apply_tp(..., sequence_parallel=True), Megatron-SP): between the column- and row-parallel
 linears nothing changes, but the norms, LayerScale and residual adds run on 1/tp of the tokens per rank. The
@@ -29,12 +29,10 @@ import weakref
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from fastvit import ops
-from fastvit.models.layers import Attention, Packing, SwiGLUMlp
+from fastvit.models.layers import Packing, SwiGLUMlp
 
 FUSED_PARTS = {"attn.qkv": 3, "mlp.w12": 2}  # module-name suffix -> number of stacked parts in its rows
 
@@ -59,32 +57,6 @@ def to_part_major(t, parts, tp):
     """Inverse of to_shard_major: rows (tp, parts, n) -> (parts, tp, n)."""
     rest = t.shape[1:]
     return t.reshape(tp, parts, -1, *rest).transpose(0, 1).reshape(t.shape)
-
-
-class HeadShardedAttention(nn.Module):
-    """Attention over this rank's heads: qkv (column-parallel, shard-major rows) gives (.., 3, H_local, Dh)
-    and proj (row-parallel) sums the ranks' partial outputs. Dense (B, N, D) or packed (T, D) + Packing."""
-
-    def __init__(self, attn: Attention, tp: int):
-        super().__init__()
-        assert attn.heads % tp == 0, f"tp={tp} must divide the {attn.heads} heads"
-        self.qkv = attn.qkv
-        self.proj = attn.proj
-        self.heads = attn.heads // tp  # local heads
-        self.head_dim = attn.qkv.in_features // attn.heads
-
-    def forward(self, x, packing=None):
-        H, Dh = self.heads, self.head_dim
-        qkv = self.qkv(x)  # its token count, not x's: under sequence parallel x is this rank's token shard
-        if packing is None:
-            B, N, _ = qkv.shape
-            qkv = qkv.view(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H_local, N, Dh)
-            o_BHND = ops.attention(qkv[0], qkv[1], qkv[2])
-            return self.proj(o_BHND.transpose(1, 2).reshape(B, N, H * Dh))
-        T = qkv.shape[0]
-        q, k, v = qkv.view(T, 3, H, Dh).unbind(1)  # each (T, H_local, Dh)
-        o_THD = ops.attention(q, k, v, cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen)
-        return self.proj(o_THD.reshape(T, H * Dh))
 
 
 @torch.no_grad()
@@ -120,8 +92,8 @@ def apply_tp(blocks, tp_mesh, *, sequence_parallel=False):
         return None
     blocks = list(blocks)
     for block in blocks:
+        assert block.attn.heads % tp == 0, f"tp={tp} must divide the {block.attn.heads} heads"
         _reorder_rows_(block.attn.qkv, 3, tp)
-        block.attn = HeadShardedAttention(block.attn, tp)
         if isinstance(block.mlp, SwiGLUMlp):
             _reorder_rows_(block.mlp.w12, 2, tp)
         parallelize_module(block, tp_mesh, _block_plan(block, sequence_parallel))

@@ -7,11 +7,11 @@ from torch import nn
 
 from fastvit.data.captions import captioned_source
 from fastvit.data.tokenizer import build_tokenizer
+from fastvit.models.build import build_backbone
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.text import TextTransformer
 from fastvit.objectives.clip import CLIPObjective, LogitScale
 from fastvit.train.task import StudentOnlyTask
-from fastvit.train.web_dino import build_backbone
 from fastvit.train.web_mae import single_crop_loader
 
 

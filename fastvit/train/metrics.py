@@ -9,21 +9,7 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 peak TFLOP/s per GPU (datasheets, without sparsity); matched by substring of the name.
-GPU_PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "H800": 989.0,
-    "GH200": 989.0,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "A800": 312.0,
-    "L40S": 362.0,
-    "A10G": 70.0,
-    "RTX 4090": 165.0,
-    "RTX 3090": 71.0,
-    "V100": 125.0,
-}
+from fastvit.info import gpu_spec
 
 
 def measure_cpu_peak_tflops(n=1024, repeats=5):
@@ -43,10 +29,10 @@ def peak_tflops(device):
     """(peak TFLOP/s, where it came from) for the device the model runs on."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops, f"table ({key} dense bf16)"
-        return None, f"no peak known for {name!r}: add it to GPU_PEAK_TFLOPS"
+        key, spec = gpu_spec(name)
+        if spec is not None:
+            return spec.tflops, f"table ({key} dense bf16)"
+        return None, f"no peak known for {name!r}: add it to fastvit.info.GPUS"
     return measure_cpu_peak_tflops(), "measured fp32 matmul on this CPU"
 
 

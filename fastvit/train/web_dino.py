@@ -11,29 +11,12 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from fastvit.data import MaskConfig, MultiCropConfig, build_loader
+from fastvit.models.build import build_backbone
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.heads import DINOHead, PrototypeLogits
-from fastvit.models.vit import build_vit
 from fastvit.objectives.teacher import ema_update_, momentum_schedule, teacher_temp_schedule
 from fastvit.objectives.web_dino import WebDINOObjective
 from fastvit.train.checkpoint import load_trainable_state, trainable_state
-
-
-def build_backbone(cfg_model, device="meta"):
-    overrides = {k: getattr(cfg_model, k) for k in ("width", "depth", "heads") if getattr(cfg_model, k)}
-    if cfg_model.mlp:
-        overrides["mlp"] = cfg_model.mlp
-    return build_vit(
-        cfg_model.name,
-        device=device,
-        patch_size=cfg_model.patch_size,
-        img_size=cfg_model.img_size,
-        n_registers=cfg_model.n_registers,
-        layerscale_init=cfg_model.layerscale_init,
-        drop_path=cfg_model.drop_path,
-        qkv_bias=cfg_model.qkv_bias,
-        **overrides,
-    )
 
 
 class WebDINO(nn.Module):

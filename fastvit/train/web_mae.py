@@ -4,12 +4,12 @@ one random-resized crop per image, random masking per step, the fused normalised
 import torch
 
 from fastvit.data import MultiCropConfig, build_loader, mae_random_masking
+from fastvit.models.build import build_backbone
 from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.mae_decoder import MaskedAutoencoder
 from fastvit.models.vit import vit_config
 from fastvit.objectives.mae import MAEObjective
 from fastvit.train.task import StudentOnlyTask
-from fastvit.train.web_dino import build_backbone
 
 
 def single_crop_config(cfg):

@@ -8,7 +8,7 @@ from fastvit.config import ParallelConfig
 from fastvit.models.layers import Attention, Packing, SwiGLUMlp
 from fastvit.models.vit import vit_config
 from fastvit.parallel.mesh import ParallelDims, check_model_fits, resolve_dims
-from fastvit.parallel.tp import HeadShardedAttention, fused_parts, to_part_major, to_shard_major
+from fastvit.parallel.tp import fused_parts, to_part_major, to_shard_major
 from fastvit.testing import assert_close
 
 
@@ -41,7 +41,7 @@ def test_shard_major_rows_give_each_rank_its_q_k_v(tp):
 
 @pytest.mark.parametrize("tp", [2, 4])
 @pytest.mark.parametrize("packed", [False, True])
-def test_head_sharded_attention_partials_sum_to_attention(tp, packed):
+def test_attention_with_sharded_qkv_runs_its_heads_and_partials_sum(tp, packed):
     torch.manual_seed(0)
     d, H = 32, 4
     attn = Attention(d, H).double()
@@ -56,7 +56,7 @@ def test_head_sharded_attention_partials_sum_to_attention(tp, packed):
         local = Attention(d, H).double()
         local.qkv = _local_linear(attn.qkv, rows=rows[r]).double()
         local.proj = _local_linear(attn.proj, cols=torch.arange(r * d // tp, (r + 1) * d // tp), bias=False).double()
-        out = out + HeadShardedAttention(local, tp)(x, packing)
+        out = out + local(x, packing)  # the same module: its heads come from qkv's (local) output width
     assert_close(out, expected, atol=1e-6, name=f"tp={tp} packed={packed}")  # ops.attention may run fp32 inside
 
 
