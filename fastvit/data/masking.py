@@ -2,9 +2,15 @@
 
 iBOT: of the n global crops of a batch, `int(n * prob)` are masked (prob 0.5: half of them);
 their ratios are stratified over [ratio_min, ratio_max] (crop i draws its ratio uniformly from
-the i-th of equal sub-intervals), each mask is grown from random rectangles (area >= 4 patches,
-aspect in [0.3, 1/0.3]) until it holds int(ratio * N) patches or no rectangle adds any, and the
-masked crops are shuffled among the unmasked ones.
+the i-th of equal sub-intervals), each mask is grown from random rectangles until it holds
+int(ratio * N) patches or ten tries in a row add none, and the masked crops are shuffled among the
+unmasked ones.
+
+The area draw is DINOv2's MaskingGenerator: each rectangle's area is uniform between min_block (4)
+and the patches still allowed, min(remaining, N / 2); when fewer than 4 remain that interval runs
+downwards (uniform(4, 2) is uniform over [2, 4]), so small rectangles top the mask up to its target.
+Aspect ratios are log-uniform in [0.3, 1/0.3]; a rectangle is kept when it adds at least one patch and
+no more than allowed.
 """
 
 import math
@@ -13,34 +19,54 @@ import numpy as np
 import torch
 
 
-def block_mask(
-    rng: np.random.Generator, grid: tuple[int, int], n_target: int, *, min_block: int = 4, max_block: int | None = None
-) -> np.ndarray:
-    """(gh, gw) bool mask grown from rectangles until it holds about n_target patches."""
+def grow_block_mask(
+    rng: np.random.Generator,
+    grid: tuple[int, int],
+    n_target: int,
+    *,
+    min_block: int = 4,
+    max_block: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """((gh, gw) bool mask grown from rectangles up to n_target patches, number of rectangles added).
+
+    max_block: the largest area one rectangle may add (default N / 2, DINOv2's max_num_patches)."""
     gh, gw = grid
-    max_block = max_block if max_block is not None else max(min_block, (gh * gw) // 2)
+    max_block = max_block if max_block is not None else 0.5 * gh * gw
     log_aspect = (math.log(0.3), math.log(1 / 0.3))
     mask = np.zeros(grid, bool)
-    count = 0
+    count = blocks = 0
     while count < n_target:
-        budget = min(n_target - count, max_block)
+        allowed = min(n_target - count, max_block)
         added = 0
         for _ in range(10):
-            area = rng.uniform(min_block, max(budget, min_block))
+            area = min_block + (allowed - min_block) * rng.random()  # uniform(min_block, allowed), either order
             aspect = math.exp(rng.uniform(*log_aspect))
             h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
             if not (0 < h < gh and 0 < w < gw):
                 continue
             top, left = int(rng.integers(0, gh - h + 1)), int(rng.integers(0, gw - w + 1))
             new = h * w - int(mask[top : top + h, left : left + w].sum())
-            if 0 < new <= budget:
+            if 0 < new <= allowed:
                 mask[top : top + h, left : left + w] = True
                 added = new
                 break
         if added == 0:
             break
         count += added
-    return mask
+        blocks += 1
+    return mask, blocks
+
+
+def block_mask(
+    rng: np.random.Generator,
+    grid: tuple[int, int],
+    n_target: int,
+    *,
+    min_block: int = 4,
+    max_block: float | None = None,
+) -> np.ndarray:
+    """(gh, gw) bool mask grown from rectangles until it holds about n_target patches (never more)."""
+    return grow_block_mask(rng, grid, n_target, min_block=min_block, max_block=max_block)[0]
 
 
 def ibot_masks(
