@@ -1,23 +1,39 @@
-"""Checkpoints with torch.distributed.checkpoint (DCP): crash-safe, resharded on load.
+"""Checkpoints with torch.distributed.checkpoint (DCP): crash-safe, verified, resharded on load.
 
 Layout of a run folder:
-    checkpoints/step_<n>/         DCP files of model, teacher, optimizer (+ extra_rank<r>.pt)
+    checkpoints/step_<n>/         DCP files of model, teacher, optimizer (+ extra_rank<r>.pt, manifest.json)
     checkpoints/latest            text file naming the newest complete step folder
 
 A checkpoint is written into step_<n>.tmp/ and renamed when every rank has finished, and
 `latest` is replaced last (atomically), so a crash at any point leaves the previous one usable.
 State that must not be merged (RNG states, data sampler position) goes into extra_rank<r>.pt
 beside the DCP files, one per data-parallel rank r (tensor-parallel ranks share their group's).
+
+manifest.json records the size and SHA-256 of every file, the run the checkpoint belongs to and its
+place in the write order: loading verifies the files, a damaged `latest` falls back to the newest
+intact checkpoint of the same run, and pruning keeps the newest by write order (never by step number,
+which a restarted run reuses). Nothing is unpickled unrestricted: extra_rank<r>.pt is read with
+torch.load(weights_only=True) and DCP's .metadata with an allow-list of the classes DCP writes there.
 """
 
+import hashlib
+import json
 import os
+import pickle
+import re
 import shutil
+import sys
+import uuid
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -25,6 +41,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
+
+from fastvit.errors import UserError, os_error_message, user_os_error
+from fastvit.fileio import write_atomic
+
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 def _rank():
@@ -40,48 +62,337 @@ def checkpoint_dir(run_dir):
     return Path(run_dir) / "checkpoints"
 
 
-def latest_checkpoint(run_dir):
-    """Path of the newest complete checkpoint of a run folder, or None."""
-    pointer = checkpoint_dir(run_dir) / "latest"
+# ---- restricted unpickling ------------------------------------------------------------------------------
+
+# What DCP (torch 2.x) pickles into .metadata: its metadata dataclasses, torch.Size, dtypes and layouts.
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a class DCP metadata holds")
+
+
+def read_dcp_metadata(path):
+    """The DCP Metadata of checkpoint folder `path`, unpickled with an allow-list (UserError otherwise)."""
+    file = Path(path) / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise UserError(f"{file} is missing: {path} is not a complete checkpoint; delete it") from None
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{file} was refused, nothing in it was run ({e}); delete this checkpoint folder") from None
+    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes raise many types
+        raise UserError(f"{file} cannot be read ({type(e).__name__}: {e}); delete this checkpoint folder") from None
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """A FileSystemReader whose .metadata goes through the restricted unpickler."""
+
+    def read_metadata(self, *args, **kwargs):
+        metadata = read_dcp_metadata(self.path)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DefaultLoadPlanner, except that non-tensor entries (saved with torch.save) load with weights_only=True."""
+
+    def load_bytes(self, read_item, value):
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UserError(f"checkpoint entry {read_item.dest_index.fqn} was refused ({e})") from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def _encode(obj):
+    """`obj` with numpy arrays as tensors, so torch.load(weights_only=True) can read it back."""
+    if isinstance(obj, np.ndarray):
+        values = obj.astype(np.int64) if obj.dtype.kind in "iu" else obj.copy()
+        return {"__ndarray__": torch.from_numpy(values), "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(_encode(v) for v in obj)
+    return obj
+
+
+def _decode(obj):
+    if isinstance(obj, dict):
+        if set(obj) == {"__ndarray__", "dtype"}:
+            return obj["__ndarray__"].numpy().astype(obj["dtype"])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(_decode(v) for v in obj)
+    return obj
+
+
+def load_extra(file):
+    """An extra_rank<r>.pt file (RNG states, data position), read with weights_only=True."""
+    try:
+        return _decode(torch.load(file, weights_only=True))
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"{file} holds more than tensors and plain values and was refused, nothing in it was run ({first}); "
+            "delete this checkpoint folder (or it was written by an older fastvit: resume with that version)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes
+        raise UserError(f"{file} cannot be read ({type(e).__name__}: {e}); delete this checkpoint folder") from None
+
+
+# ---- manifest: checksums, run and write order ------------------------------------------------------------
+
+
+def _sha256(file):
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_entry(file):
+    return {"size": file.stat().st_size, "sha256": _sha256(file)}
+
+
+def read_manifest(path):
+    """The manifest of a checkpoint folder, or None (written before manifests, or unreadable)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def verify_checkpoint(path, share=(0, 1)):
+    """None when the files of checkpoint `path` match its manifest, else what is wrong (one phrase).
+
+    share=(i, n): check only every n-th file from the i-th (ranks split the reading). A checkpoint
+    without a manifest (written before they existed) is checked for its .metadata only."""
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder does not exist"
+    manifest = read_manifest(path)
+    if manifest is None:
+        if (path / MANIFEST).exists():
+            return f"{MANIFEST} is unreadable"
+        return None if (path / ".metadata").is_file() else ".metadata is missing"
+    i, n = share
+    for name, entry in sorted(manifest["files"].items())[i::n]:
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry["size"]:
+            return f"{name} has {file.stat().st_size} bytes, not {entry['size']}"
+        if _sha256(file) != entry["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _collective_device():
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _verify_all_ranks(path):
+    """verify_checkpoint with the files split over the ranks; every rank gets the same answer."""
+    if not dist.is_initialized():
+        return verify_checkpoint(path)
+    problem = verify_checkpoint(path, (dist.get_rank(), dist.get_world_size()))
+    bad = torch.tensor([0.0 if problem is None else 1.0], device=_collective_device())
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item() == 0:
+        return None
+    return problem or verify_checkpoint(path)  # this rank's share was fine: find what is wrong
+
+
+def _checkpoints(root):
+    """[(write order, step, path, manifest)] of the complete checkpoints under `root`; no manifest: order -1."""
+    out = []
+    for p in root.glob("step_*"):
+        m = _STEP_DIR.fullmatch(p.name)
+        if m and p.is_dir():
+            manifest = read_manifest(p)
+            order = manifest.get("order", -1) if manifest else -1
+            out.append((order, int(m.group(1)), p, manifest))
+    return sorted(out, key=lambda c: (c[0], c[1]))
+
+
+def _pointer_target(root):
+    """The folder `latest` names (which may not exist), or None without a pointer; UserError when it is garbage."""
+    pointer = root / "latest"
     if not pointer.is_file():
         return None
-    path = checkpoint_dir(run_dir) / pointer.read_text().strip()
-    if not path.is_dir():
-        raise ValueError(f"{pointer} names {path.name}, which does not exist; delete the pointer to start afresh")
-    return path
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{pointer} cannot be read ({e}); delete it to start afresh") from None
+    if not _STEP_DIR.fullmatch(name):
+        what = "is empty" if not name else f"names {name[:40]!r}, not a step_<n> folder"
+        raise UserError(
+            f"{pointer} {what}; write the newest checkpoint's folder name into it (e.g. step_500) "
+            "or delete it to start afresh"
+        )
+    return root / name
+
+
+def latest_checkpoint(run_dir, verify=True):
+    """Path of the newest intact checkpoint of a run folder, or None (no `latest` pointer).
+
+    With verify, a `latest` checkpoint whose files are damaged or gone falls back to the newest intact
+    checkpoint of the same run, with a one-line warning naming both (every rank of a distributed run
+    must call this together). UserError when no intact one is left."""
+    root = checkpoint_dir(run_dir)
+    path = _pointer_target(root)
+    if path is None or not verify:
+        if path is not None and not path.is_dir():
+            raise UserError(f"{root / 'latest'} names {path.name}, which does not exist; delete it to start afresh")
+        return path
+    problem = _verify_all_ranks(path)
+    if problem is None:
+        return path
+    own = read_manifest(path)
+    for order, _, candidate, manifest in reversed(_checkpoints(root)):
+        if candidate == path or manifest is None:
+            continue
+        if own is not None and (manifest.get("run") != own.get("run") or order >= own.get("order", -1)):
+            continue
+        if _verify_all_ranks(candidate) is None:
+            if _rank() == 0:
+                print(
+                    f"fastvit: warning: checkpoint {path} is damaged ({problem}); using {candidate} instead",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return candidate
+    raise UserError(
+        f"checkpoint {path} is damaged ({problem}) and no intact earlier checkpoint of this run is left; "
+        f"delete {root / 'latest'} to start afresh"
+    )
+
+
+def _run_and_order(root):
+    """(run id, write order) for the next checkpoint: the run of the checkpoint `latest` names (a new id when
+    there is none), and one past the largest write order in the folder."""
+    orders = [c[0] for c in _checkpoints(root)]
+    try:
+        target = _pointer_target(root)
+    except UserError:
+        target = None
+    manifest = read_manifest(target) if target is not None else None
+    run = manifest.get("run") if manifest else None
+    return run or uuid.uuid4().hex, max(orders, default=-1) + 1
+
+
+# ---- save --------------------------------------------------------------------------------------------------
+
+
+def _digest_own_files(tmp, extra_file):
+    """Writes digest_rank<r>.json: size and SHA-256 of the DCP files this rank wrote (and its extra file)."""
+    rank = _rank()
+    names = [p.name for p in tmp.glob(f"__{rank}_*.distcp")]
+    if extra_file is not None:
+        names.append(extra_file.name)
+    if rank == 0:
+        names.append(".metadata")
+    digests = {name: _file_entry(tmp / name) for name in names if (tmp / name).is_file()}
+    (tmp / f"digest_rank{rank}.json").write_text(json.dumps(digests))
+
+
+def _write_manifest(tmp, step, run, order):
+    files = {}
+    for part in sorted(tmp.glob("digest_rank*.json")):
+        files.update(json.loads(part.read_text()))
+        part.unlink()
+    for file in sorted(tmp.iterdir()):  # anything a rank did not digest (another DCP file naming)
+        if file.is_file() and file.name not in files and file.name != MANIFEST:
+            files[file.name] = _file_entry(file)
+    manifest = {"format": 1, "step": step, "run": run, "order": order, "files": files}
+    write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
     """Writes `state` (a DCP state dict, same keys on every rank) and, on ranks given an extra_rank
-    (default: the global rank), `extra` as extra_rank<extra_rank>.pt."""
+    (default: the global rank), `extra` as extra_rank<extra_rank>.pt; then keeps the `keep` newest
+    checkpoints of this run (by write order, always the one just written)."""
+    if keep < 1:
+        raise UserError(f"train.keep_checkpoints={keep}: keep at least 1 checkpoint")
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step}"
     tmp = root / f"step_{step}.tmp"
-    if _rank() == 0:
+    try:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(state, checkpoint_id=str(tmp))
+        extra_rank = _rank() if extra_rank is None else extra_rank
+        extra_file = tmp / f"extra_rank{extra_rank}.pt" if extra_rank >= 0 else None
+        if extra_file is not None:
+            torch.save(_encode(extra), extra_file)
+        _digest_own_files(tmp, extra_file)
+        _barrier()
+        if _rank() == 0:
+            run, order = _run_and_order(root)
+            _write_manifest(tmp, step, run, order)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_atomic(root / "latest", final.name + "\n")
+            _prune(root, keep, final, run)
+    except BaseException as e:
+        cause = user_os_error(e)
+        if cause is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state, checkpoint_id=str(tmp))
-    extra_rank = _rank() if extra_rank is None else extra_rank
-    if extra_rank >= 0:
-        torch.save(extra, tmp / f"extra_rank{extra_rank}.pt")
-    _barrier()
-    if _rank() == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer_tmp = root / "latest.tmp"
-        pointer_tmp.write_text(final.name + "\n")
-        os.replace(pointer_tmp, root / "latest")
-        _prune(root, keep)
+        raise UserError(
+            f"cannot write checkpoint {final}: {os_error_message(cause)}; the previous checkpoint is intact"
+        ) from None
     _barrier()
     return final
 
 
-def _prune(root, keep):
-    steps = sorted((int(p.name.split("_")[1]), p) for p in root.glob("step_*") if p.name.split("_")[1].isdigit())
-    for _, path in steps[: max(len(steps) - keep, 0)]:
+def _prune(root, keep, just_written, run):
+    """Deletes this run's checkpoints beyond the `keep` newest by write order; never `just_written`, never
+    another run's (a restarted run's older step numbers may be higher) or one without a manifest."""
+    own = [c for c in _checkpoints(root) if c[3] is not None and c[3].get("run") == run and c[2] != just_written]
+    for _, _, path, _ in own[: max(len(own) - (keep - 1), 0)]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -113,31 +424,54 @@ def load_trainable_state(model, optimizer, state):
         set_model_state_dict(model, state["student"])
 
 
+def _dcp_load(state, path, **kw):
+    """dcp.load through the restricted reader and planner; a damaged file is a UserError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(), **kw)
+    except UserError:
+        raise
+    except BaseException as e:  # DCP wraps its readers' errors in CheckpointException (a BaseException)
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        failures = getattr(e, "failures", None)
+        inner = next(iter(failures.values()))[0] if isinstance(failures, dict) and failures else e
+        if isinstance(inner, UserError):
+            raise inner from None
+        message = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+        if isinstance(inner, OSError | EOFError | pickle.UnpicklingError) or "corrupt" in message.lower():
+            raise UserError(
+                f"checkpoint {path} cannot be read ({type(inner).__name__}: {message[:200]}); "
+                "delete this checkpoint folder, or point `latest` at an earlier one"
+            ) from None
+        raise
+
+
 def load_checkpoint(path, state, extra_rank=None):
     """Loads a DCP checkpoint into `state` in place (resharding as needed). Top-level entries the
     checkpoint does not hold (the optimizer of a step-0 checkpoint) are dropped from `state`.
     Returns this rank's extra state, or None when the checkpoint was written by fewer ranks."""
-    saved = {key.split(".", 1)[0] for key in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata}
+    saved = {key.split(".", 1)[0] for key in read_dcp_metadata(path).state_dict_metadata}
     for key in [k for k in state if k not in saved]:
         del state[key]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path))
+    _dcp_load(state, path)
     extra = Path(path) / f"extra_rank{_rank() if extra_rank is None else extra_rank}.pt"
-    return torch.load(extra, weights_only=False) if extra.is_file() else None
+    return load_extra(extra) if extra.is_file() else None
 
 
 def load_module(path, module, key, prefix=""):
     """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
     alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA
-    teacher's ViT."""
+    teacher's ViT. The checkpoint's files are verified against its manifest first."""
     from fastvit.parallel.tp import canonical_state  # checkpoints keep fused qkv / w12 rows canonical
 
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise UserError(f"checkpoint {path} is damaged ({problem}); evaluate an earlier checkpoint")
     state = {key: {prefix + name: t for name, t in module.state_dict().items()}}  # tensors share the storage
     canon, finish = canonical_state(state)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(canon, checkpoint_id=str(path), no_dist=True)
+    _dcp_load(canon, path, no_dist=True)
     finish()
     return module
 

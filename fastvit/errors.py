@@ -1,0 +1,46 @@
+"""Errors a user can cause and fix (a config key, a data file, a checkpoint, a full disk).
+
+`fastvit.cli.main` prints a UserError as one line and exits 2; anything else keeps its traceback,
+since it is a bug. UserError is a ValueError, so code that catches ValueError for bad input keeps working.
+"""
+
+import errno
+
+# OSError numbers that mean the machine, not fastvit, is at fault: the user frees space or fixes permissions.
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+
+
+class UserError(ValueError):
+    """Something the user can fix; the message names the file or key and what to do."""
+
+
+class StopRequested(Exception):
+    """SIGTERM / SIGINT stopped training after its checkpoint; the command exits 128 + the signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+def os_error_message(e):
+    """One line for an OSError a user can fix (disk full, read-only, permissions), or None for other errors."""
+    if not isinstance(e, OSError) or e.errno not in USER_OS_ERRORS:
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    hint = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the permissions of the folder"
+    return f"{e.strerror or e}{where}: {hint}, or set train.out to another folder"
+
+
+def user_os_error(exc):
+    """The first OSError a user can fix in `exc`'s chain of causes (DCP wraps its writers' errors), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if os_error_message(exc):
+            return exc
+        for inner in getattr(exc, "failures", {}).values() if isinstance(getattr(exc, "failures", None), dict) else ():
+            found = user_os_error(inner)
+            if found is not None:
+                return found
+        exc = exc.__cause__ or exc.__context__
+    return None
