@@ -18,6 +18,8 @@ from typing import Literal
 
 import yaml
 
+from fastvit.errors import UserError
+from fastvit.fileio import write_atomic
 from fastvit.parallel.checkpointing import MODES as CHECKPOINTING_MODES
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -57,6 +59,7 @@ class DataConfig:
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # iBOT block masks, ratio drawn per image
     mask_probability: float = 0.5  # share of global crops that get masked
     captions: str = ""  # CLIP: a captions file for an image folder ("" = builtin class captions / shard txt+json)
+    max_pixels: int = 90_000_000  # larger images are skipped (and counted) before decoding: decompression bombs
 
 
 @dataclass(kw_only=True)
@@ -136,7 +139,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs
-    eval_every: int = 0  # kNN of the EMA teacher every N steps (knn_top1 in metrics.jsonl); 0 disables
+    eval_every: int = 0  # kNN of the EMA teacher every N steps (knn_top1 in metrics.jsonl, percent); 0 disables
 
 
 @dataclass(kw_only=True)
@@ -148,7 +151,7 @@ class EvalConfig:
     linear_epochs: int = 10
     linear_lr: float = 1e-3
     batch_size: int = 256
-    max_images: int = 0  # 0: all images of each split
+    max_images: int = 0  # per split; 0: all. A subset is seeded by train.seed and class-balanced when labels are known
 
 
 @dataclass(kw_only=True)
@@ -283,13 +286,73 @@ def recipe_path(recipe):
     return path
 
 
+def _read_yaml(path):
+    """The YAML document of a recipe or config file; UserError naming the file and line when it does not parse."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}:{where} is not valid YAML ({problem}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({e})") from None
+
+
+# (key, smallest valid value, what the key means at its bounds): checked after every load.
+_MINIMUMS = (
+    ("model.patch_size", 1, ""),
+    ("model.img_size", 1, ""),
+    ("model.width", 0, "0 takes the size table's"),
+    ("model.depth", 0, "0 takes the size table's"),
+    ("model.heads", 0, "0 takes the size table's"),
+    ("model.n_registers", 0, ""),
+    ("data.num_workers", 0, "0 decodes in the training process"),
+    ("data.n_global_crops", 1, ""),
+    ("data.n_local_crops", 0, ""),
+    ("data.global_crops_size", 1, ""),
+    ("data.local_crops_size", 1, ""),
+    ("data.max_pixels", 1, ""),
+    ("optim.grad_accum", 1, "1 accumulates nothing"),
+    ("parallel.tp", 1, ""),
+    ("parallel.pp", 1, ""),
+    ("parallel.virtual_stages", 1, ""),
+    ("parallel.pp_microbatches", 0, "0 takes 4 x pp"),
+    ("train.steps", 0, "0 writes the initial checkpoint only"),
+    ("train.batch_size", 1, ""),
+    ("train.log_every", 1, "1 logs every step"),
+    ("train.checkpoint_every", 0, "0 writes only the final checkpoint"),
+    ("train.keep_checkpoints", 1, "a run keeps at least its newest checkpoint"),
+    ("train.max_bad_steps", 1, ""),
+    ("train.eval_every", 0, "0 disables"),
+    ("eval.knn_k", 1, ""),
+    ("eval.batch_size", 1, ""),
+    ("eval.max_images", 0, "0 takes all images"),
+)
+
+
+def validate(cfg):
+    """UserError naming the first key whose value is out of range; returns cfg."""
+    for key, low, meaning in _MINIMUMS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < low:
+            hint = f" ({meaning})" if meaning else ""
+            raise UserError(f"{key}={value} is out of range: it must be {low} or more{hint}")
+    if cfg.parallel.dp != -1 and cfg.parallel.dp < 1:
+        raise UserError(f"parallel.dp={cfg.parallel.dp} is out of range: it must be 1 or more, or -1 (what is left)")
+    if not 0.0 <= cfg.model.drop_path < 1.0:
+        raise UserError(f"model.drop_path={cfg.model.drop_path} is out of range: it must be in [0, 1)")
+    return cfg
+
+
 def load_config(recipe="demo", overrides=()):
-    """Config defaults <- recipe (name or YAML file) <- dotted overrides."""
+    """Config defaults <- recipe (name or YAML file) <- dotted overrides, validated."""
     cfg = Config()
     if recipe:
         path = recipe_path(recipe)
-        apply_mapping(cfg, yaml.safe_load(path.read_text()) or {}, origin=str(path.name))
-    return apply_overrides(cfg, overrides)
+        apply_mapping(cfg, _read_yaml(path), origin=str(path.name))
+    return validate(apply_overrides(cfg, overrides))
 
 
 def to_dict(cfg):
@@ -302,11 +365,10 @@ def to_dict(cfg):
 
 
 def write_config(cfg, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Writes the resolved config as YAML, atomically (a crash leaves the old file or the new one)."""
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def read_config(path):
     """A config written by write_config (e.g. a run folder's config.yaml)."""
-    return apply_mapping(Config(), yaml.safe_load(Path(path).read_text()) or {}, origin=str(path))
+    return validate(apply_mapping(Config(), _read_yaml(path), origin=str(path)))

@@ -23,26 +23,24 @@ def eval_transform(img_HW3, size, crop_ratio=0.875):
     return (x - mean) / std
 
 
-def labelled_images(source, size, max_images=0):
-    """Yields (image (3, size, size), label) of a labelled source; unreadable files are skipped and counted."""
-    n = len(source) if not max_images else min(max_images, len(source))
-    stats = {"skipped": 0}
-    for i in range(n):
+def labelled_images(source, size, indices=None):
+    """Yields (image (3, size, size), label) of the given images (default: all) of a labelled source;
+    unreadable files are skipped."""
+    for i in range(len(source)) if indices is None else indices:
         try:
-            payload, label = source.read(i)
+            payload, label = source.read(int(i))
             img = decode_bytes(payload) if isinstance(payload, bytes | bytearray) else payload
         except (DecodeError, OSError):
-            stats["skipped"] += 1
             continue
         if label is None or label < 0:
             raise ValueError(f"{source.spec}: image {i} has no label; kNN / linear evaluation needs labelled data")
         yield eval_transform(img, size), label
 
 
-def labelled_batches(source, size, batch_size=256, max_images=0):
+def labelled_batches(source, size, batch_size=256, indices=None):
     """Yields (images (b, 3, size, size), labels (b,)) of a labelled source; a ValueError if none is readable."""
     xs, ys, any_image = [], [], False
-    for x, y in labelled_images(source, size, max_images):
+    for x, y in labelled_images(source, size, indices):
         xs.append(x)
         ys.append(y)
         if len(xs) == batch_size:
@@ -55,11 +53,12 @@ def labelled_batches(source, size, batch_size=256, max_images=0):
 
 
 @torch.no_grad()
-def extract_features(backbone, source, size, *, mode="cls", batch_size=256, max_images=0, device="cpu"):
-    """(features (N, D or 2D), labels (N,)) of a labelled source under a frozen backbone."""
+def extract_features(backbone, source, size, *, mode="cls", batch_size=256, indices=None, device="cpu"):
+    """(features (N, D or 2D), labels (N,)) of the given images (default: all) of a labelled source under a
+    frozen backbone."""
     backbone.eval()
     feats, labels = [], []
-    for x, y in labelled_batches(source, size, batch_size, max_images):
+    for x, y in labelled_batches(source, size, batch_size, indices):
         out = backbone(x.to(device))
         f = out["cls"] if mode == "cls" else torch.cat([out["cls"], out["patch"].mean(1)], dim=1)
         feats.append(f.float().cpu())

@@ -1,5 +1,11 @@
 """`fastvit eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]`: evaluate a run's teacher backbone
-(or a randomly initialised one) on frozen features; prints one JSON object and writes eval.json."""
+(or a randomly initialised one) on frozen features; prints one JSON object and writes eval.json.
+
+Accuracies are percentages (0-100): `top1` (the key scripts read) and the same value as `top1_pct`, with
+`"unit": "percent"`. The object also says, per side ("train": what the kNN / probe fits on, "val": what it
+scores), the source, how many images were read, how they were chosen (`eval.max_images`: seeded and
+class-balanced, fastvit/eval/subset.py) and which classes they hold.
+"""
 
 import json
 from pathlib import Path
@@ -12,6 +18,7 @@ from fastvit.data import source_from_spec
 from fastvit.eval.features import extract_features
 from fastvit.eval.knn import knn_accuracy
 from fastvit.eval.linear import linear_probe_accuracy
+from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.models.build import build_backbone
 from fastvit.train import checkpoint as ckpt
 
@@ -53,44 +60,61 @@ def random_backbone(cfg):
     return backbone
 
 
-def score(backbone, cfg, kind, device="cpu"):
-    """Top-1 (in %) of `kind` evaluation of a backbone (moved to `device`) on the config's eval sources."""
+def split_features(backbone, cfg, spec, split, device="cpu"):
+    """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`."""
     e = cfg.eval
-    train_spec = e.train_source or cfg.data.source
+    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    indices, how = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
+    kw = {"mode": e.features, "batch_size": e.batch_size, "indices": indices, "device": device}
+    x, y = extract_features(backbone, source, cfg.data.global_crops_size, **kw)
+    info = {"source": spec, "images": int(len(y)), "subset": how, "classes": class_names_seen(source, y.tolist())}
+    return x, y, info
+
+
+def score_with_info(backbone, cfg, kind, device="cpu"):
+    """(top-1 in percent of `kind` evaluation of a backbone (moved to `device`) on the config's eval sources,
+    {"train": what the kNN / probe fit on, "val": what it scored})."""
+    e = cfg.eval
     if not cfg.data.val_source:
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=imagefolder:DIR")
-    train_src = source_from_spec(train_spec, "train", seed=cfg.train.seed)
-    val_src = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
-    size = cfg.data.global_crops_size
     backbone = backbone.to(device)
-    kw = {"mode": e.features, "batch_size": e.batch_size, "max_images": e.max_images, "device": device}
-    train_x, train_y = extract_features(backbone, train_src, size, **kw)
-    val_x, val_y = extract_features(backbone, val_src, size, **kw)
+    train_x, train_y, train_info = split_features(backbone, cfg, e.train_source or cfg.data.source, "train", device)
+    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device)
     if kind == "knn":
-        return knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)
-    return linear_probe_accuracy(
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        epochs=e.linear_epochs,
-        lr=e.linear_lr,
-        batch_size=e.batch_size,
-        seed=cfg.train.seed,
-    )
+        top1 = knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)
+    else:
+        top1 = linear_probe_accuracy(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            epochs=e.linear_epochs,
+            lr=e.linear_lr,
+            batch_size=e.batch_size,
+            seed=cfg.train.seed,
+        )
+    return top1, {"train": train_info, "val": val_info}
+
+
+def score(backbone, cfg, kind, device="cpu"):
+    """Top-1 (in percent, 0-100) of `kind` evaluation of a backbone on the config's eval sources."""
+    return score_with_info(backbone, cfg, kind, device)[0]
 
 
 def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=False, device="cpu"):
     """Evaluates the run's latest (or the given) checkpoint on the main process; writes and returns the result
-    dict (without "top1" on the other processes)."""
+    dict: top1 (= top1_pct, percent), unit, and per side (train, val) the images read (without "top1" on the
+    other processes)."""
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose one of {KINDS}")
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
     result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
     if is_main_process():
-        result["top1"] = score(load_teacher_backbone(cfg, checkpoint), cfg, kind, device)
+        top1, sides = score_with_info(load_teacher_backbone(cfg, checkpoint), cfg, kind, device)
+        result.update({"top1": top1, "top1_pct": top1, "unit": "percent"})
         if compare_random_init:
-            result["top1_random_init"] = score(random_backbone(cfg), cfg, kind, device)
+            result["top1_random_init"] = result["top1_random_init_pct"] = score(random_backbone(cfg), cfg, kind, device)
+        result.update(sides)
         path = Path(run_dir) / "eval.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         previous[kind] = result

@@ -3,7 +3,9 @@
 Each class name is put into a few prompt templates; the class embedding is the normalised mean of the
 templates' text embeddings. An image is assigned the class of highest cosine similarity with its image
 embedding. Class names: the built-in dataset's classes, or an image folder's class sub-folder names
-(underscores read as spaces). Prints one JSON object with `top1` and writes it into the run's eval.json.
+(underscores read as spaces). Prints one JSON object with `top1` (percent; also as `top1_pct`, beside
+`chance_pct` and `"unit": "percent"`) and writes it into the run's eval.json; `eval.max_images` reads a
+seeded, class-balanced subset (fastvit/eval/subset.py).
 """
 
 import json
@@ -16,6 +18,7 @@ from fastvit.config import apply_overrides, read_config
 from fastvit.data import source_from_spec
 from fastvit.data.builtin import CLASSES, BuiltinSource
 from fastvit.eval.features import labelled_batches
+from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.train import checkpoint as ckpt
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.", "a {} shape.")
@@ -52,15 +55,20 @@ def class_embeddings(model, tok, names, templates=TEMPLATES):
 
 
 @torch.no_grad()
-def zeroshot_accuracy(model, tok, source, size, *, batch_size=256, max_images=0):
-    """Top-1 (in %) of zero-shot classification of a labelled source."""
+def zeroshot_predictions(model, tok, source, size, *, batch_size=256, indices=None):
+    """(predicted classes (N,), labels (N,)) of zero-shot classification of a labelled source's images."""
     classes_CE = class_embeddings(model, tok, class_names(source))
-    correct = total = 0
-    for x, y in labelled_batches(source, size, batch_size, max_images):
-        pred = (model.encode_image(x) @ classes_CE.t()).argmax(1)
-        correct += int((pred == y).sum())
-        total += len(y)
-    return 100.0 * correct / total
+    preds, labels = [], []
+    for x, y in labelled_batches(source, size, batch_size, indices):
+        preds.append((model.encode_image(x) @ classes_CE.t()).argmax(1))
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def zeroshot_accuracy(model, tok, source, size, *, batch_size=256, indices=None):
+    """Top-1 (in percent) of zero-shot classification of a labelled source."""
+    pred, y = zeroshot_predictions(model, tok, source, size, batch_size=batch_size, indices=indices)
+    return 100.0 * float((pred == y).float().mean())
 
 
 def evaluate_zeroshot(run_dir, cfg, checkpoint):
@@ -70,15 +78,26 @@ def evaluate_zeroshot(run_dir, cfg, checkpoint):
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=builtin:val")
     model, tok = load_clip(cfg, checkpoint)
     val = source_from_spec(cfg.data.val_source, "val", seed=cfg.train.seed)
-    top1 = zeroshot_accuracy(
-        model, tok, val, cfg.data.global_crops_size, batch_size=cfg.eval.batch_size, max_images=cfg.eval.max_images
+    indices, how = eval_indices(val, cfg.eval.max_images, seed=cfg.train.seed, split="val")
+    pred, y = zeroshot_predictions(
+        model, tok, val, cfg.data.global_crops_size, batch_size=cfg.eval.batch_size, indices=indices
     )
+    top1, chance = 100.0 * float((pred == y).float().mean()), 100.0 / len(class_names(val))
     result = {
         "eval": "zeroshot",
         "checkpoint": str(checkpoint),
         "step": ckpt.step_of(checkpoint),
         "top1": top1,
-        "chance": 100.0 / len(class_names(val)),
+        "top1_pct": top1,
+        "chance": chance,
+        "chance_pct": chance,
+        "unit": "percent",
+        "val": {
+            "source": cfg.data.val_source,
+            "images": int(len(y)),
+            "subset": how,
+            "classes": class_names_seen(val, y.tolist()),
+        },
     }
     path = Path(run_dir) / "eval.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}

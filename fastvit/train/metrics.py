@@ -106,6 +106,8 @@ _SHOWN = (
 
 
 def _fmt(k, v):
+    if k.endswith("top1") and isinstance(v, int | float):  # accuracies are percentages (knn_top1_pct beside)
+        return f"{k}={v:.1f}%"
     if isinstance(v, float):
         return f"{k}={v:.4g}"
     return f"{k}={v}"
