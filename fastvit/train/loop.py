@@ -255,7 +255,7 @@ def _run_steps(cfg, task, optimizer, loader, start_step, batch_per_rank, dims, e
                 skipped_files=round(values[-1] * world),
             )
             if knn is not None:
-                record["knn_top1"] = knn
+                record["knn_top1"] = record["knn_top1_pct"] = knn  # percent (0-100), the unit of eval.json's top1
             log.log(record)
             t_last, steps_since = time.perf_counter(), 0
         if stop.requested:
