@@ -81,11 +81,23 @@ def main(argv=None):
         print(USAGE)
         return 0
     args = parser.parse_args(argv[:1])
+    from fastvit.errors import StopRequested, one_line, os_error_message
+
     try:
         return COMMANDS[args.command](argv[1:])
+    except StopRequested as e:  # SIGTERM / SIGINT: the checkpoint is written; exit non-zero, as preempted
+        print(f"fastvit {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except ValueError as e:
-        # What a user can get wrong (a config key, a path, a shape) ends in one clear line.
-        print(f"fastvit {args.command}: error: {e}", file=sys.stderr)
+        # What a user can get wrong (a config key, a path, a shape, a data or checkpoint file: UserError and the
+        # ValueErrors of argument checks) ends in one clear line; other exceptions are bugs and keep a traceback.
+        print(f"fastvit {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        message = os_error_message(e)  # disk full, read-only folder, permissions
+        if message is None:
+            raise
+        print(f"fastvit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -44,3 +44,13 @@ def user_os_error(exc):
                 return found
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def one_line(e):
+    """The message of an error as one line; an error re-raised from a DataLoader worker (which appends the
+    worker's traceback) gives the worker's own message."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
