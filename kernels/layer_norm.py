@@ -113,7 +113,9 @@ def _check_params(x, weight, bias):
 
 
 def layer_norm_fwd(x, weight, bias, eps, residual=None):
-    """Returns (y, s, mean_M, rstd_M) with s = x + residual (None without a residual)."""
+    """Returns (y, s, mean_M, rstd_M) with s = x + residual (None without a residual). x, residual, weight
+    and bias may each have their own dtype (autocast: bf16 activations, fp32 parameters); s and y take the
+    promoted dtype of x and residual, the statistics are fp32."""
     _check_params(x, weight, bias)
     n = x.shape[-1]
     x_MN = _rows("x", x, n)
@@ -121,7 +123,8 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None):
     if res_MN is not None and res_MN.shape != x_MN.shape:
         raise ValueError(f"add_layer_norm: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
     M = x_MN.shape[0]
-    y_MN = torch.empty((M, n), dtype=x.dtype, device=x.device)
+    dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)  # s and y, as in torch
+    y_MN = torch.empty((M, n), dtype=dtype, device=x.device)
     s_MN = torch.empty_like(y_MN) if res_MN is not None else None
     mean_M = torch.empty(M, dtype=torch.float32, device=x.device)
     rstd_M = torch.empty_like(mean_M)
@@ -158,7 +161,8 @@ def _num_groups(M, device):
 
 
 def layer_norm_bwd(dy, x, weight, mean_M, rstd_M, dres=None):
-    """Gradients of layer_norm_fwd: returns (dx, dweight, dbias); dres (if given) is added to dx."""
+    """Gradients of layer_norm_fwd: returns (dx, dweight, dbias); dres (if given) is added to dx. dx has the
+    dtype of x, dweight and dbias that of weight (summed in fp32); dy and dres may be of any float dtype."""
     n = x.shape[-1]
     x_MN = _rows("x", x, n)
     M = x_MN.shape[0]

@@ -8,6 +8,10 @@ packed ones are contiguous (T, H, D); lse is the natural-log log-sum-exp of the 
 recomputes the forward ("flash_attn", and "torch" off the CPU).
 Backends: "triton" (fastvit.kernels.attention), "flash_attn" (when importable), "torch" (SDPA;
 packed sequences of equal length are batched into one call, never a T x T mask).
+Dtypes: q, k, v of different dtypes are promoted to one; out and the gradients have that dtype, lse
+is fp32 (fp64 for fp64) and the softmax accumulates in fp32 on every backend. On a CPU the torch
+backend computes bf16 / fp16 inputs in fp32 (no fast low-precision matmul there) and rounds once.
+The caller's autocast does not reach inside the ops.
 """
 
 import importlib.util
@@ -79,7 +83,9 @@ def _conform(t, like):
 def _dense_torch(q, k, v, scale):
     """(B, H, N, D) -> (out, lse); lse is None off the CPU (SDPA does not return it there)."""
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+        dt = backend_lib.compute_dtype(q)
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q.to(dt), k.to(dt), v.to(dt), scale=scale)
+        return o.to(q.dtype), lse
     return F.scaled_dot_product_attention(q, k, v, scale=scale), None
 
 
@@ -135,10 +141,14 @@ def _forward_torch(q, k, v, cu_seqlens, scale):
 
 
 def _backward_torch_cpu(do, q, k, v, o, lse, cu_seqlens, scale):
-    grads = [_empty_out(q, cu_seqlens is not None) for _ in range(3)]
+    grads = [_empty_out(q, cu_seqlens is not None) for _ in range(3)]  # in the inputs' dtype
+    dt = backend_lib.compute_dtype(q)
+    do, q, k, v, o = (t.to(dt) for t in (do, q, k, v, o))  # computed in fp32, rounded once
     bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     if cu_seqlens is None:
-        return tuple(_conform(g, e) for g, e in zip(bwd(do, q, k, v, o, lse, 0.0, False, scale=scale), grads))
+        return tuple(
+            _conform(g.to(e.dtype), e) for g, e in zip(bwd(do, q, k, v, o, lse, 0.0, False, scale=scale), grads)
+        )
     for n, starts in _groups(cu_seqlens, q.shape[0]):
         args = [_rows(t, n, starts).transpose(1, 2) for t in (do, q, k, v, o, lse)]  # (S_n, H, n, ...)
         for g, g_n in zip(grads, bwd(*args[:5], args[5], 0.0, False, scale=scale)):
@@ -175,6 +185,7 @@ def _backward_recompute(do, q, k, v, cu_seqlens, max_seqlen, scale, backend):
 
 
 @torch.library.custom_op("fastvit::attention", mutates_args=())
+@backend_lib.no_autocast
 def _attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -200,6 +211,7 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale, backend):
 
 
 @torch.library.custom_op("fastvit::attention_backward", mutates_args=())
+@backend_lib.no_autocast
 def _attention_backward(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -212,6 +224,7 @@ def _attention_backward(
     scale: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do, o = do.to(q.dtype), o.to(q.dtype)  # autograd hands do in the dtype of o already; direct callers may not
     if backend == "triton":
         from fastvit.kernels.attention import attention_bwd
 
@@ -253,6 +266,9 @@ def attention(q, k, v, *, cu_seqlens=None, max_seqlen=None, scale=None, backend=
         raise ValueError(
             f"attention: q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if not (q.dtype == k.dtype == v.dtype):  # e.g. bf16 q and k beside an fp32 v: one dtype, as torch would
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if cu_seqlens is None:
         if q.dim() != 4:
             raise ValueError(f"dense attention expects (B, H, N, D) inputs, got q of shape {tuple(q.shape)}")

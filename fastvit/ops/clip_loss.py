@@ -5,6 +5,9 @@ walks the rows in chunks of C: one (C, B) matmul of dot products, the fused per-
 (backend "triton": fastvit.kernels.clip_loss.clip_rows_triton; "torch": the same step in torch), and two
 matmuls that accumulate d rows and d columns. The gradients (the size of the inputs) are kept for the
 backward, which only scales them by the upstream gradient; the (b, B) logits are never held at once.
+Dtypes: q, k, scale and bias may each have their own (autocast: bf16 embeddings, an fp32 learned scale);
+every matmul and reduction runs in fp32 whatever the caller's autocast, the loss is fp32 and each
+gradient has the dtype of its input.
 """
 
 import torch
@@ -33,6 +36,7 @@ def _resolve(backend, x):
 
 
 @torch.library.custom_op("fastvit::clip_loss_chunked", mutates_args=())
+@backend_lib.no_autocast
 def _clip_loss_chunked(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -3,6 +3,10 @@
 Custom ops fastvit::layer_norm -> (y, mean, rstd), fastvit::add_layer_norm -> (y, s, mean, rstd)
 and fastvit::layer_norm_backward, with fakes and autograd. The per-row statistics are (M,) in
 fp32 (fp64 for fp64 inputs) whatever the backend, so the backward can use any backend's forward.
+Dtypes follow the unfused torch composition under autocast: s = x + residual in their promoted
+dtype (a bf16 branch added to an fp32 residual stream stays fp32), y in the dtype of s, weight and
+bias in their own dtype (fp32 beside bf16 / fp16 activations); every gradient has the dtype of its
+input. The statistics and the weight and bias gradients are reduced in fp32.
 Backends: "triton" (fastvit.kernels.layer_norm), "apex" (FusedLayerNorm, when importable), "torch".
 """
 
@@ -48,23 +52,29 @@ def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _sum_dtype(x, residual):
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
 def _fwd(x, weight, bias, eps, backend, residual=None):
     """Returns (y, s or None, mean_M, rstd_M)."""
     if backend == "triton":
         from fastvit.kernels.layer_norm import layer_norm_fwd
 
         return layer_norm_fwd(x, weight, bias, eps, residual)
-    s = x if residual is None else x + residual
+    s = x if residual is None else x + residual  # the promoted dtype, summed in the wider of the two
     n = s.shape[-1]
-    if backend == "apex":
-        y, mean, rstd = _apex().forward_affine(s.contiguous(), (n,), weight, bias, eps)
-    else:
-        y, mean, rstd = torch.native_layer_norm(s, (n,), weight, bias, eps)
-    stat = _stat_dtype(x)
+    stat = _stat_dtype(s)
+    if backend == "apex":  # one dtype throughout (fp32 statistics inside apex): the (N,) parameters follow s
+        y, mean, rstd = _apex().forward_affine(s.contiguous(), (n,), weight.to(s.dtype), bias.to(s.dtype), eps)
+    else:  # in fp32 (fp64 for fp64), rounded once: a CPU has no fast bf16 arithmetic
+        y, mean, rstd = torch.native_layer_norm(s.to(stat), (n,), weight.to(stat), bias.to(stat), eps)
+    y = y.to(s.dtype)
     return y, (None if residual is None else s), mean.reshape(-1).to(stat), rstd.reshape(-1).to(stat)
 
 
 @torch.library.custom_op("fastvit::layer_norm", mutates_args=())
+@backend_lib.no_autocast
 def _layer_norm(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,6 +89,7 @@ def _(x, weight, bias, eps, backend):
 
 
 @torch.library.custom_op("fastvit::add_layer_norm", mutates_args=())
+@backend_lib.no_autocast
 def _add_layer_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,8 +99,9 @@ def _add_layer_norm(
 @_add_layer_norm.register_fake
 def _(x, residual, weight, bias, eps, backend):
     m = x.numel() // x.shape[-1]
-    stats = [x.new_empty(m, dtype=_stat_dtype(x)) for _ in range(2)]
-    return x.new_empty(x.shape), x.new_empty(x.shape), *stats
+    dtype = _sum_dtype(x, residual)
+    stats = [x.new_empty(m, dtype=torch.float64 if dtype == torch.float64 else torch.float32) for _ in range(2)]
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape, dtype=dtype), *stats
 
 
 def _apex_backward(dy, mean, rstd, x, n, weight, bias):
@@ -100,6 +112,7 @@ def _apex_backward(dy, mean, rstd, x, n, weight, bias):
 
 
 @torch.library.custom_op("fastvit::layer_norm_backward", mutates_args=())
+@backend_lib.no_autocast
 def _layer_norm_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -110,20 +123,29 @@ def _layer_norm_backward(
     dres: torch.Tensor | None,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) of y = layer_norm(x); dres, the gradient reaching x directly, is added to dx."""
+    """(dx, dweight, dbias) of y = layer_norm(x); dres, the gradient reaching x directly, is added to dx.
+    dx has the dtype of x, dweight and dbias those of weight and bias; dy and dres may be of any float dtype."""
     if backend == "triton":
         from fastvit.kernels.layer_norm import layer_norm_bwd
 
-        return layer_norm_bwd(dy, x, weight, mean, rstd, dres)
+        dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, dres)
+        return dx, dw, db.to(bias.dtype)
     n = x.shape[-1]
+    stat = _stat_dtype(x)
     if backend == "apex":
-        dx, dw, db = _apex_backward(dy.contiguous(), mean, rstd, x.contiguous(), n, weight, bias)
-        dx = dx.view(x.shape)
-    else:
+        dx, dw, db = _apex_backward(
+            dy.to(x.dtype).contiguous(), mean, rstd, x.contiguous(), n, weight.to(x.dtype), bias.to(x.dtype)
+        )
+        dx = dx.view(x.shape).to(stat)
+    else:  # in fp32 (fp64 for fp64) from the saved fp32 statistics
         stat_shape = (*x.shape[:-1], 1)
-        mean, rstd = (t.view(stat_shape).to(x.dtype if x.device.type == "cpu" else t.dtype) for t in (mean, rstd))
-        dx, dw, db = torch.ops.aten.native_layer_norm_backward(dy, x, (n,), mean, rstd, weight, bias, [True] * 3)
-    return (dx if dres is None else dx + dres), dw, db
+        mean, rstd = (t.view(stat_shape).to(stat) for t in (mean, rstd))
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            dy.to(stat), x.to(stat), (n,), mean, rstd, weight.to(stat), bias.to(stat), [True] * 3
+        )
+    if dres is not None:
+        dx = dx + dres
+    return dx.to(x.dtype), dw.to(weight.dtype), db.to(bias.dtype)
 
 
 @_layer_norm_backward.register_fake
@@ -149,12 +171,14 @@ def _setup_add_ln(ctx, inputs, output):
     _, s, mean, rstd = output
     ctx.save_for_backward(s, weight, bias, mean, rstd)
     ctx.backend = backend
+    ctx.dtypes = (x.dtype, residual.dtype)
 
 
 def _backward_add_ln(ctx, dy, ds, _dmean, _drstd):
     s, weight, bias, mean, rstd = ctx.saved_tensors
     dx, dw, db = torch.ops.fastvit.layer_norm_backward(dy, s, weight, bias, mean, rstd, ds, ctx.backend)
-    return dx, dx, dw, db, None, None
+    x_dtype, residual_dtype = ctx.dtypes
+    return dx.to(x_dtype), dx.to(residual_dtype), dw, db, None, None
 
 
 _layer_norm.register_autograd(_backward_ln, setup_context=_setup_ln)

@@ -2,7 +2,9 @@
 
 Registered as the custom ops fastvit::mae_patch_loss (+ fastvit::mae_patch_loss_backward) with
 register_fake and register_autograd; backends "triton" (fastvit.kernels.mae_loss) and "torch".
-Gradients flow to the predictions only (the images are data).
+Gradients flow to the predictions only (the images are data). pred (bf16 / fp16 under autocast) and
+the images (fp32 or bf16) may differ in dtype: targets, differences and the loss are fp32 (fp64 for fp64
+predictions), whatever the caller's autocast, and the gradient has the dtype of pred.
 """
 
 import torch
@@ -36,6 +38,7 @@ def _diff_torch(pred, images, p, norm_pix, eps):
 
 
 @torch.library.custom_op("fastvit::mae_patch_loss", mutates_args=())
+@backend_lib.no_autocast
 def _mae_patch_loss(
     pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, p: int, norm_pix: bool, eps: float, backend: str
 ) -> torch.Tensor:
@@ -54,6 +57,7 @@ def _(pred, images, mask, p, norm_pix, eps, backend):
 
 
 @torch.library.custom_op("fastvit::mae_patch_loss_backward", mutates_args=())
+@backend_lib.no_autocast
 def _mae_patch_loss_backward(
     g: torch.Tensor,
     pred: torch.Tensor,

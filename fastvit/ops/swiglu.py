@@ -1,7 +1,9 @@
 """fastvit.ops.swiglu: [..., 2h] -> silu(x[..., :h]) * x[..., h:] (the Web-SSL w12 layout).
 
 Registered as the custom op fastvit::swiglu (+ fastvit::swiglu_backward) with a fake and an
-autograd formula; backends "triton" (fastvit.kernels.swiglu) and "torch".
+autograd formula; backends "triton" (fastvit.kernels.swiglu) and "torch". The output and the gradient
+have the dtype of x (dy may be of any float dtype); both backends compute in fp32 (fp64 for fp64) and
+round once, and the caller's autocast does not reach inside.
 """
 
 import torch
@@ -30,13 +32,14 @@ def _resolve(backend, x):
 
 
 @torch.library.custom_op("fastvit::swiglu", mutates_args=())
+@backend_lib.no_autocast
 def _swiglu(x: torch.Tensor, backend: str) -> torch.Tensor:
     if backend == "triton":
         from fastvit.kernels.swiglu import swiglu_fwd
 
         return swiglu_fwd(x)
-    gate, value = x.chunk(2, dim=-1)
-    return F.silu(gate) * value
+    gate, value = x.to(backend_lib.compute_dtype(x)).chunk(2, dim=-1)
+    return (F.silu(gate) * value).to(x.dtype)
 
 
 @_swiglu.register_fake
@@ -45,14 +48,17 @@ def _(x, backend):
 
 
 @torch.library.custom_op("fastvit::swiglu_backward", mutates_args=())
+@backend_lib.no_autocast
 def _swiglu_backward(dy: torch.Tensor, x: torch.Tensor, backend: str) -> torch.Tensor:
     if backend == "triton":
         from fastvit.kernels.swiglu import swiglu_bwd
 
         return swiglu_bwd(dy, x)
-    gate, value = x.chunk(2, dim=-1)
+    dt = backend_lib.compute_dtype(x)
+    gate, value = x.to(dt).chunk(2, dim=-1)
+    dy = dy.to(dt)
     dgate = torch.ops.aten.silu_backward(dy * value, gate)  # the same fused kernel plain autograd uses
-    return torch.cat([dgate, dy * F.silu(gate)], dim=-1)
+    return torch.cat([dgate, dy * F.silu(gate)], dim=-1).to(x.dtype)
 
 
 @_swiglu_backward.register_fake
