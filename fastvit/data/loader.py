@@ -5,18 +5,23 @@ A sample that cannot be read or decoded is replaced by the next index (determini
 counted; a batch carries its count in `skipped`, and `Loader.skipped_total` sums them.
 """
 
+import functools
 import logging
 import os
+import select
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fastvit.data import augment as A
-from fastvit.data.decode import DecodeError, decode_rgb, open_image, oriented_size
+from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_rgb, open_image, oriented_size
 from fastvit.data.masking import ibot_masks
 from fastvit.data.multicrop import multicrop
 from fastvit.data.sampler import ResumableSampler
+from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
 MASK_STREAM = 1 << 20  # generator stream of the iBOT masks (sample streams count retries from 0)
@@ -44,8 +49,18 @@ class Sample:
 class MultiCropDataset(torch.utils.data.Dataset):
     """dataset[(epoch, index)] -> Sample; decode and parameter draw for one sample."""
 
-    def __init__(self, source, cfg: A.MultiCropConfig, *, seed: int = 0, draft: bool = True, max_retries: int = 16):
+    def __init__(
+        self,
+        source,
+        cfg: A.MultiCropConfig,
+        *,
+        seed: int = 0,
+        draft: bool = True,
+        max_retries: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
         self.source, self.cfg, self.seed, self.draft, self.max_retries = source, cfg, seed, draft, max_retries
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.source)
@@ -63,14 +78,18 @@ class MultiCropDataset(torch.utils.data.Dataset):
                 log.warning("skipping %s sample %d: %s", getattr(self.source, "spec", "?"), j, e)
                 continue
             return Sample(image, params, label, epoch, index, t)
-        raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}: {errors}")
+        spec = getattr(self.source, "spec", "the data source")
+        raise UserError(
+            f"{spec}: {self.max_retries} consecutive samples from index {index} cannot be read (last: {errors[-1]}); "
+            "check the files of data.source"
+        )
 
     def prepare(self, payload, epoch: int, index: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(decoded image, crop table rows); encoded bytes are decoded at the draft scale the crops allow."""
         if isinstance(payload, np.ndarray):
             H, W = payload.shape[:2]
             return payload, A.draw_sample_params(self.cfg, H, W, self.seed, epoch, index, stream)
-        img = open_image(payload)
+        img = open_image(payload, self.max_pixels)
         H, W = oriented_size(img)
         rows = A.draw_sample_params(self.cfg, H, W, self.seed, epoch, index, stream)
         arr = decode_rgb(img, A.draft_factor(rows) if self.draft else 1)
@@ -169,6 +188,7 @@ class Loader:
             prefetch_factor=2 if self.num_workers else None,
             multiprocessing_context="forkserver" if self.num_workers else None,
             generator=torch.Generator(),  # workers' base seed must not consume the training RNG (exact resume)
+            worker_init_fn=functools.partial(exit_with_process, os.getpid()) if self.num_workers else None,
         )
         for batch in dl:
             self.sampler.advance(self.batch_size)
@@ -181,6 +201,40 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.skipped_total = int(state["skipped_total"])
+
+
+def exit_with_process(pid: int, worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: the worker exits when process `pid` (the trainer) is gone, however it died.
+
+    A forkserver's workers are the forkserver's children, so torch's own check (has the parent changed?) never
+    fires after a SIGKILL of the trainer. A pidfd becomes readable when the process exits (Linux >= 5.3); without
+    one the thread polls the pid once a second."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+        if not _alive(pid):
+            os._exit(1)
+    threading.Thread(target=_exit_after, args=(pid, fd), name="fastvit-trainer-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_after(pid: int, fd) -> None:
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while _alive(pid):
+            time.sleep(1.0)
+    os._exit(1)
 
 
 def kernel_threads(num_workers: int) -> int:

@@ -100,11 +100,11 @@ class WebDatasetSource:
                 for m in tar:
                     if not m.isfile():
                         continue
-                    if m.offset_data + m.size > size:
-                        raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
                     d, base = os.path.split(m.name)
                     key, _, ext = base.partition(".")
                     groups.setdefault(os.path.join(d, key), {})[ext.lower()] = (m.offset_data, m.size)
+                    if m.offset_data + m.size > size:  # kept as a sample: reading it fails, so it is counted
+                        raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
         except (tarfile.TarError, EOFError, OSError) as e:
             self.index_skipped += 1
             log.warning("webdataset shard %s is damaged (%s); using the members before the damage", path, e)
@@ -130,7 +130,10 @@ class WebDatasetSource:
 
     def read(self, i: int) -> tuple[bytes, int]:
         s, off, size, lab = self.samples[i]
-        return self._pread(s, off, size), self._label(s, lab)
+        data = self._pread(s, off, size)
+        if len(data) < size:  # a member cut off by a truncated shard
+            raise OSError(f"{self.shards[s]}: image member at byte {off} is truncated ({len(data)} of {size} bytes)")
+        return data, self._label(s, lab)
 
     def _label(self, s: int, lab) -> int:
         if lab is None:
