@@ -44,3 +44,19 @@ class _quiet:
 
     def __exit__(self, *exc):
         return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def update_json(path, key, value):
+    """Sets `key` of the JSON object in `path` (a new object when the file is missing or unreadable), atomically."""
+    import json
+
+    path = Path(path)
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
+    previous[key] = value
+    write_atomic(path, json.dumps(previous, indent=2) + "\n")
+    return previous

@@ -19,6 +19,7 @@ from fastvit.eval.features import extract_features
 from fastvit.eval.knn import knn_accuracy
 from fastvit.eval.linear import linear_probe_accuracy
 from fastvit.eval.subset import class_names_seen, eval_indices
+from fastvit.fileio import update_json
 from fastvit.models.build import build_backbone
 from fastvit.train import checkpoint as ckpt
 
@@ -115,10 +116,7 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
         if compare_random_init:
             result["top1_random_init"] = result["top1_random_init_pct"] = score(random_backbone(cfg), cfg, kind, device)
         result.update(sides)
-        path = Path(run_dir) / "eval.json"
-        previous = json.loads(path.read_text()) if path.is_file() else {}
-        previous[kind] = result
-        path.write_text(json.dumps(previous, indent=2) + "\n")
+        update_json(Path(run_dir) / "eval.json", kind, result)  # atomic: a crash leaves the old file
     return result
 
 

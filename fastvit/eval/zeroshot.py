@@ -19,6 +19,7 @@ from fastvit.data import source_from_spec
 from fastvit.data.builtin import CLASSES, BuiltinSource
 from fastvit.eval.features import labelled_batches
 from fastvit.eval.subset import class_names_seen, eval_indices
+from fastvit.fileio import update_json
 from fastvit.train import checkpoint as ckpt
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.", "a {} shape.")
@@ -99,10 +100,7 @@ def evaluate_zeroshot(run_dir, cfg, checkpoint):
             "classes": class_names_seen(val, y.tolist()),
         },
     }
-    path = Path(run_dir) / "eval.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    previous["zeroshot"] = result
-    path.write_text(json.dumps(previous, indent=2) + "\n")
+    update_json(Path(run_dir) / "eval.json", "zeroshot", result)  # atomic: a crash leaves the old file
     return result
 
 
