@@ -54,3 +54,12 @@ def one_line(e):
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def refused_global(e):
+    """What torch.load(weights_only=True) refused, e.g. 'posix.system', from its UnpicklingError."""
+    import re
+
+    text = str(e)
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return m.group(1).strip() if m else "an object torch.load(weights_only=True) does not read"

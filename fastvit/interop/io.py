@@ -1,8 +1,11 @@
 """Safe reading and writing of state-dict files: safetensors, or torch.load(weights_only=True)."""
 
+import pickle
 from pathlib import Path
 
 import torch
+
+from fastvit.errors import UserError, refused_global
 
 
 def load_state_file(path):
@@ -14,7 +17,16 @@ def load_state_file(path):
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{str(path)!r} holds more than tensors (it refers to {refused_global(e)}), so it was not loaded and "
+            "nothing in it was run. "
+            'If you trust the file, re-save its tensors only: python -c "import torch; '
+            "sd = torch.load('IN', weights_only=False); torch.save(sd.get('model', sd), 'OUT.pth')\", "
+            "or convert it to .safetensors, and pass that file"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj

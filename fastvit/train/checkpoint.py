@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from fastvit.errors import UserError, os_error_message, user_os_error
+from fastvit.errors import UserError, os_error_message, refused_global, user_os_error
 from fastvit.fileio import write_atomic
 
 MANIFEST = "manifest.json"
@@ -165,9 +165,8 @@ def load_extra(file):
     try:
         return _decode(torch.load(file, weights_only=True))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
         raise UserError(
-            f"{file} holds more than tensors and plain values and was refused, nothing in it was run ({first}); "
+            f"{file} refers to {refused_global(e)}, more than tensors and plain values: refused, nothing was run; "
             "delete this checkpoint folder (or it was written by an older fastvit: resume with that version)"
         ) from None
     except Exception as e:  # noqa: BLE001 - truncated or garbage bytes
