@@ -1,23 +1,34 @@
-"""`fastvit bench data [images=N] [out=DIR] [workers=W] [batch=B] [repeats=R] [min_side=S] [max_side=S]`.
+"""`fastvit bench data [data.source=SPEC] [images=N] [out=DIR] [workers=W] [batch=B] [repeats=R] [min_side=S]
+[max_side=S]`.
 
 Throughput of the whole input pipeline, decode + all crops (default: 2 x 224 + 8 x 98, the Web-DINO
-recipe), on real JPEG files written to a temporary folder, for every backend available here:
-  cpp        torch loader: Pillow draft-mode decode in workers + the fused C++ kernel in the collate
-  dali_cpu   DALI CPU decode + the fused C++ kernel
-  dali_gpu   DALI nvJPEG decode + the fused CUDA kernel (GPU only)
-  pillow     baseline, torchvision-style: each worker decodes with Pillow (open + convert("RGB")),
-             then runs every crop of the same crop table through PIL one by one (crop + bicubic
-             resize, flip, ColorJitter as ImageEnhance + hue through HSV in its random order,
-             grayscale, GaussianBlur, solarize, ToTensor + Normalize) and default_collate batches
-             them. The blur is Pillow's ImageFilter.GaussianBlur, cheaper than torchvision's
-             tensor convolution, so the baseline errs on the fast side.
+recipe), for every backend available here, on `data.source` (any source spec: `imagefolder:PATH`,
+`webdataset:PATTERN`, `builtin`; `images` of its samples, drawn with a fixed seed) or, by default, on
+real JPEG files written to a temporary folder (min_side..max_side px):
+  cpp          torch loader: Pillow draft-mode decode in workers + the fused C++ kernel in the collate
+  dali_cpu     DALI CPU decode + the fused C++ kernel
+  dali_gpu     DALI nvJPEG decode + the fused CUDA kernel (GPU only)
+  torchvision  the baseline when torchvision is importable: DINOv2's augmentation written with
+               torchvision.transforms (RandomResizedCrop bicubic, flip, ColorJitter p=0.8, grayscale,
+               GaussianBlur kernel 9 with the recipe's per-crop probabilities, solarize on the second
+               global crop, ToTensor + Normalize) on images opened as torchvision's pil_loader does,
+               in DataLoader workers with default_collate
+  pillow       the baseline otherwise, labelled as such (a re-implementation of torchvision, not
+               torchvision): each worker decodes with Pillow (open + convert("RGB")), then runs every
+               crop of the same crop table through PIL one by one (crop + bicubic resize, flip,
+               ColorJitter as ImageEnhance + hue through HSV in its random order, grayscale,
+               GaussianBlur, solarize, ToTensor + Normalize). Pillow's ImageFilter.GaussianBlur is
+               cheaper than torchvision's tensor convolution, so this baseline errs on the fast side.
+A `decode` row times decoding alone (fastvit.data.decode at full size, one process).
 Same images, crop counts, batch size and worker count for all. Every backend runs `repeats` times,
 interleaved (so a change in the machine's load hits all of them); each run times the batches after
 the first (worker start-up excluded). The table reports the best run's images/s and crops/s, the
-median, and the ratio of best to the pillow baseline's best; the 1-minute load average is recorded
-before and after each run (the machine may be shared). Writes bench_data.json into DIR.
+median, and the ratio of best to the baseline's best; the 1-minute load average is recorded before
+and after each run (the machine may be shared). Writes bench_data.json into DIR.
 """
 
+import importlib.util
+import io
 import json
 import os
 import statistics
@@ -33,10 +44,21 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from fastvit.data import augment as A
 from fastvit.data.build import build_loader, dali_available
 from fastvit.data.builtin import render
+from fastvit.data.decode import DecodeError, decode_bytes
 from fastvit.data.sampler import ResumableSampler
-from fastvit.data.sources import ImageFolderSource
+from fastvit.data.sources import source_from_spec
 
-DEFAULTS = {"images": 256, "out": ".", "workers": 2, "batch": 32, "repeats": 3, "min_side": 480, "max_side": 1024}
+DEFAULTS = {
+    "images": 256,
+    "out": ".",
+    "workers": 2,
+    "batch": 32,
+    "repeats": 3,
+    "min_side": 480,
+    "max_side": 1024,
+    "data.source": "",
+}
+_STRINGS = ("out", "data.source")
 
 
 def parse(argv: list[str]) -> dict:
@@ -45,7 +67,7 @@ def parse(argv: list[str]) -> dict:
         key, eq, value = arg.partition("=")
         if not eq or key not in DEFAULTS:
             raise ValueError(f"bench data takes key=value with keys {sorted(DEFAULTS)}, got {arg!r}")
-        opts[key] = value if key == "out" else int(value)
+        opts[key] = value if key in _STRINGS else int(value)
     if opts["images"] < 2 * opts["batch"] or opts["repeats"] < 1:
         raise ValueError(f"need images >= 2 * batch and repeats >= 1, got {opts}")
     return opts
@@ -61,6 +83,30 @@ def write_jpegs(folder: str, n: int, min_side: int, max_side: int, seed: int = 0
         base = Image.fromarray(render(i % 10, rng, 96)).resize((w, h), Image.BICUBIC)
         arr = np.asarray(base, np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)
         Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+
+
+class SampleSubset:
+    """`n` samples of a source (seeded draw, kept in index order), with the source's read / spec."""
+
+    def __init__(self, source, n: int, seed: int = 0):
+        self.source, self.spec = source, source.spec
+        self.num_classes = getattr(source, "num_classes", None)
+        self.index_skipped = getattr(source, "index_skipped", 0)
+        pick = np.random.default_rng(seed).choice(len(source), size=n, replace=False) if n < len(source) else None
+        self.indices = np.sort(pick) if pick is not None else np.arange(len(source))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def read(self, i):
+        return self.source.read(int(self.indices[i]))
+
+
+def open_pil(payload) -> Image.Image:
+    """A sample's payload as torchvision's pil_loader opens a file: Image.open + convert("RGB")."""
+    if isinstance(payload, np.ndarray):  # builtin: already decoded
+        return Image.fromarray(payload)
+    return Image.open(io.BytesIO(payload)).convert("RGB")
 
 
 def pil_hue(img: Image.Image, shift: float) -> Image.Image:
@@ -111,16 +157,66 @@ class PillowPerCrop(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        with open(self.source.files[index], "rb") as f:
-            img = Image.open(f).convert("RGB")  # torchvision's pil_loader
+        img = open_pil(self.source.read(index)[0])
         rows = A.draw_sample_params(self.cfg, img.height, img.width, 0, epoch, index)
         return [self.crop(img, row) for row in rows]
 
 
-def pillow_loader(source, cfg, batch: int, workers: int):
+class TorchvisionDINOv2(torch.utils.data.Dataset):
+    """DINOv2's DataAugmentationDINO (dinov2/data/augmentations.py) in torchvision.transforms, with the crop
+    config's sizes, scales and probabilities."""
+
+    def __init__(self, source, cfg: A.MultiCropConfig):
+        from torchvision import transforms as T
+
+        self.source, self.cfg = source, cfg
+        bicubic = T.InterpolationMode.BICUBIC
+
+        def blur(p):
+            return T.RandomApply([T.GaussianBlur(2 * cfg.blur_radius + 1, sigma=cfg.blur_sigma)], p=p)
+
+        def pipeline(size, scale, blur_p, solarize_p):
+            ops = [
+                T.RandomResizedCrop(size, scale=scale, ratio=cfg.ratio, interpolation=bicubic),
+                T.RandomHorizontalFlip(p=cfg.flip_p),
+                T.RandomApply([T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
+                T.RandomGrayscale(p=cfg.gray_p),
+                blur(blur_p),
+            ]
+            if solarize_p > 0:
+                ops.append(T.RandomSolarize(threshold=128, p=solarize_p))
+            return T.Compose([*ops, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+        pick = lambda ps, k: ps[min(k, len(ps) - 1)]
+        self.globals = [
+            pipeline(cfg.global_size, cfg.global_scale, pick(cfg.blur_p_global, k), pick(cfg.solarize_p_global, k))
+            for k in range(cfg.n_global)
+        ]
+        self.local = pipeline(cfg.local_size, cfg.local_scale, cfg.blur_p_local, cfg.solarize_p_local)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, key):
+        _, index = key
+        img = open_pil(self.source.read(index)[0])
+        return [t(img) for t in self.globals] + [self.local(img) for _ in range(self.cfg.n_local)]
+
+
+def torchvision_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def baseline_name() -> str:
+    return "torchvision" if torchvision_available() else "pillow"
+
+
+def baseline_loader(source, cfg, batch: int, workers: int):
+    """torchvision's DINOv2 augmentation when torchvision is importable, else the Pillow re-implementation."""
+    dataset = TorchvisionDINOv2(source, cfg) if torchvision_available() else PillowPerCrop(source, cfg)
     sampler = ResumableSampler(len(source), shuffle=False)
     return torch.utils.data.DataLoader(
-        PillowPerCrop(source, cfg),
+        dataset,
         batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=False),
         num_workers=workers,
         collate_fn=torch.utils.data.default_collate,
@@ -137,27 +233,41 @@ def time_batches(loader, n_batches: int) -> float:
     return time.perf_counter() - start
 
 
-def backends(folder: str, cfg, opts: dict) -> dict:
-    spec, b, w = f"imagefolder:{folder}", opts["batch"], opts["workers"]
+def backends(source, cfg, opts: dict) -> dict:
+    b, w = opts["batch"], opts["workers"]
     out = {
-        "pillow": lambda: pillow_loader(ImageFolderSource(folder), cfg, b, w),
-        "cpp": lambda: build_loader(spec, batch_size=b, crops=cfg, loader="torch", num_workers=w, shuffle=False),
+        baseline_name(): lambda: baseline_loader(source, cfg, b, w),
+        "cpp": lambda: build_loader(source, batch_size=b, crops=cfg, loader="torch", num_workers=w, shuffle=False),
     }
-    if dali_available():
-        out["dali_cpu"] = lambda: build_loader(spec, batch_size=b, crops=cfg, loader="dali", shuffle=False)
+    if dali_available() and not source.spec.startswith("builtin"):  # DALI decodes encoded files only
+        out["dali_cpu"] = lambda: build_loader(source, batch_size=b, crops=cfg, loader="dali", shuffle=False)
         if torch.cuda.is_available():
             out["dali_gpu"] = lambda: build_loader(
-                spec, batch_size=b, crops=cfg, loader="dali", device_id=torch.cuda.current_device(), shuffle=False
+                source, batch_size=b, crops=cfg, loader="dali", device_id=torch.cuda.current_device(), shuffle=False
             )
     return out
 
 
-def run_all(folder: str, cfg, opts: dict) -> dict[str, list[dict]]:
+def decode_rate(source, n: int) -> dict:
+    """images/s of decoding alone (full size, one process) over the first n samples; builtin renders instead."""
+    start, done = time.perf_counter(), 0
+    for i in range(min(n, len(source))):
+        payload = source.read(i)[0]
+        try:
+            decode_bytes(payload) if isinstance(payload, bytes | bytearray) else payload
+            done += 1
+        except (DecodeError, OSError):
+            continue
+    seconds = time.perf_counter() - start
+    return {"images_per_s": done / seconds if seconds > 0 else float("nan"), "seconds": seconds, "images": done}
+
+
+def run_all(source, cfg, opts: dict) -> dict[str, list[dict]]:
     """{backend: [one dict per run]}, the backends interleaved round by round."""
-    n_batches = opts["images"] // opts["batch"] - 1
+    n_batches = len(source) // opts["batch"] - 1
     runs: dict[str, list[dict]] = {}
     for _ in range(opts["repeats"]):
-        for name, make in backends(folder, cfg, opts).items():
+        for name, make in backends(source, cfg, opts).items():
             load_before = os.getloadavg()[0]
             seconds = time_batches(make(), n_batches)
             rate = n_batches * opts["batch"] / seconds
@@ -168,7 +278,7 @@ def run_all(folder: str, cfg, opts: dict) -> dict[str, list[dict]]:
 
 
 def summarise(runs: dict[str, list[dict]], n_crops: int) -> list[dict]:
-    base = max(r["images_per_s"] for r in runs["pillow"])
+    base = max(r["images_per_s"] for r in runs[baseline_name()])
     out = []
     for name, rs in runs.items():
         best = max(r["images_per_s"] for r in rs)
@@ -178,11 +288,24 @@ def summarise(runs: dict[str, list[dict]], n_crops: int) -> list[dict]:
                 "images_per_s": best,
                 "crops_per_s": best * n_crops,
                 "median_images_per_s": statistics.median(r["images_per_s"] for r in rs),
-                "speedup_vs_pillow": best / base,
+                "speedup_vs_baseline": best / base,
                 "runs": rs,
             }
         )
     return out
+
+
+def bench_source(opts: dict, folder: str):
+    """(the source to time, a description): `images` samples of data.source, or JPEGs written into folder."""
+    spec = opts["data.source"]
+    if not spec:
+        write_jpegs(folder, opts["images"], opts["min_side"], opts["max_side"])
+        what = f"{opts['images']} JPEGs {opts['min_side']}-{opts['max_side']} px (written here)"
+        return source_from_spec(f"imagefolder:{folder}"), what
+    source = SampleSubset(source_from_spec(spec, "train"), opts["images"])
+    if len(source) < 2 * opts["batch"]:
+        raise ValueError(f"data.source={spec!r} has {len(source)} samples; the benchmark needs 2 * batch")
+    return source, f"{len(source)} samples of {spec}"
 
 
 def main(argv: list[str]) -> int:
@@ -193,22 +316,26 @@ def main(argv: list[str]) -> int:
         return 2
     cfg = A.MultiCropConfig()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    base = baseline_name()
     with tempfile.TemporaryDirectory() as folder:
-        write_jpegs(folder, opts["images"], opts["min_side"], opts["max_side"])
+        source, what = bench_source(opts, folder)
         load_start = os.getloadavg()
-        results = summarise(run_all(folder, cfg, opts), cfg.n_crops)
+        decode = decode_rate(source, min(len(source), 64))
+        results = summarise(run_all(source, cfg, opts), cfg.n_crops)
         load_end = os.getloadavg()
+    label = "torchvision DINOv2 augmentation" if base == "torchvision" else "Pillow re-implementation of torchvision"
     print(
-        f"decode + {cfg.n_global}x{cfg.global_size} + {cfg.n_local}x{cfg.local_size} crops, {opts['images']} JPEGs "
-        f"{opts['min_side']}-{opts['max_side']} px, batch {opts['batch']}, {opts['workers']} workers, {cpus} CPUs, "
-        f"best of {opts['repeats']}; load average {load_start[0]:.2f} -> {load_end[0]:.2f}"
+        f"decode + {cfg.n_global}x{cfg.global_size} + {cfg.n_local}x{cfg.local_size} crops, {what}, "
+        f"batch {opts['batch']}, {opts['workers']} workers, {cpus} CPUs, best of {opts['repeats']}; "
+        f"baseline: {base} ({label}); load average {load_start[0]:.2f} -> {load_end[0]:.2f}"
     )
-    print(f"{'backend':<10} {'images/s':>10} {'crops/s':>10} {'median':>10} {'vs pillow':>10}")
+    print(f"{'backend':<12} {'images/s':>10} {'crops/s':>10} {'median':>10} {'vs ' + base:>15}")
+    print(f"{'decode':<12} {decode['images_per_s']:>10.1f} {'-':>10} {'-':>10} {'-':>15}")
     for r in results:
         name, ips, cps, med, up = (
-            r[k] for k in ("backend", "images_per_s", "crops_per_s", "median_images_per_s", "speedup_vs_pillow")
+            r[k] for k in ("backend", "images_per_s", "crops_per_s", "median_images_per_s", "speedup_vs_baseline")
         )
-        print(f"{name:<10} {ips:>10.1f} {cps:>10.1f} {med:>10.1f} {up:>9.2f}x")
+        print(f"{name:<12} {ips:>10.1f} {cps:>10.1f} {med:>10.1f} {up:>14.2f}x")
     os.makedirs(opts["out"], exist_ok=True)
     path = os.path.join(opts["out"], "bench_data.json")
     meta = {
@@ -219,7 +346,15 @@ def main(argv: list[str]) -> int:
         "pillow": PIL.__version__,
     }
     with open(path, "w") as f:
-        report = {"options": opts, "crops": cfg.__dict__, "machine": meta, "results": results}
+        report = {
+            "options": opts,
+            "source": what,
+            "baseline": base,
+            "crops": cfg.__dict__,
+            "machine": meta,
+            "decode": decode,
+            "results": results,
+        }
         json.dump(report, f, indent=1, default=list)
     print(f"wrote {path}")
     return 0
