@@ -88,7 +88,7 @@ def test_vit7b_plan_recommends_a_fitting_layout(capsys):
     cfg = load_config("", ["model.name=vit_7b"])
     vit, rows = plan(cfg, 64, "h200", 3072)
     best = rows[0]
-    assert best["fits"] and best["memory"]["total"] <= 0.9 * GPU_TABLE["h200"]["hbm"] * 1e9
+    assert best["fits"] and best["memory"]["total"] <= 0.9 * GPU_TABLE["h200"].hbm * 1e9
     assert all(r["seconds"] >= best["seconds"] for r in rows if r["fits"])
     no_ac = [r for r in rows if r["layout"] == Layout(64, 1, 1, "none")][0]
     full = [r for r in rows if r["layout"] == Layout(64, 1, 1, "full")][0]
