@@ -1,9 +1,12 @@
-"""Process-group start-up for torchrun launches (NCCL on GPUs, gloo on CPUs)."""
+"""Process-group start-up for torchrun launches: NCCL for GPU tensors (with gloo beside it for the few host
+tensors a library may reduce, e.g. torch.distributed.checkpoint's metadata) on GPUs, gloo on CPUs."""
 
 import os
 
 import torch
 import torch.distributed as dist
+
+GPU_BACKEND = "cpu:gloo,cuda:nccl"  # a backend per device type: NCCL refuses CPU tensors
 
 
 def init_distributed():
@@ -18,7 +21,7 @@ def init_distributed():
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        dist.init_process_group(GPU_BACKEND)
         device = torch.device("cuda", local_rank)
     else:
         dist.init_process_group("gloo")

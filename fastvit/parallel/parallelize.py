@@ -9,8 +9,10 @@ ModuleDict). The teacher gets the same TP and FSDP layout (so the EMA update is 
 shards, fastvit.objectives.teacher.ema_update_) but no checkpointing and no DDP wrapper (it has no grads).
 """
 
+import contextlib
+
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from fastvit.parallel.checkpointing import apply_activation_checkpointing
@@ -84,3 +86,23 @@ def parallelize_pair(student, teacher, mesh, cfg_parallel):
     student_p = parallelize_vit(student, mesh, cfg_parallel)
     teacher_p = parallelize_vit(teacher, mesh, cfg_parallel, teacher=True) if teacher is not None else None
     return student_p, teacher_p
+
+
+@contextlib.contextmanager
+def gradient_sync(module, enabled):
+    """Backwards inside reduce their gradients over the data-parallel ranks (enabled) or keep them local for
+    accumulation (DDP's no_sync, FSDP2's set_requires_gradient_sync(False): the unsharded gradients accumulate
+    and the next synchronised backward reduce-scatters their sum). A no-op for an unwrapped module."""
+    if enabled:
+        yield
+    elif isinstance(module, DistributedDataParallel):
+        with module.no_sync():
+            yield
+    elif isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield

@@ -10,7 +10,7 @@ Per step (dense (B, 3, H, W) images; microbatches split the batch):
     stages = pipeline_stages(student_vit, mesh, head=student_head)           # [(stage_index, ViTStage)]
     t_stages = pipeline_stages(teacher_vit, mesh, head=teacher_head)
     # ... parallelize_vit(stage, mesh, cfg.parallel) on each stage module (TP / checkpointing / FSDP) ...
-    student = build_schedule(stages, mesh, n_micro, loss_fn=loss_fn, kind="1f1b")   # or "interleaved"
+    student = build_schedule(stages, mesh, n_micro, loss_fn=loss_fn, kind="1f1b")   # a Pipeline; or "interleaved"
     teacher = build_schedule(t_stages, mesh, n_micro)                               # forward only
     target = teacher_forward(teacher, images)        # teacher outputs on the last stage, no grad
     loss = pipeline_step(student, images, target, mesh)    # backward done; mean loss on every rank
@@ -88,11 +88,40 @@ def pipeline_stages(vit, mesh, head=None):
     return [(s, ViTStage(vit, ranges[s], first=s == 0, last=s == last, head=head if s == last else None)) for s in ids]
 
 
-def build_schedule(stages, mesh, n_microbatches, loss_fn=None, kind="1f1b"):
-    """A torch.distributed.pipelining schedule over this rank's [(stage_index, module)] on the "pp" axis.
+class Pipeline:
+    """A torch.distributed.pipelining schedule and this rank's PipelineStages, which the schedule keeps private:
+    step / eval run it, is_first / is_last say whether this rank holds the first / last stage."""
+
+    def __init__(self, schedule, stages):
+        self.schedule, self.stages = schedule, stages
+
+    @property
+    def is_first(self):
+        return any(s.is_first for s in self.stages)
+
+    @property
+    def is_last(self):
+        return any(s.is_last for s in self.stages)
+
+    @property
+    def device(self):
+        return self.stages[0].device
+
+    def step(self, *args, **kwargs):
+        return self.schedule.step(*args, **kwargs)
+
+    def eval(self, *args, **kwargs):
+        return self.schedule.eval(*args, **kwargs)
+
+
+def build_schedule(stages, mesh, n_microbatches, loss_fn=None, kind="1f1b", example_io=None):
+    """A Pipeline (schedule) over this rank's [(stage_index, module)] on the "pp" axis.
 
     kind: "1f1b" or "gpipe" (one stage per rank), "interleaved" (interleaved 1F1B, several stages per rank).
-    Without loss_fn the schedule is forward-only (use teacher_forward).
+    Without loss_fn the schedule is forward-only (use teacher_forward). example_io: {stage_index: (inputs,
+    outputs)} of one microbatch (meta tensors will do), given to torch's PipelineStage as its static shapes, so
+    it infers none (no metadata forward, no loss_fn call on made-up tensors); None: torch infers them from the
+    first microbatch.
     """
     if kind not in SCHEDULES:
         raise ValueError(f"pipeline schedule must be one of {SCHEDULES}, got {kind!r}")
@@ -103,11 +132,15 @@ def build_schedule(stages, mesh, n_microbatches, loss_fn=None, kind="1f1b"):
         raise ValueError(f"schedule {kind!r} does not fit {dims.virtual_stages} stage(s) per rank")
     device = _device(stages[0][1])
     group = mesh.pp.get_group()
-    pipe = [PipelineStage(m, s, dims.n_stages, device, group=group) for s, m in stages]
+    io = example_io or {}
+    pipe = []
+    for s, m in stages:
+        inputs, outputs = io.get(s, (None, None))
+        pipe.append(PipelineStage(m, s, dims.n_stages, device, input_args=inputs, output_args=outputs, group=group))
     if kind == "interleaved":
-        return ScheduleInterleaved1F1B(pipe, n_microbatches, loss_fn=loss_fn)
+        return Pipeline(ScheduleInterleaved1F1B(pipe, n_microbatches, loss_fn=loss_fn), pipe)
     cls = Schedule1F1B if kind == "1f1b" and loss_fn is not None else ScheduleGPipe
-    return cls(pipe[0], n_microbatches, loss_fn=loss_fn)
+    return Pipeline(cls(pipe[0], n_microbatches, loss_fn=loss_fn), pipe)
 
 
 def _device(module):
@@ -117,37 +150,27 @@ def _device(module):
     return p.device
 
 
-def _pipe_stages(schedule):
-    return getattr(schedule, "_stages", None) or [schedule._stage]
-
-
-def _stage_modules(schedule):
-    return [s.submod for s in _pipe_stages(schedule)]
-
-
-def _holds(schedule, which):
-    return any(getattr(s, which) for s in _pipe_stages(schedule))
-
-
-def teacher_forward(schedule, *inputs):
+def teacher_forward(pipeline, *inputs):
     """Forward-only pass of the whole batch through the pipeline, without grad; the last stage's merged
     outputs on the rank that holds it, None elsewhere (inputs are only read on the first stage's rank)."""
     with torch.no_grad():
-        out = schedule.eval(*(inputs if _holds(schedule, "is_first") else ()))
-    return out if _holds(schedule, "is_last") else None
+        out = pipeline.eval(*(inputs if pipeline.is_first else ()))
+    return out if pipeline.is_last else None
 
 
-def pipeline_step(schedule, x, target, mesh):
+def pipeline_step(pipeline, x, target, mesh):
     """Forward and backward of one batch; returns the mean loss (a 0-d tensor) on every rank.
 
     x is read on the rank of the first stage and target on the rank of the last; the loss is averaged over
     microbatches there, sent to every pp rank and averaged over the dp axis (equal local batches)."""
-    first, last = _holds(schedule, "is_first"), _holds(schedule, "is_last")
+    first, last = pipeline.is_first, pipeline.is_last
     losses = []
     args = (x,) if first else ()
-    schedule.step(*args, target=target if last else None, losses=losses if last else None)
-    device = _device(_stage_modules(schedule)[0])
-    loss = torch.stack([v.detach().float() for v in losses]).mean() if last else torch.zeros((), device=device)
+    pipeline.step(*args, target=target if last else None, losses=losses if last else None)
+    if last:
+        loss = torch.stack([v.detach().float() for v in losses]).mean()
+    else:
+        loss = torch.zeros((), device=pipeline.device)
     if mesh.dims.pp > 1:
         dist.all_reduce(loss, group=mesh.pp.get_group())  # only the last stage's rank holds a non-zero value
     if mesh.dims.dp > 1:

@@ -12,7 +12,7 @@ from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.text import TextTransformer
 from fastvit.objectives.clip import CLIPObjective, LogitScale
 from fastvit.train.task import StudentOnlyTask
-from fastvit.train.web_mae import single_crop_loader
+from fastvit.train.web_mae import single_crop_loader, single_crop_synthetic_batch
 
 
 class CLIPModel(nn.Module):
@@ -95,14 +95,28 @@ class CLIPTask(StudentOnlyTask):
             self.cfg, self.source, batch_size=batch_size, rank=rank, world_size=world_size, device=device
         )
 
+    def synthetic_batch(self, batch_size, device, seed=0):
+        """Random crops and the tokens of made-up captions (batch["text_ids"], batch["text_eot"])."""
+        batch = single_crop_synthetic_batch(self.cfg, batch_size, device, seed)
+        texts = [f"a photo of thing number {i}" for i in range(batch_size)]
+        batch["text_ids"], batch["text_eot"] = (t.to(device) for t in self.tokenizer.encode_batch(texts))
+        return batch
+
     def schedules(self, step, total):
-        return {"logit_scale": float(self.student.logit().item())}
+        return {"logit_scale": self.student.logit().detach()}  # read on the host only when a line is logged
+
+    def _tokens(self, batch, device):
+        """(ids (B, L), end-of-text index (B,)): the batch's own, or its samples' captions tokenised here."""
+        if "text_ids" in batch:
+            return batch["text_ids"], batch["text_eot"]
+        if self.source is None:
+            raise ValueError("CLIPTask: a batch without text_ids reads its captions from build_loader()'s source")
+        texts = [self.source.caption(int(i)) for i in batch["labels"].tolist()]  # labels: decoded sample indices
+        return tuple(t.to(device) for t in self.tokenizer.encode_batch(texts))
 
     def losses(self, batch, sched):
-        assert self.source is not None, "build_loader() comes before losses()"
         x_B3HW = batch["global_crops"]
-        texts = [self.source.caption(int(i)) for i in batch["labels"].tolist()]  # labels: decoded sample indices
-        ids_BL, eot_B = (t.to(x_B3HW.device) for t in self.tokenizer.encode_batch(texts))
+        ids_BL, eot_B = self._tokens(batch, x_B3HW.device)
         out = self.student_dp(x_B3HW, ids_BL, eot_B)
         return self.objective(out["img"], out["txt"], out["scale"], out["bias"])
 

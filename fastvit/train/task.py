@@ -1,20 +1,106 @@
-"""The task protocol the training loop calls (fastvit/train/loop.py), and the base of teacher-less tasks.
+"""The task contract that train_step (fastvit/train/step.py) and the loop call, and the base of teacher-less tasks.
 
-A task owns: `student` (trainable module), `teacher` (EMA copy or None), `student_dp` (what the parallel
-wrapper returned), `loss_keys` (ending in "total"), `backbone_cfg` (its ViTConfig), and the methods
-wrap(wrap_fn), build_loader(*, batch_size, rank, world_size, device), schedules(step, total) -> dict of
-logged floats, losses(batch, sched) -> dict of scalar tensors, after_step(sched), flops_per_step(batch),
-state_dict(optimizer, *, with_optim=None) and load_state_dict(state, optimizer).
-Web-DINO (fastvit/train/web_dino.py) has a teacher; Web-MAE and CLIP derive from StudentOnlyTask.
+A task owns its modules, its data and its objective; the step and the loop own the order of things. What a
+task must provide is declared here as abstract methods, what it may change as plain attributes and methods
+with defaults; the loop never probes a task with hasattr.
+
+    task = WebDINOTask(cfg, device)              # registered by name in fastvit/train/tasks.py
+    if pp > 1: task = task.pipelined(mesh)       # only where supports_pipeline is True
+    task.wrap(wrap_fn)                           # data / tensor parallel wrappers (parallelize_pair)
+    loader = task.build_loader(batch_size=..., rank=..., world_size=..., device=...)
+    sched = task.schedules(step, total)          # per-step values of the objective (logged)
+    with task.gradient_sync(last_micro_batch):   # DDP / FSDP2 reduce only on the last micro-batch
+        terms = task.forward_backward(batch, sched, scale=1 / accum)   # forward AND backward
+    # clip over task.grad_norm_group, optimizer.step(), then:
+    task.after_step(sched)                       # e.g. the EMA teacher update
+
+Web-DINO (fastvit/train/web_dino.py) has a teacher and a pipelined version (web_dino_pp.py); Web-MAE and CLIP
+derive from StudentOnlyTask.
 """
 
+import abc
+from typing import ClassVar
+
+from fastvit.parallel.parallelize import gradient_sync
 from fastvit.train.checkpoint import load_trainable_state, trainable_state
 
 
-class StudentOnlyTask:
-    """The parts of a task without a teacher: wrapping, checkpoint state, no per-step schedule or EMA."""
+class Task(abc.ABC):
+    """One training objective as the step sees it.
 
+    Attributes: `cfg` (the root config), `student` (the trainable module, for the optimizer and the gradient
+    norm), `student_dp` (what the parallel wrapper returned: the module to call), `teacher` (EMA copy or None),
+    `loss_keys` (names of the loss terms forward_backward returns, ending in "total").
+    Capabilities: `supports_pipeline` (pipelined() returns a pipeline-parallel version), `grad_norm_group`
+    (the process group over which the squared gradient norms of the ranks' parameters are summed: the pipeline
+    ranks, each holding other parameters; None when every rank holds all of them, sharded or not).
+    """
+
+    loss_keys: ClassVar[tuple[str, ...]]
+    supports_pipeline: ClassVar[bool] = False
     teacher = None
+    grad_norm_group = None
+
+    @property
+    @abc.abstractmethod
+    def backbone_cfg(self):
+        """The ViTConfig of the trained backbone (the whole model's, also on a pipeline stage)."""
+
+    @abc.abstractmethod
+    def wrap(self, wrap_fn):
+        """Applies wrap_fn(student, teacher_or_None) -> (student_dp, teacher_dp) to the task's modules."""
+
+    @abc.abstractmethod
+    def build_loader(self, *, batch_size, rank, world_size, device):
+        """The endless, resumable batch iterator of one data-parallel rank (state_dict / load_state_dict)."""
+
+    @abc.abstractmethod
+    def synthetic_batch(self, batch_size, device, seed=0):
+        """A batch of random inputs with the shapes build_loader's batches have (for `fastvit bench step`)."""
+
+    @abc.abstractmethod
+    def flops_per_step(self, batch_per_rank):
+        """Model FLOPs of one optimizer step's forward and backward on one rank's batch."""
+
+    @abc.abstractmethod
+    def state_dict(self, optimizer, *, with_optim=None):
+        """The torch.distributed.checkpoint state of modules, optimizer and objective."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state, optimizer):
+        """Loads what state_dict returned (after torch.distributed.checkpoint filled it in place)."""
+
+    def losses(self, batch, sched):
+        """The dict of 0-d loss tensors of one micro-batch (loss_keys), from the forward only."""
+        raise NotImplementedError(f"{type(self).__name__} computes its losses inside forward_backward")
+
+    def forward_backward(self, batch, sched, *, scale=1.0):
+        """Forward and backward of one micro-batch, the gradients of scale * total accumulated into the
+        student's; returns the loss terms (0-d tensors, detached, on the training device) by loss_keys."""
+        losses = self.losses(batch, sched)
+        (losses["total"] * scale).backward()
+        return {k: losses[k].detach() for k in self.loss_keys}
+
+    def gradient_sync(self, enabled):
+        """Context for one micro-batch's forward_backward: gradients are reduced over the data-parallel ranks
+        when enabled, kept local (accumulated) otherwise; DDP (no_sync) and FSDP2 (set_requires_gradient_sync)."""
+        return gradient_sync(self.student_dp, enabled)
+
+    def schedules(self, step, total):
+        """Per-step values of the objective (floats or 0-d tensors, which are read only when a line is logged)."""
+        return {}
+
+    def after_step(self, sched):
+        """What follows the optimizer step (the EMA teacher update)."""
+        return None
+
+    def pipelined(self, mesh):
+        """The pipeline-parallel version of this task over mesh.pp (supports_pipeline tasks only)."""
+        raise ValueError(f"{type(self).__name__} has no pipeline-parallel version")
+
+
+class StudentOnlyTask(Task):
+    """The parts of a task without a teacher: wrapping, checkpoint state, no per-step schedule or EMA."""
 
     @property
     def backbone_cfg(self):
@@ -22,12 +108,6 @@ class StudentOnlyTask:
 
     def wrap(self, wrap_fn):
         self.student_dp, _ = wrap_fn(self.student, None)
-
-    def schedules(self, step, total):
-        return {}
-
-    def after_step(self, sched):
-        return None
 
     def state_dict(self, optimizer, *, with_optim=None):
         return trainable_state(self.student_dp, optimizer, with_optim=with_optim)

@@ -18,7 +18,7 @@ b = masks.shape[0] and the crop sizes. DINO and iBOT losses of the microbatches 
 batch; KoLeo is computed within each microbatch (as DINOv2 computes it within each rank's batch).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -27,8 +27,18 @@ from torch.distributed.fsdp import FSDPModule
 
 from fastvit.models.heads import PrototypeLogits
 from fastvit.models.layers import Packing
+from fastvit.objectives.teacher import ema_update_
 from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
-from fastvit.train.web_dino import WebDINOTask
+from fastvit.train.task import Task
+from fastvit.train.web_dino import (
+    WebDINOTask,
+    load_teacher_student_state,
+    synthetic_batch,
+    teacher_student_state,
+    web_dino_flops,
+    web_dino_loader,
+    web_dino_schedules,
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,32 @@ class WebDINOStage(nn.Module):
         for block in self.backbone.blocks.values():
             x_TD = block(x_TD, packing)
         if not self.is_last:
-            return x_TD, masks_BGN
+            return x_TD.float(), masks_BGN  # fp32 between stages, the dtype example_io declares
         return self._heads(self.backbone.norm(x_TD), masks_BGN)
+
+    def example_io(self, first_inputs, grad):
+        """(inputs, outputs) of one microbatch as meta tensors, the static shapes of torch's PipelineStage.
+
+        first_inputs: the first stage's inputs of one microbatch (or their meta copies). Between stages travel
+        the packed tokens (T, D) in fp32 and the masks. The last stage's outputs go to the loss, never to a
+        peer; torch reads only their number, and their iBOT rows (M) vary, so M is given as 0.
+        """
+        meta = lambda x, g=False: torch.empty(x.shape, dtype=x.dtype, device="meta", requires_grad=g)  # noqa: E731
+        masks = meta(first_inputs[-1])
+        lay, b, D = self.layout, masks.shape[0], self.backbone.cfg.width
+        T = b * (lay.n_global * lay.global_len + self.n_local * lay.local_len)
+        tokens = torch.empty(T, D, device="meta", requires_grad=grad)
+        inputs = tuple(meta(x) for x in first_inputs) if self.is_first else (tokens, masks)
+        if not self.is_last:
+            return inputs, (tokens, masks)
+        K, Db = self.dino_head.last_layer.weight_v.shape
+        Ki, Di = self.ibot_head.last_layer.weight_v.shape
+        row = lambda n, d: torch.empty(n, d, device="meta", requires_grad=grad)  # noqa: E731
+        if self.teacher:
+            return inputs, (row(b * lay.n_global, Db).view(b, lay.n_global, Db), row(0, Di))
+        n_g, n_l = lay.n_global * b, self.n_local * b
+        heads = (row(n_g, D), row(n_g, Db), row(n_l, Db), row(0, Di), row(K, Db), row(Ki, Di))
+        return inputs, (*heads, masks)
 
     def _embed(self, global_BG3SS, *rest):
         masks_BGN, vit = rest[-1], self.backbone
@@ -141,12 +175,34 @@ def _prototypes(stage, head):
             stage.reshard()
 
 
-class PipelinedWebDINOTask(WebDINOTask):
-    """WebDINOTask whose student and teacher run as pipeline stages over mesh.pp (see the module docstring).
+@dataclass
+class BatchTargets:
+    """What each microbatch's loss on the last stage reads of its whole batch, handed to it by the schedule's
+    step (loss_kwargs): the teacher targets of all images (columns per image / per masked patch) and the masks;
+    and what it leaves: its loss terms and its number of iBOT rows, by its first image."""
 
-    Built from a WebDINOTask (the full models, initialised exactly as in one process); `student` / `teacher` are
-    then merged_module()s of this rank's stages. The loop calls forward_backward instead of losses + backward.
+    dino: object  # the objective's targets of the global crops, .columns(slice of images)
+    ibot: object  # the targets of the masked patches in masks-crop-major order, or None
+    masks_BGN: torch.Tensor  # (B, n_g, N) bool, image-major
+    terms: dict = field(default_factory=dict)  # first image -> loss terms (len(loss_keys),)
+    ibot_rows: dict = field(default_factory=dict)  # first image -> masked patches of its microbatch
+
+    def ibot_offset(self, lo):
+        """iBOT rows of the microbatches before image lo (the last stage runs the microbatches in order)."""
+        assert all(first < lo for first in self.ibot_rows), (lo, sorted(self.ibot_rows))
+        return sum(self.ibot_rows.values())
+
+
+class PipelinedWebDINOTask(Task):
+    """Web-DINO whose student and teacher run as pipeline stages over mesh.pp (see the module docstring).
+
+    Built from a WebDINOTask (the full models, initialised exactly as in one process, and its objective);
+    `student` / `teacher` are then merged_module()s of this rank's stages. forward_backward runs both
+    pipelines; their schedules are built at the first batch, whose microbatch gives the stages' static shapes.
     """
+
+    loss_keys = WebDINOTask.loss_keys
+    supports_pipeline = True
 
     def __init__(self, task, mesh):
         cfg, dims = task.cfg, mesh.dims
@@ -168,29 +224,54 @@ class PipelinedWebDINOTask(WebDINOTask):
             ]
 
         self.stages, self.t_stages = stages(task.student, False), stages(task.teacher, True)
-        self.pp_group = mesh.pp.get_group()
+        self.grad_norm_group = mesh.pp.get_group()
+        self.n_micro = cfg.parallel.pp_microbatches or 4 * dims.pp
+        self.is_first = any(m.is_first for _, m in self.stages)
+        self.is_last = any(m.is_last for _, m in self.stages)
+        self.pipelines = None  # (student, teacher) Pipelines, built at the first batch
 
     @property
     def backbone_cfg(self):
         return self.full_cfg
 
+    def pipelined(self, mesh):
+        return self
+
     def wrap(self, wrap_fn):
-        """Parallelises each stage pair (TP / checkpointing / FSDP over dp) and builds the two schedules."""
-        p = self.cfg.parallel
+        """Parallelises each stage pair (TP / checkpointing / FSDP over dp)."""
         for (_, student), (_, teacher) in zip(self.stages, self.t_stages):
             wrap_fn(student, teacher)
         self.student = self.student_dp = merged_module([m for _, m in self.stages])
         self.teacher = self.teacher_dp = merged_module([m for _, m in self.t_stages])
-        self.n_micro = p.pp_microbatches or 4 * p.pp
-        self.schedule = build_schedule(self.stages, self.mesh, self.n_micro, self._microbatch_loss, p.pp_schedule)
+
+    def _build_pipelines(self, student_inputs, teacher_inputs):
+        """The student's schedule (1F1B, interleaved or GPipe, with the microbatch loss) and the teacher's
+        forward-only one, with the static shapes of one microbatch of these inputs."""
+        p, n = self.cfg.parallel, self.n_micro
+        one = lambda inputs: tuple(x[: x.shape[0] // n] for x in inputs)  # noqa: E731
+        io = {s: m.example_io(one(student_inputs), True) for s, m in self.stages}
+        t_io = {s: m.example_io(one(teacher_inputs), False) for s, m in self.t_stages}
+        student = build_schedule(self.stages, self.mesh, n, self._microbatch_loss, p.pp_schedule, example_io=io)
         t_kind = "interleaved" if self.mesh.dims.virtual_stages > 1 else "gpipe"
-        self.t_schedule = build_schedule(self.t_stages, self.mesh, self.n_micro, kind=t_kind)
-        self.is_first = any(m.is_first for _, m in self.stages)
-        self.is_last = any(m.is_last for _, m in self.stages)
+        teacher = build_schedule(self.t_stages, self.mesh, n, kind=t_kind, example_io=t_io)
+        return student, teacher
 
     def build_loader(self, *, batch_size, rank, world_size, device):
         self._check_batch(batch_size)  # at the start, not at the first step
-        return super().build_loader(batch_size=batch_size, rank=rank, world_size=world_size, device=device)
+        return web_dino_loader(self.cfg, batch_size=batch_size, rank=rank, world_size=world_size, device=device)
+
+    def synthetic_batch(self, batch_size, device, seed=0):
+        self._check_batch(batch_size)
+        return synthetic_batch(self.cfg, batch_size, device, seed)
+
+    def schedules(self, step, total):
+        return web_dino_schedules(self.cfg, step, total)
+
+    def after_step(self, sched):
+        ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])
+
+    def flops_per_step(self, batch_per_rank):
+        return web_dino_flops(self.cfg, self.full_cfg, batch_per_rank)
 
     def _check_batch(self, b):
         if b % self.n_micro:
@@ -203,9 +284,9 @@ class PipelinedWebDINOTask(WebDINOTask):
                 f"parallel.pp_microbatches (now {self.n_micro}) or a larger train.batch_size"
             )
 
-    def forward_backward(self, batch, sched):
-        """Teacher pipeline, then the student schedule (forward and backward) on one batch; returns the loss
-        terms (0-d tensors, averaged over the microbatches) on every pp rank."""
+    def _image_major_inputs(self, batch):
+        """(student inputs, teacher inputs, B): image-major crops and masks (B, n, ...), so that the schedule's
+        split along dim 0 hands each microbatch whole images."""
         lay = self.layout
         g, masks = batch["global_crops"], batch.get("masks")
         B = g.shape[0] // lay.n_global
@@ -214,62 +295,71 @@ class PipelinedWebDINOTask(WebDINOTask):
         if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
             masks = torch.zeros(lay.n_global * B, lay.global_len - lay.n_prefix, dtype=torch.bool, device=g.device)
         g_img, m_img = image_major(g, lay.n_global), image_major(masks, lay.n_global)
-        inputs = (g_img, image_major(batch["local_crops"], lay.n_local), m_img) if lay.n_local else (g_img, m_img)
-        t_out = teacher_forward(self.t_schedule, g_img, m_img)
-        if self.is_last:
-            self._targets = self._teacher_targets(t_out, m_img, sched["teacher_temp"])
-            self._masks, self._records = m_img, {}  # microbatch's first image -> its loss terms
-        self.schedule.step(
+        student = (g_img, image_major(batch["local_crops"], lay.n_local), m_img) if lay.n_local else (g_img, m_img)
+        return student, (g_img, m_img), B
+
+    def forward_backward(self, batch, sched, *, scale=1.0):
+        """Teacher pipeline, then the student schedule (forward and backward) on one batch; returns the loss
+        terms (0-d tensors, averaged over the microbatches) on every pp rank."""
+        assert scale == 1.0, "pipelines take no gradient accumulation (checked at start)"
+        inputs, t_inputs, B = self._image_major_inputs(batch)
+        if self.pipelines is None:
+            self.pipelines = self._build_pipelines(inputs, t_inputs)
+        student, teacher = self.pipelines
+        t_out = teacher_forward(teacher, *t_inputs)
+        targets = self._teacher_targets(t_out, t_inputs[-1], sched["teacher_temp"]) if self.is_last else None
+        student.step(
             *(inputs if self.is_first else ()),
-            target=torch.arange(B, device=g.device) if self.is_last else None,
+            target=torch.arange(B) if self.is_last else None,  # image indices, on the host
             losses=[] if self.is_last else None,
+            loss_kwargs={"targets": targets},
         )
-        keys = self.loss_keys
         if self.is_last:
-            assert len(self._records) == self.n_micro, sorted(self._records)
-            terms = torch.stack(list(self._records.values())).mean(0)
-            self._targets = self._masks = self._records = None
+            assert len(targets.terms) == self.n_micro, sorted(targets.terms)
+            terms = torch.stack(list(targets.terms.values())).mean(0)
         else:
-            terms = torch.zeros(len(keys), device=g.device)
-        dist.all_reduce(terms, group=self.pp_group)  # only the last stage's rank holds non-zero values
-        return dict(zip(keys, terms.unbind(0)))
+            terms = torch.zeros(len(self.loss_keys), device=t_inputs[0].device)
+        dist.all_reduce(terms, group=self.grad_norm_group)  # only the last stage's rank holds non-zero values
+        return dict(zip(self.loss_keys, terms.unbind(0)))
 
     def _teacher_targets(self, t_out, masks_BGN, teacher_temp):
+        """BatchTargets of the whole batch from the teacher's last-stage outputs."""
         dino_BGD, ibot_MD = t_out
         last = [m for _, m in self.t_stages if m.is_last][0]
         tg = PrototypeLogits(dino_BGD.transpose(0, 1), _prototypes(last, "dino_head"))  # [n_g, B, D]
-        tp = PrototypeLogits(ibot_MD, _prototypes(last, "ibot_head")) if bool(masks_BGN.any()) else None
-        return self.objective.teacher_targets(tg, tp, teacher_temp)
+        tp = PrototypeLogits(ibot_MD, _prototypes(last, "ibot_head")) if ibot_MD.shape[0] else None
+        dino_t, ibot_t = self.objective.teacher_targets(tg, tp, teacher_temp)
+        return BatchTargets(dino_t, ibot_t, masks_BGN)
 
-    def _microbatch_loss(self, output, images):
-        """Losses of the microbatch of images [lo, hi) (on the last stage); returns its total."""
-        cls_g, dino_g, dino_l, ibot, dino_protos, ibot_protos, stage_masks = output
-        lay, (dino_t, ibot_t) = self.layout, self._targets
-        lo, hi = int(images[0]), int(images[-1]) + 1
-        b = hi - lo
-        if not torch.equal(stage_masks, self._masks[lo:hi]):
-            # torch's pipelining infers the backward's shapes once by calling this on uninitialised tensors;
-            # any loss of the outputs gives it the shapes
-            return sum(o.sum() for o in output if o.is_floating_point()) * 0.0
-        masks = self._masks[lo:hi].transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
+    def _microbatch_loss(self, output, images, *, targets):
+        """Losses of the microbatch of images [lo, hi) (on the last stage) against their columns of `targets`;
+        records its terms there and returns its total."""
+        cls_g, dino_g, dino_l, ibot, dino_protos, ibot_protos, _ = output
+        lay = self.layout
+        lo, hi = int(images[0]), int(images[-1]) + 1  # host tensor: no device sync
+        b, M = hi - lo, ibot.shape[0]
+        masks = targets.masks_BGN[lo:hi].transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
         sp = it = None
-        if ibot_t is not None and bool(masks.any()):
-            off = int(self._masks[:lo].sum())  # iBOT rows of the earlier microbatches
-            sp = PrototypeLogits(ibot, ibot_protos)
-            it = ibot_t.columns(slice(off, off + ibot.shape[0]))
+        if targets.ibot is not None and M:
+            off = targets.ibot_offset(lo)
+            sp, it = PrototypeLogits(ibot, ibot_protos), targets.ibot.columns(slice(off, off + M))
+        targets.ibot_rows[lo] = M
         losses = self.objective.student_losses(
             PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
             PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
-            dino_t.columns(slice(lo, hi)),
+            targets.dino.columns(slice(lo, hi)),
             sp,
             it,
             masks,
             cls_g.view(lay.n_global, b, -1) if b > 1 else None,
         )
-        self._records[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
+        targets.terms[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
         return losses["total"]
 
     def state_dict(self, optimizer, *, with_optim=None):
         for buf in self.objective.buffers():  # softmax centers live on the last stage; every rank saves them
-            dist.broadcast(buf, group=self.pp_group, group_src=self.mesh.dims.pp - 1)
-        return super().state_dict(optimizer, with_optim=with_optim)
+            dist.broadcast(buf, group=self.grad_norm_group, group_src=self.mesh.dims.pp - 1)
+        return teacher_student_state(self, optimizer, with_optim)
+
+    def load_state_dict(self, state, optimizer):
+        load_teacher_student_state(self, state, optimizer)

@@ -42,6 +42,14 @@ def single_crop_loader(cfg, source, *, batch_size, rank, world_size, device):
     )
 
 
+def single_crop_synthetic_batch(cfg, batch, device, seed=0):
+    """Random normalised crops (B, 3, S, S) of the recipe's size and sample indices (labels)."""
+    g = torch.Generator().manual_seed(seed)
+    size = cfg.data.global_crops_size
+    x = torch.randn(batch, 3, size, size, generator=g)
+    return {"global_crops": x.to(device), "labels": torch.arange(batch)}
+
+
 def build_mae(cfg, device):
     o, m = cfg.objective, cfg.model
     if cfg.data.global_crops_size != m.img_size:
@@ -78,6 +86,9 @@ class WebMAETask(StudentOnlyTask):
         return single_crop_loader(
             self.cfg, self.cfg.data.source, batch_size=batch_size, rank=rank, world_size=world_size, device=device
         )
+
+    def synthetic_batch(self, batch_size, device, seed=0):
+        return single_crop_synthetic_batch(self.cfg, batch_size, device, seed)
 
     def losses(self, batch, sched):
         x_B3HW = batch["global_crops"]
