@@ -38,8 +38,9 @@ def user_os_error(exc):
         seen.add(id(exc))
         if os_error_message(exc):
             return exc
-        for inner in getattr(exc, "failures", {}).values() if isinstance(getattr(exc, "failures", None), dict) else ():
-            found = user_os_error(inner)
+        failures = getattr(exc, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
+        for inner in failures.values() if isinstance(failures, dict) else ():
+            found = user_os_error(inner[0] if isinstance(inner, tuple) else inner)
             if found is not None:
                 return found
         exc = exc.__cause__ or exc.__context__

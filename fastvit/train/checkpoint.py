@@ -425,6 +425,7 @@ def load_trainable_state(model, optimizer, state):
 
 def _dcp_load(state, path, **kw):
     """dcp.load through the restricted reader and planner; a damaged file is a UserError naming it."""
+    read_dcp_metadata(path)  # its UserError first: DCP would wrap it in an AssertionError
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
