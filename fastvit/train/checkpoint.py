@@ -478,3 +478,62 @@ def load_module(path, module, key, prefix=""):
 
 def step_of(path):
     return int(Path(path).name.split("_")[1])
+
+
+# ---- resuming with another config -----------------------------------------------------------------------------
+
+# Keys whose change makes the saved weights not fit the model (or the objective's state not fit the task).
+_RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path"}
+_OBJECTIVE_SHAPE_KEYS = (
+    "name",
+    "dino_out_dim",
+    "ibot_out_dim",
+    "head_hidden_dim",
+    "dino_bottleneck_dim",
+    "ibot_bottleneck_dim",
+    "mae_decoder_width",
+    "mae_decoder_depth",
+    "mae_decoder_heads",
+    "clip_embed_dim",
+    "clip_text_width",
+    "clip_text_depth",
+    "clip_text_heads",
+    "clip_context_length",
+    "clip_tokenizer",
+)
+
+
+def resume_conflicts(saved, requested):
+    """Dotted keys whose values differ between two configs in a way a checkpoint cannot resume across."""
+    from fastvit.config import to_dict
+
+    old, new = to_dict(saved), to_dict(requested)
+    keys = [f"model.{k}" for k in new["model"] if f"model.{k}" not in _RESUMABLE_MODEL_KEYS]
+    keys += [f"objective.{k}" for k in _OBJECTIVE_SHAPE_KEYS]
+    out = []
+    for key in keys:
+        section, name = key.split(".")
+        if old[section].get(name) != new[section].get(name):
+            out.append(f"{key}={new[section].get(name)!r} (saved: {old[section].get(name)!r})")
+    return out
+
+
+def check_resume(cfg, run_dir):
+    """Before anything is built or written: UserError when run_dir has checkpoints and `cfg` changes a key they
+    cannot resume across (model shape, objective), so a refused resume leaves the folder as it was."""
+    from fastvit.config import read_config
+
+    run_dir = Path(run_dir)
+    saved_path = run_dir / "config.yaml"
+    if _pointer_target(checkpoint_dir(run_dir)) is None or not saved_path.is_file():
+        return
+    try:
+        saved = read_config(saved_path)
+    except ValueError:  # written by another version (keys since renamed): the checkpoint's shapes decide
+        return
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise UserError(
+            f"{run_dir} holds checkpoints of another model: {', '.join(conflicts)}; restore the saved values to "
+            "resume, or set train.out to a new folder"
+        )

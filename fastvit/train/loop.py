@@ -17,12 +17,13 @@ import torch
 import torch.distributed as dist
 
 from fastvit.config import write_config
+from fastvit.errors import StopRequested, UserError
 from fastvit.parallel.distributed import init_distributed
 from fastvit.parallel.mesh import build_mesh, resolve_dims
 from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.parallel.tp import canonical_state
 from fastvit.train import checkpoint as ckpt
-from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops
+from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.step import autocast_for, precision, to_device, train_step
 from fastvit.train.tasks import TASKS, build_task, pipelined
@@ -112,11 +113,11 @@ class _StopRequest:
     """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, None
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def restore(self):
         for s, h in self._old.items():
@@ -127,16 +128,18 @@ def train(cfg):
     """Runs (or resumes) the training described by `cfg`; returns the run folder."""
     if not cfg.data.source:
         raise ValueError("data.source is empty: set it, e.g. data.source=imagefolder:/data/train")
-    run = build_training(cfg)
     run_dir = Path(cfg.train.out)
+    ckpt.check_resume(cfg, run_dir)  # validate, then write: a refused resume leaves the folder as it was
+    run = build_training(cfg)
     if run.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run_dir / "config.yaml")
     loader = run.task.build_loader(
         batch_size=run.batch_per_rank, rank=run.data_rank, world_size=run.dims.dp, device=run.device
     )
     start_step = _resume(run, loader, run_dir)
     if run.rank == 0:
+        write_config(cfg, run_dir / "config.yaml")
+        trim_metrics(run_dir / "metrics.jsonl", start_step)  # rows after the checkpoint are logged again
         vit = run.task.backbone_cfg
         print(
             f"fastvit train: {cfg.objective.name} {cfg.model.name} ({vit.width} wide, {vit.depth} blocks), "
@@ -151,6 +154,9 @@ def train(cfg):
     finally:
         stop.restore()
         log.close()
+    if stop.requested:  # preempted, not finished: no end-of-run evaluation, a non-zero exit
+        name = signal.Signals(stop.signum).name
+        raise StopRequested(f"stopped by {name} after its checkpoint; run the same command to resume", stop.signum)
     return run_dir
 
 
@@ -168,9 +174,10 @@ def _resume(run, loader, run_dir):
         del state[key]
     task.load_state_dict(state, optimizer)
     if extra is None:
-        raise ValueError(
-            f"{latest} has no data / RNG state for data-parallel rank {run.data_rank}; resume with the "
-            "data-parallel size it was written with"
+        written = len(list(latest.glob("extra_rank*.pt")))
+        raise UserError(
+            f"{latest} was written by {written} data-parallel rank(s) and has no data / RNG state for rank "
+            f"{run.data_rank}; resume with the data-parallel size it was written with (it cannot change)"
         )
     _set_rng_state(extra["rng"])
     loader.load_state_dict(extra["loader"])
@@ -244,6 +251,7 @@ def _record(run, out, done, throughput):
 
 
 def _skip_bad_step(cfg, step, bad_in_a_row):
+    """`step` is 1-based, as in metrics.jsonl."""
     if _is_main():
         print(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)", flush=True)
     if bad_in_a_row >= cfg.train.max_bad_steps:
@@ -266,7 +274,11 @@ def _run_steps(run, loader, start_step, run_dir, log, stop):
         )
         if not out.finite:
             bad_in_a_row += 1
-            _skip_bad_step(cfg, step, bad_in_a_row)
+            _skip_bad_step(cfg, step + 1, bad_in_a_row)
+            if step + 1 == total or stop.requested:  # the weights are those before the skipped step
+                _save(run, loader, run_dir, step + 1)
+                if stop.requested:
+                    break
             continue
         bad_in_a_row = 0
         throughput.step_done()

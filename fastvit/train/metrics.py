@@ -42,6 +42,27 @@ def peak_memory_gib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def trim_metrics(path, step):
+    """Keeps the rows of metrics.jsonl up to `step` (the checkpoint a run resumes from), dropping rows logged after
+    it and a line cut off by a kill, so the resumed run's rows continue without duplicates or gaps. Atomic."""
+    from fastvit.fileio import write_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_atomic(path, "".join(line + "\n" for line in kept))
+
+
 class MetricsLogger:
     """Appends one JSON object per logged step to metrics.jsonl (resumed runs append) and mirrors it
     to TensorBoard and the terminal. Only rank 0 writes."""

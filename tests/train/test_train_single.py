@@ -80,7 +80,7 @@ def test_non_finite_losses_skip_steps_then_stop_the_run(tmp_path, monkeypatch, c
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
         train(tiny_config(tmp_path / "run", "train.steps=10", "train.max_bad_steps=3", "train.checkpoint_every=1"))
     out = capsys.readouterr().out
-    assert "step 1: non-finite loss or gradient, step skipped (1 in a row)" in out
+    assert "step 2: non-finite loss or gradient, step skipped (1 in a row)" in out  # 1-based, as in metrics
     run = tmp_path / "run"
     assert ckpt.step_of(ckpt.latest_checkpoint(run)) == 1  # the last good checkpoint is intact
     assert sorted(read_metrics(run)) == [1]
@@ -133,14 +133,15 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-7), (step, key)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_non_zero_without_the_final_evaluation(tmp_path):
     run = tmp_path / "run"
     proc = _run_cli(tiny_args(run, "train.steps=500", "train.checkpoint_every=0"))
     _wait_for_step(run, 1, proc)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out
-    assert "stop requested" in out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # preempted, not finished
+    assert "stop requested" in out and "stopped by SIGTERM" in out
+    assert "top1" not in out and not (run / "eval.json").exists()
     step = ckpt.step_of(ckpt.latest_checkpoint(run))
     assert 1 <= step < 500 and max(read_metrics(run)) <= step
 
