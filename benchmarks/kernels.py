@@ -174,6 +174,7 @@ def main(argv: list[str]) -> int:
     by_op = {}
     for op in ops:  # the JSON is rewritten after every op, so a run cut short keeps what it measured
         by_op[op] = REGISTRY[op](ctx)
+        by_op[op] += compiled_rows(ctx, op)
         report["rows"] += by_op[op]
         report["seconds"] = round(time.perf_counter() - t0, 1)
         (out_dir / "kernels.json").write_text(json.dumps(report, indent=1))
@@ -185,6 +186,57 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+# bench op -> the kernel modules it launches (fastvit.kernels.<module>)
+KERNEL_MODULES = {
+    "attention": ["attention"],
+    "layer_norm": ["layer_norm"],
+    "swiglu": ["swiglu"],
+    "dino_loss": ["prototype_cross_entropy", "sinkhorn"],
+    "clip_loss": ["clip_loss"],
+}
+
+
+def compiled_rows(ctx, op):
+    """On a GPU, one row per kernel binary the op's benchmark compiled: registers, spills (from the driver) and
+    shared memory (from the compiled metadata), beside the timings. The CPU runs the interpreter: no binaries (the
+    ahead-of-time check, python -m fastvit.kernels.aot, reports them without a GPU)."""
+    if not ctx.gpu:
+        return []
+    import triton
+
+    rows = []
+    for module in KERNEL_MODULES.get(op, []):
+        try:
+            mod = importlib.import_module(f"fastvit.kernels.{module}")
+        except ImportError:
+            continue
+        for fn in vars(mod).values():
+            if not isinstance(fn, triton.runtime.jit.JITFunction):
+                continue
+            for kernel_cache, *_ in list(fn.device_caches.values()):
+                for compiled in kernel_cache.values():
+                    rows.append(_compiled_row(op, fn, compiled))
+    return rows
+
+
+def _compiled_row(op, fn, compiled):
+    compiled._init_handles()  # loads the binary: the driver reports registers and spills
+    meta = compiled.metadata
+    constants = getattr(getattr(compiled, "src", None), "constants", {}) or {}
+    blocks = "x".join(str(v) for k, v in sorted(constants.items()) if isinstance(v, int) and not isinstance(v, bool))
+    case = f"{fn.__name__} {blocks} w{meta.num_warps}s{meta.num_stages}"
+    return _row(
+        op,
+        case,
+        "",
+        "triton",
+        "compiled",
+        registers=compiled.n_regs,
+        spills=compiled.n_spills,
+        shared_bytes=int(meta.shared),
+    )
+
+
 def _device_name(ctx):
     return torch.cuda.get_device_name(ctx.device) if ctx.gpu else f"cpu ({torch.get_num_threads()} threads)"
 
@@ -193,6 +245,10 @@ def format_table(rows):
     head = f"{'op':<15}{'case':<30}{'dtype':<9}{'backend':<14}{'pass':<9}{'ms':>10}{'throughput':>20}{'vs ref':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        if "registers" in r:
+            detail = f"{r['registers']} registers, {r['spills']} spills, {r['shared_bytes']} B shared"
+            lines.append(f"{r['op']:<15}{r['case']:<48}{r['backend']:<14}{r['pass_']:<9}  {detail}")
+            continue
         if "max_abs_err" in r or "error" in r:
             detail = r.get("error") or ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_err"].items())
             lines.append(f"{r['op']:<15}{r['case']:<30}{r['dtype']:<9}{r['backend']:<14}{r['pass_']:<9}  {detail}")

@@ -11,6 +11,8 @@ the next power of two with masks. Low-precision values are upcast to fp32 before
 under the interpreter (UPCAST), where bf16 arithmetic is not emulated.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -28,17 +30,25 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit
 def _seq_bounds(cu_ptr, s, N, PACKED: tl.constexpr):
-    """(first row in the (T, H) statistics, first token index, length) of sequence s (dense rows: b * N + n)."""
+    """(first row in the (T, H) statistics, first token index, both int64; length, int32) of sequence s."""
     if PACKED:
-        start = tl.load(cu_ptr + s).to(tl.int64)
-        return start, start, tl.load(cu_ptr + s + 1).to(tl.int64) - start
-    return s.to(tl.int64) * N, s.to(tl.int64) * 0, N
+        start = tl.load(cu_ptr + s)
+        row0 = start.to(tl.int64)
+        tok0 = row0
+        seq_len = tl.load(cu_ptr + s + 1) - start
+    else:  # dense rows are b * N + n; tokens are addressed through the batch stride
+        row0 = s * N
+        tok0 = s * 0
+        seq_len = (s * 0 + N).to(tl.int32)
+    return row0, tok0, seq_len
 
 
 @triton.jit
-def _tile(ptr, s, tok, h, offs_d, stride_b, stride_t, stride_h):
-    """Pointers to the (len(tok), BLOCK_D) tile of sequence s (batch stride 0 when packed), head h."""
-    return ptr + s * stride_b + tok[:, None] * stride_t + h * stride_h + offs_d[None, :]
+def _tile(ptr, s, tok, h, offs, offs_d, stride_b, stride_t, stride_h):
+    """Pointers to rows tok + offs of sequence s (batch stride 0 when packed), head h: one 64-bit base per tile
+    (s, tok, h are int64 scalars) plus 32-bit in-tile offsets (offs < BLOCK, offs_d < BLOCK_D)."""
+    base = ptr + s * stride_b + tok * stride_t + h * stride_h
+    return base + (offs[:, None] * stride_t + offs_d[None, :])
 
 
 @triton.jit
@@ -61,7 +71,7 @@ def _attn_fwd_kernel(
     stride_ob,
     stride_ot,
     stride_oh,
-    N,  # dense sequence length (unused when PACKED)
+    N,  # dense: sequence length; packed: max_seqlen bucket (the autotune key only)
     H,
     HEAD_DIM,
     scale_log2,  # softmax scale * log2(e)
@@ -74,24 +84,25 @@ def _attn_fwd_kernel(
 ):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
-    if pid_m * BLOCK_M >= seq_len:
+    m0 = pid_m * BLOCK_M
+    if m0 >= seq_len:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    m_ok = offs_m < seq_len
+    m_ok = (m0 + offs_m) < seq_len
     m_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(_tile(q_ptr, s, tok0 + offs_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+    q = tl.load(_tile(q_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start_n in range(0, seq_len, BLOCK_N):
         n_ok = (start_n + offs_n) < seq_len
         n_mask = n_ok[:, None] & d_ok[None, :]
-        tok_n = tok0 + start_n + offs_n
-        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
-        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+        tok_n = tok0 + start_n
+        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_n, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_n, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
         qk = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N), base-2 logits
         qk = tl.where(n_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -101,9 +112,10 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
-    o_ptrs = _tile(o_ptr, s, tok0 + offs_m, h, offs_d, stride_ob, stride_ot, stride_oh)
+    o_ptrs = _tile(o_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_ob, stride_ot, stride_oh)
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), m_mask)
-    tl.store(lse_ptr + (row0 + offs_m) * H + h, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, m_ok)
+    lse_ptrs = (lse_ptr + (row0 + m0) * H + h) + offs_m * H
+    tl.store(lse_ptrs, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, m_ok)
 
 
 @triton.jit
@@ -127,16 +139,17 @@ def _attn_bwd_delta_kernel(
 ):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
-    if pid_m * BLOCK_M >= seq_len:
+    m0 = pid_m * BLOCK_M
+    if m0 >= seq_len:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < seq_len
+    m_ok = (m0 + offs_m) < seq_len
     mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(_tile(o_ptr, s, tok0 + offs_m, h, offs_d, stride_ob, stride_ot, stride_oh), mask, other=0.0)
-    do = tl.load(_tile(do_ptr, s, tok0 + offs_m, h, offs_d, stride_dob, stride_dot, stride_doh), mask, other=0.0)
+    o = tl.load(_tile(o_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_ob, stride_ot, stride_oh), mask, other=0.0)
+    do = tl.load(_tile(do_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_dob, stride_dot, stride_doh), mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(delta_ptr + (row0 + offs_m) * H + h, delta, m_ok)
+    tl.store((delta_ptr + (row0 + m0) * H + h) + offs_m * H, delta, m_ok)
 
 
 @triton.jit
@@ -178,35 +191,36 @@ def _attn_bwd_dkdv_kernel(
 ):
     pid_n, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
-    if pid_n * BLOCK_N >= seq_len:
+    n0 = pid_n * BLOCK_N
+    if n0 >= seq_len:
         return
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    n_mask = (offs_n < seq_len)[:, None] & d_ok[None, :]
-    k = tl.load(_tile(k_ptr, s, tok0 + offs_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
-    v = tl.load(_tile(v_ptr, s, tok0 + offs_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+    n_mask = ((n0 + offs_n) < seq_len)[:, None] & d_ok[None, :]
+    k = tl.load(_tile(k_ptr, s, tok0 + n0, h, offs_n, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+    v = tl.load(_tile(v_ptr, s, tok0 + n0, h, offs_n, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     scale_log2 = scale * 1.4426950408889634
     for start_m in range(0, seq_len, BLOCK_M):
         m_ok = (start_m + offs_m) < seq_len
         m_mask = m_ok[:, None] & d_ok[None, :]
-        tok_m = tok0 + start_m + offs_m
-        q = tl.load(_tile(q_ptr, s, tok_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
-        do = tl.load(_tile(do_ptr, s, tok_m, h, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
-        rows = row0 + start_m + offs_m
-        lse2 = tl.load(lse_ptr + rows * H + h, m_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(delta_ptr + rows * H + h, m_ok, other=0.0)
+        tok_m = tok0 + start_m
+        q = tl.load(_tile(q_ptr, s, tok_m, h, offs_m, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+        do = tl.load(_tile(do_ptr, s, tok_m, h, offs_m, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
+        row_base = (row0 + start_m) * H + h  # int64 scalar; offs_m * H stays int32
+        lse2 = tl.load((lse_ptr + row_base) + offs_m * H, m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load((delta_ptr + row_base) + offs_m * H, m_ok, other=0.0)
         qk_T = _dot(k, tl.trans(q), UPCAST, PRECISION) * scale_log2  # (BLOCK_N, BLOCK_M)
         p_T = tl.where(m_ok[None, :], tl.math.exp2(qk_T - lse2[None, :]), 0.0)
         dv += _dot(p_T.to(do.dtype), do, UPCAST, PRECISION)
         dp_T = _dot(v, tl.trans(do), UPCAST, PRECISION)
         ds_T = p_T * (dp_T - delta[None, :])
         dk += _dot(ds_T.to(q.dtype), q, UPCAST, PRECISION)
-    dk_ptrs = _tile(dk_ptr, s, tok0 + offs_n, h, offs_d, stride_dkb, stride_dkt, stride_dkh)
-    dv_ptrs = _tile(dv_ptr, s, tok0 + offs_n, h, offs_d, stride_dkb, stride_dkt, stride_dkh)
+    dk_ptrs = _tile(dk_ptr, s, tok0 + n0, h, offs_n, offs_d, stride_dkb, stride_dkt, stride_dkh)
+    dv_ptrs = _tile(dv_ptr, s, tok0 + n0, h, offs_n, offs_d, stride_dkb, stride_dkt, stride_dkh)
     tl.store(dk_ptrs, (dk * scale).to(dk_ptr.dtype.element_ty), n_mask)
     tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), n_mask)
 
@@ -249,32 +263,34 @@ def _attn_bwd_dq_kernel(
 ):
     pid_m, h, s = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     row0, tok0, seq_len = _seq_bounds(cu_ptr, s, N, PACKED)
-    if pid_m * BLOCK_M >= seq_len:
+    m0 = pid_m * BLOCK_M
+    if m0 >= seq_len:
         return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    m_ok = offs_m < seq_len
+    m_ok = (m0 + offs_m) < seq_len
     m_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(_tile(q_ptr, s, tok0 + offs_m, h, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
-    do = tl.load(_tile(do_ptr, s, tok0 + offs_m, h, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
-    lse2 = tl.load(lse_ptr + (row0 + offs_m) * H + h, m_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + (row0 + offs_m) * H + h, m_ok, other=0.0)
+    q = tl.load(_tile(q_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_qb, stride_qt, stride_qh), m_mask, other=0.0)
+    do = tl.load(_tile(do_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_dob, stride_dot, stride_doh), m_mask, other=0.0)
+    row_base = (row0 + m0) * H + h  # int64 scalar; offs_m * H stays int32
+    lse2 = tl.load((lse_ptr + row_base) + offs_m * H, m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load((delta_ptr + row_base) + offs_m * H, m_ok, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     scale_log2 = scale * 1.4426950408889634
     for start_n in range(0, seq_len, BLOCK_N):
         n_ok = (start_n + offs_n) < seq_len
         n_mask = n_ok[:, None] & d_ok[None, :]
-        tok_n = tok0 + start_n + offs_n
-        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
-        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
+        tok_n = tok0 + start_n
+        k = tl.load(_tile(k_ptr, s, tok_n, h, offs_n, offs_d, stride_kb, stride_kt, stride_kh), n_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, s, tok_n, h, offs_n, offs_d, stride_vb, stride_vt, stride_vh), n_mask, other=0.0)
         qk = _dot(q, tl.trans(k), UPCAST, PRECISION) * scale_log2
         p = tl.where(n_ok[None, :], tl.math.exp2(qk - lse2[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
-    dq_ptrs = _tile(dq_ptr, s, tok0 + offs_m, h, offs_d, stride_dqb, stride_dqt, stride_dqh)
+    dq_ptrs = _tile(dq_ptr, s, tok0 + m0, h, offs_m, offs_d, stride_dqb, stride_dqt, stride_dqh)
     tl.store(dq_ptrs, (dq * scale).to(dq_ptr.dtype.element_ty), m_mask)
 
 
@@ -282,27 +298,93 @@ def _attn_bwd_dq_kernel(
 INTERPRETED = type(_attn_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def _configs(pairs):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in pairs]
+def _configs(tiles):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
 
 
-# On a GPU each kernel picks its tile among a few configs (keyed by head dim and dense length);
-# the interpreter runs one fixed 64 x 64 tile (never autotune without a GPU).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) each kernel may run with, per BLOCK_D (the head dim padded to 64 or
+# 128). On a GPU the autotuner picks one per (head dim, length, layout, dtype); launch_variants() lists the same
+# tiles for the ahead-of-time compile check (tests/kernels/test_compile.py), which holds every one of them
+# spill-free on sm_80 and sm_90a. At BLOCK_D 128 a 4-warp tile with 128 rows cannot keep its fp32 (128, 128)
+# accumulator in registers, hence 8 warps there.
+TILES = {
+    "fwd": {
+        64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+        128: [(128, 64, 8, 3), (64, 64, 4, 3)],  # 128 x 128 on 8 warps spills 64 B packed (255 registers)
+    },
+    "dkdv": {
+        64: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)],
+        128: [(32, 128, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3)],
+    },
+    "dq": {
+        64: [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
+        128: [(128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)],
+    },
+}
+BLOCK_DS = (64, 128)  # every BLOCK_D the wrappers launch: head dims up to 64 share one kernel, 65-128 the other
+# fp32 on a GPU would lower tl.dot to FMAs and spill kilobytes in every tile (and need 160+ KB of shared memory
+# at BLOCK_D 128): fastvit.ops.attention sends fp32 to SDPA there, and the kernels take fp16 / bf16 only.
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+_DELTA = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 3}  # the delta kernel's fixed launch
+_KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
+
+
+def tiles(kind, block_d):
+    return TILES[kind][block_d]
+
+
+# The autotune key: head dim, dense length (packed: max_seqlen rounded up to a power of two, see _Layout), layout;
+# the autotuner adds the tensors' dtypes itself.
 _KEY = ["HEAD_DIM", "N", "PACKED"]
-if not INTERPRETED:
-    _fwd = triton.autotune(_configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)]), _KEY)(
-        _attn_fwd_kernel
-    )
-    _dkdv = triton.autotune(_configs([(32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]), _KEY)(
-        _attn_bwd_dkdv_kernel
-    )
-    _dq = triton.autotune(_configs([(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)]), _KEY)(
-        _attn_bwd_dq_kernel
-    )
-    _TILE = {}
-else:
-    _fwd, _dkdv, _dq = _attn_fwd_kernel, _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
-    _TILE = {"BLOCK_M": 64, "BLOCK_N": 64}
+
+
+@functools.cache
+def _tuned(kind, block_d):
+    return triton.autotune(_configs(tiles(kind, block_d)), _KEY)(_KERNELS[kind])
+
+
+def _kernel(kind, block_d):
+    """The launchable kernel: autotuned over TILES on a GPU; the interpreter runs one fixed 64 x 64 tile (never
+    autotune without a GPU)."""
+    return _KERNELS[kind] if INTERPRETED else _tuned(kind, block_d)
+
+
+_TILE = {"BLOCK_M": 64, "BLOCK_N": 64} if INTERPRETED else {}
+
+
+def _block_d(head_dim):
+    return max(triton.next_power_of_2(head_dim), BLOCK_DS[0])
+
+
+def launch_variants():
+    """Every (kernel, dtype, layout, BLOCK_D, tile) the wrappers can launch on a GPU, for fastvit.kernels.aot."""
+    from fastvit.kernels.aot import Variant, dtype_name, signature
+
+    out = []
+    for dtype in GPU_DTYPES:
+        ty = dtype_name(dtype)
+        for packed in (False, True):
+            for block_d in BLOCK_DS:
+                tag = f"{ty}.{'packed' if packed else 'dense'}.d{block_d}"
+                base = dict(PACKED=packed, BLOCK_D=block_d)
+                fn = _attn_bwd_delta_kernel
+                ce = dict(base, BLOCK_M=_DELTA["BLOCK_M"])
+                sig = _signature(fn, ce, ty, signature)
+                out.append(Variant(f"attention.delta.{tag}", fn, sig, ce, _DELTA["num_warps"], _DELTA["num_stages"]))
+                for kind, fn in _KERNELS.items():
+                    for m, n, w, st in tiles(kind, block_d):
+                        ce = dict(base, UPCAST=False, PRECISION=_precision(dtype), BLOCK_M=m, BLOCK_N=n)
+                        sig = _signature(fn, ce, ty, signature)
+                        out.append(Variant(f"attention.{kind}.{tag}.{m}x{n}.w{w}s{st}", fn, sig, ce, w, st))
+    return out
+
+
+def _signature(fn, constexprs, ty, signature):
+    ptrs = {a: ty for a in fn.arg_names if a.endswith("_ptr")}
+    ptrs.update({a: "fp32" for a in ("lse_ptr", "delta_ptr") if a in ptrs}, cu_ptr="i32")
+    # The ViT launches: strides and head dims are multiples of 16 (the JIT specialises them the same way).
+    div16 = [a for a in fn.arg_names if a.startswith("stride")] + ["HEAD_DIM"]
+    return signature(fn, constexprs, ptrs, fp32=("scale", "scale_log2"), div16=div16)
 
 
 class _Layout:
@@ -313,7 +395,9 @@ class _Layout:
         self.D = q.shape[-1]
         if self.packed:
             self.T, self.H = q.shape[0], q.shape[1]
-            self.S, self.N, self.max_seqlen = cu_seqlens.numel() - 1, 0, max_seqlen
+            # N is unused by the packed kernels but keys their autotuning: max_seqlen rounded up to a power of
+            # two, so a batch of 50-token crops and one of 257-token crops tune separately.
+            self.S, self.N, self.max_seqlen = cu_seqlens.numel() - 1, triton.next_power_of_2(max_seqlen), max_seqlen
         else:
             B, self.H, self.N = q.shape[0], q.shape[1], q.shape[2]
             self.T, self.S, self.max_seqlen = B * self.N, B, self.N
@@ -346,12 +430,16 @@ def _check(q, k, v, cu_seqlens, max_seqlen):
             f"attention (triton): q, k, v dtypes must match and be one of {_DTYPES}, got "
             f"{q.dtype}, {k.dtype}, {v.dtype}"
         )
+    if q.device.type == "cuda" and q.dtype not in GPU_DTYPES:
+        raise ValueError(
+            f"attention (triton) on a GPU takes {GPU_DTYPES}, got {q.dtype} (backend='torch' runs fp32 through SDPA)"
+        )
     if q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"attention (triton): q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if q.shape[-1] > 256:
-        raise ValueError(f"attention (triton) supports head dims up to 256, got {q.shape[-1]}")
+    if q.shape[-1] > BLOCK_DS[-1]:  # the tiles are sized (and compile-checked) for head dims up to 128
+        raise ValueError(f"attention (triton) supports head dims up to {BLOCK_DS[-1]}, got {q.shape[-1]}")
     if cu_seqlens is None and q.dim() != 4:
         raise ValueError(f"dense attention expects (B, H, N, D) inputs, got {tuple(q.shape)}")
     if cu_seqlens is not None:
@@ -379,7 +467,7 @@ def attention_fwd(q, k, v, scale, cu_seqlens=None, max_seqlen=None):
     lay = _Layout(q, cu_seqlens, max_seqlen)
     o, lse = lay.empty_like_q(q), lay.empty_stats(q)
     if lay.T and lay.max_seqlen:
-        _fwd[lambda meta: lay.grid(meta, "BLOCK_M")](
+        _kernel("fwd", _block_d(lay.D))[lambda meta: lay.grid(meta, "BLOCK_M")](
             q,
             k,
             v,
@@ -397,7 +485,7 @@ def attention_fwd(q, k, v, scale, cu_seqlens=None, max_seqlen=None):
             PACKED=lay.packed,
             UPCAST=INTERPRETED,
             PRECISION=_precision(q.dtype),
-            BLOCK_D=max(triton.next_power_of_2(lay.D), 16),
+            BLOCK_D=_block_d(lay.D),
             **_TILE,
         )
     return o, lse
@@ -415,8 +503,8 @@ def attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens=None, max_seqlen=None):
     dq, dk, dv, delta = lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_like_q(q), lay.empty_stats(q)
     if not (lay.T and lay.max_seqlen):
         return dq.zero_(), dk.zero_(), dv.zero_()
-    block_d = max(triton.next_power_of_2(lay.D), 16)
-    _attn_bwd_delta_kernel[(triton.cdiv(lay.max_seqlen, 64), lay.H, lay.S)](
+    block_d = _block_d(lay.D)
+    _attn_bwd_delta_kernel[(triton.cdiv(lay.max_seqlen, _DELTA["BLOCK_M"]), lay.H, lay.S)](
         o,
         do,
         delta,
@@ -427,15 +515,15 @@ def attention_bwd(do, q, k, v, o, lse, scale, cu_seqlens=None, max_seqlen=None):
         lay.H,
         lay.D,
         PACKED=lay.packed,
-        BLOCK_M=64,
         BLOCK_D=block_d,
+        **_DELTA,
     )
     common = dict(PACKED=lay.packed, UPCAST=INTERPRETED, PRECISION=_precision(q.dtype), BLOCK_D=block_d, **_TILE)
     qkv_do = (*lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(do))
-    _dkdv[lambda meta: lay.grid(meta, "BLOCK_N")](
+    _kernel("dkdv", block_d)[lambda meta: lay.grid(meta, "BLOCK_N")](
         q, k, v, do, lse, delta, dk, dv, lay.cu, *qkv_do, *lay.strides(dk), lay.N, lay.H, lay.D, scale, **common
     )
-    _dq[lambda meta: lay.grid(meta, "BLOCK_M")](
+    _kernel("dq", block_d)[lambda meta: lay.grid(meta, "BLOCK_M")](
         q, k, v, do, lse, delta, dq, lay.cu, *qkv_do, *lay.strides(dq), lay.N, lay.H, lay.D, scale, **common
     )
     return dq, dk, dv

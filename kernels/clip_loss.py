@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-_NEG = -1.0e30  # finite "minus infinity" for masked lanes
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for masked lanes (a constexpr: @jit reads no other globals)
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def clip_rows_triton(dot_CB, scale, bias, target_start, siglip):
     C, B = dot_CB.shape
     loss, dsc, dbi = (torch.empty(C, dtype=torch.float32, device=dot_CB.device) for _ in range(3))
     if C:
-        block = min(1024, triton.next_power_of_2(max(B, 16)))
+        block = _block(B)
         _clip_rows_kernel[(C,)](
             dot_CB,
             loss,
@@ -110,6 +110,27 @@ def clip_rows_triton(dot_CB, scale, bias, target_start, siglip):
             BLOCK=block,
         )
     return loss, dsc, dbi
+
+
+_BLOCKS = tuple(2**i for i in range(4, 11))  # 16 ... 1024 columns per step of a row's streaming passes
+
+
+def _block(B):
+    return min(_BLOCKS[-1], triton.next_power_of_2(max(B, _BLOCKS[0])))
+
+
+def launch_variants():
+    """Every (SIGLIP, BLOCK) clip_rows_triton can launch on a GPU, for fastvit.kernels.aot (default 4 warps)."""
+    from fastvit.kernels.aot import Variant, signature
+
+    fn, out = _clip_rows_kernel, []
+    ptrs = {a: "fp32" for a in fn.arg_names if a.endswith("_ptr")}
+    for siglip in (False, True):
+        for block in _BLOCKS:
+            ce = dict(SIGLIP=siglip, BLOCK=block)
+            name = f"clip_loss.rows.{'siglip' if siglip else 'infonce'}.b{block}"
+            out.append(Variant(name, fn, signature(fn, ce, ptrs), ce, 4, 3))
+    return out
 
 
 def clip_rows_torch(dot_CB, scale, bias, target_start, siglip):

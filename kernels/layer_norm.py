@@ -108,8 +108,8 @@ def _check_params(x, weight, bias):
     for name, p in (("weight", weight), ("bias", bias)):
         if tuple(p.shape) != (n,):
             raise ValueError(f"layer_norm: {name} shape {tuple(p.shape)} does not match the width {n} of x")
-    if n > 65536:
-        raise ValueError(f"layer_norm (triton) supports widths up to 65536, got {n}")
+    if n > _MAX_WIDTH:
+        raise ValueError(f"layer_norm (triton) supports widths up to {_MAX_WIDTH}, got {n}")
 
 
 def layer_norm_fwd(x, weight, bias, eps, residual=None):
@@ -194,6 +194,30 @@ def layer_norm_bwd(dy, x, weight, mean_M, rstd_M, dres=None):
             num_warps=_warps(n),
         )
     return dx_MN.view(x.shape), dw_GN.sum(0).to(weight.dtype), db_GN.sum(0).to(weight.dtype)
+
+
+_MAX_WIDTH = 65536
+_BLOCKS = tuple(2**i for i in range(_MAX_WIDTH.bit_length()))  # BLOCK_N = next_power_of_2(width)
+
+
+def launch_variants():
+    """Forward and backward for every BLOCK_N (with its num_warps), with and without the residual, for x in each dtype
+    with weights in x's dtype or fp32 (a bf16 model, or fp32 weights under autocast), for fastvit.kernels.aot."""
+    from fastvit.kernels.aot import Variant, dtype_name, signature
+
+    out = []
+    for x_dt in map(dtype_name, _DTYPES):
+        for w_dt in sorted({x_dt, "fp32"}):
+            ptrs = {a: x_dt for a in ("x_ptr", "res_ptr", "y_ptr", "s_ptr", "dy_ptr", "dres_ptr", "dx_ptr")}
+            ptrs.update({a: "fp32" for a in ("mean_ptr", "rstd_ptr", "dw_ptr", "db_ptr")}, w_ptr=w_dt, b_ptr=w_dt)
+            for kind, fn, flag in (("fwd", _ln_fwd_kernel, "HAS_RES"), ("bwd", _ln_bwd_kernel, "HAS_DRES")):
+                for res in (False, True):
+                    for block in _BLOCKS:
+                        ce = {flag: res, "BLOCK_N": block}
+                        sig = signature(fn, ce, {a: ptrs[a] for a in fn.arg_names if a.endswith("_ptr")}, ("eps",))
+                        name = f"layer_norm.{kind}.{x_dt}.w_{w_dt}.{'res' if res else 'plain'}.n{block}"
+                        out.append(Variant(name, fn, sig, ce, _warps(block), 3))
+    return out
 
 
 def layer_norm_ref(x, weight, bias, eps):

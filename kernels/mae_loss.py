@@ -126,6 +126,8 @@ def _check(pred, images, mask, patch_size):
     if p < 1 or H % p or W % p:
         raise ValueError(f"mae_loss: image size {H}x{W} is not a multiple of patch_size {p}")
     N, P = (H // p) * (W // p), 3 * p * p
+    if P > _BLOCKS[-1]:
+        raise ValueError(f"mae_loss (triton) supports patch sizes up to 32 (3 * p * p <= {_BLOCKS[-1]}), got {p}")
     if tuple(pred.shape) != (B, N, P):
         raise ValueError(f"mae_loss expects pred (B, N, 3*p*p) = ({B}, {N}, {P}), got {tuple(pred.shape)}")
     if tuple(mask.shape) != (B, N):
@@ -176,6 +178,29 @@ def mae_loss_bwd(g_BN, pred, images, mask, patch_size, norm_pix=True, eps=1e-6):
         _mae_loss_bwd_kernel, pred, images, mask, patch_size, norm_pix, eps, g_BN.to(torch.float32).contiguous(), dpred
     )
     return dpred
+
+
+_BLOCKS = tuple(2**i for i in range(2, 13))  # BLOCK_P = next_power_of_2(3 * p * p): 4 (p = 1) ... 4096 (p = 32)
+
+
+def launch_variants():
+    """Forward and backward for every (pred dtype, images dtype, NORM, BLOCK_P), default 4 warps, for
+    fastvit.kernels.aot."""
+    from fastvit.kernels.aot import Variant, dtype_name, signature
+
+    out = []
+    for pred_dt in map(dtype_name, _DTYPES):
+        for img_dt in map(dtype_name, _DTYPES):
+            ptrs = dict(img_ptr=img_dt, pred_ptr=pred_dt, mask_ptr="fp32", loss_ptr="fp32", g_ptr="fp32")
+            ptrs["dpred_ptr"] = pred_dt
+            for kind, fn in (("fwd", _mae_loss_fwd_kernel), ("bwd", _mae_loss_bwd_kernel)):
+                for norm in (False, True):
+                    for block in _BLOCKS:
+                        ce = dict(NORM=norm, BLOCK_P=block)
+                        sig = signature(fn, ce, {a: ptrs[a] for a in fn.arg_names if a.endswith("_ptr")}, ("eps",))
+                        name = f"mae_loss.{kind}.{pred_dt}.img_{img_dt}.{'norm' if norm else 'raw'}.p{block}"
+                        out.append(Variant(name, fn, sig, ce, 4, 3))
+    return out
 
 
 def patchify(images_B3HW, p):

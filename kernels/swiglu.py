@@ -90,6 +90,19 @@ def swiglu_bwd(dy, x):
     return dx_M2H.view(x.shape)
 
 
+def launch_variants():
+    """The forward and backward kernels for each dtype (BLOCK fixed, default 4 warps), for fastvit.kernels.aot."""
+    from fastvit.kernels.aot import Variant, dtype_name, signature
+
+    out = []
+    for dtype in _DTYPES:
+        for kind, fn in (("fwd", _swiglu_fwd_kernel), ("bwd", _swiglu_bwd_kernel)):
+            ce = dict(BLOCK=_BLOCK)
+            sig = signature(fn, ce, {a: dtype_name(dtype) for a in fn.arg_names if a.endswith("_ptr")})
+            out.append(Variant(f"swiglu.{kind}.{dtype_name(dtype)}", fn, sig, ce, 4, 3))
+    return out
+
+
 def swiglu_ref(x):
     """Plain-torch reference: silu(x[..., :h]) * x[..., h:]."""
     gate, value = x.chunk(2, dim=-1)

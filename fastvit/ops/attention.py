@@ -7,7 +7,8 @@ packed ones are contiguous (T, H, D); lse is the natural-log log-sum-exp of the 
 (B, H, N) over (B, N, H) memory or (T, H), or an empty tensor for the backends whose backward
 recomputes the forward ("flash_attn", and "torch" off the CPU).
 Backends: "triton" (fastvit.kernels.attention), "flash_attn" (when importable), "torch" (SDPA;
-packed sequences of equal length are batched into one call, never a T x T mask).
+packed sequences of equal length are batched into one call, never a T x T mask). "auto" runs "triton" for
+fp16 / bf16 CUDA tensors, "torch" for fp32 ones (the Triton kernels take fp16 / bf16 on a GPU) and on a CPU.
 Dtypes: q, k, v of different dtypes are promoted to one; out and the gradients have that dtype, lse
 is fp32 (fp64 for fp64) and the softmax accumulates in fp32 on every backend. On a CPU the torch
 backend computes bf16 / fp16 inputs in fp32 (no fast low-precision matmul there) and rounds once.
@@ -42,6 +43,10 @@ def available(device):
 
 
 def _resolve(backend, q):
+    if backend == "auto" and q.device.type == "cuda" and q.dtype == torch.float32:
+        # The Triton kernels take fp16 / bf16 on a GPU: fp32 tl.dot lowers to FMAs that spill in every tile
+        # (kernels/attention.py), so fp32 runs through SDPA there.
+        return "torch"
     be = backend_lib.resolve("attention", backend, q, BACKENDS, available(q.device))
     if be == "flash_attn" and q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention backend 'flash_attn' needs fp16 or bf16 inputs, got {q.dtype}")

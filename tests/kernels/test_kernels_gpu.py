@@ -32,8 +32,8 @@ def _check(fn, ref, inputs64, grads64, dtype, name):
         assert_close(a, e, atol=tol, name=f"{name} output/grad {i} {dtype}")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("D", [64, 80, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [32, 64, 80, 128])
 def test_attention_dense_and_packed_gpu(dtype, D):
     H = 4
     qkv = [torch.randn(4, H, 257, D, device="cuda", dtype=torch.float64) for _ in range(4)]
@@ -66,6 +66,29 @@ def test_add_layer_norm_and_swiglu_gpu(dtype, width):
     )
     xs = torch.randn(4 * 257, 2 * width, device="cuda", dtype=torch.float64)
     _check(lambda t: swiglu(t, backend="triton"), swiglu_ref, [xs], [dy], dtype, "swiglu")
+
+
+def test_fp32_attention_runs_sdpa_on_gpu():
+    """fp32 Triton attention would spill in every tile (tests/kernels/test_compile.py): auto sends it to SDPA and
+    the Triton backend refuses it with the reason."""
+    q = torch.randn(2, 4, 257, 64, device="cuda", dtype=torch.float32)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert_close(attention(q, q, q), expected, atol=1e-5, name="auto fp32 vs SDPA")
+    with pytest.raises(ValueError, match="fp32 through SDPA"):
+        attention(q, q, q, backend="triton")
+
+
+def test_packed_autotune_key_follows_max_seqlen():
+    """Packed launches tune per power-of-two max_seqlen bucket, not once for whatever batch came first."""
+    from fastvit.kernels import attention as kernels
+
+    H, D = 4, 64
+    for n in (50, 257):
+        cu = torch.tensor([0, n, 2 * n], dtype=torch.int32, device="cuda")
+        q = torch.randn(2 * n, H, D, device="cuda", dtype=torch.bfloat16)
+        attention(q, q, q, cu_seqlens=cu, max_seqlen=n, backend="triton")
+    keys = list(kernels._tuned("fwd", 64).cache)
+    assert {k[1] for k in keys if k[2]} >= {64, 512}, keys
 
 
 def test_auto_picks_triton_on_gpu_and_compiles():
