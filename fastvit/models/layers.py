@@ -151,14 +151,23 @@ def add_residual_subset(x, branch, keep, scale, packing=None):
 
     keep: host list of kept sample ids (dense: rows of x (B, N, D); packed: sequences of `packing`).
     branch(x_sub, packing_sub) is computed on the kept samples alone, so dropped samples cost no FLOPs.
+    The sum has the promoted dtype of x and the branch, as x + branch would (autocast: bf16 tokens, fp32
+    LayerScale outputs).
     """
     if packing is None:
         idx = torch.tensor(keep, dtype=torch.long).to(x.device, non_blocking=True)
         out = branch(x.index_select(0, idx), None)
+        x, out = _promoted(x, out)
         return torch.index_add(x.flatten(1), 0, idx, out.flatten(1), alpha=scale).view_as(x)
     idx, sub = packing.subset(keep)
     out = branch(x.index_select(0, idx), sub)
+    x, out = _promoted(x, out)
     return torch.index_add(x, 0, idx, out, alpha=scale)
+
+
+def _promoted(a, b):
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
 
 
 def sample_keep(n, drop_prob, generator=None):

@@ -93,3 +93,40 @@ def test_errors():
     with pytest.raises(ValueError, match="rise from 0"):
         t = torch.randn(5, 2, 8)
         attention(t, t, t, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32), backend="torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape, lengths", [((2, 2, 50, 64), None), ((37 + 13, 2, 80), [37, 13])])
+def test_autocast_mix(dtype, backend, shape, lengths):
+    """Inside an autocast region (forward and backward), q, k, v as the qkv Linear hands them (low precision):
+    out and gradients keep that dtype and stay within 2x (4x: interpreter bf16) torch's own error, dense and
+    packed; the region does not reach inside the op."""
+    cu = None if lengths is None else _cu(lengths)
+    q, k, v, do = (torch.randn(shape, dtype=torch.float64) for _ in range(4))
+    expected = _ref_outputs(q, k, v, do, cu)
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=dtype):
+        out = attention(*leaves, cu_seqlens=cu, backend=backend)
+        actual = [out, *torch.autograd.grad(out, leaves, do.to(dtype))]
+    for i, (name, a, e) in enumerate(zip(["out", "dq", "dk", "dv"], actual, expected)):
+        assert a.dtype == dtype, (name, a.dtype)
+        tol = kernel_tol(lambda *t, i=i: _ref_outputs(*t, cu)[i], [q, k, v, do], dtype)
+        assert_close(a, e, atol=tol, name=f"{backend} {name} {dtype} {tuple(shape)} under autocast")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_mixed_input_dtypes_are_promoted(backend):
+    """bf16 q and k beside an fp32 v compute in the promoted dtype (fp32), as one fp32 call would."""
+    q, k, v = (torch.randn(1, 2, 37, 64) for _ in range(3))
+    q16, k16 = q.bfloat16().requires_grad_(), k.bfloat16().requires_grad_()
+    v32 = v.clone().requires_grad_()
+    out = attention(q16, k16, v32, backend=backend)
+    dq, dk, dv = torch.autograd.grad(out.sum(), (q16, k16, v32))
+    ref = attention_ref(q16.double(), k16.double(), v.double())
+    assert out.dtype == torch.float32 and (dq.dtype, dk.dtype, dv.dtype) == (
+        torch.bfloat16,
+        torch.bfloat16,
+        torch.float32,
+    )
+    assert_close(out, ref, atol=1e-5, name=f"{backend} out")
