@@ -36,3 +36,21 @@ def test_swiglu_strided_input_and_errors():
         swiglu(torch.randn(3, 5))
     with pytest.raises(ValueError, match="backend"):
         swiglu(x, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_swiglu_autocast_mix(dtype, backend):
+    """Under autocast (forward and backward) on the low-precision w12 output: y and dx keep its dtype and stay
+    within 2x (4x: interpreter bf16) torch's own error; an fp32 dy given to the backward op directly is fine."""
+    x64, dy64 = torch.randn(5, 37, 2 * 80, dtype=torch.float64), torch.randn(5, 37, 80, dtype=torch.float64)
+    x = x64.to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        y = swiglu(x, backend=backend)
+        (dx,) = torch.autograd.grad(y, x, dy64.to(dtype))
+        dx_from_fp32_dy = torch.ops.fastvit.swiglu_backward(dy64.float(), x.detach(), backend)
+    assert y.dtype == dx.dtype == dx_from_fp32_dy.dtype == dtype
+    assert_close(y, swiglu_ref(x64), atol=kernel_tol(swiglu_ref, [x64], dtype), name=f"{backend} y")
+    tol = kernel_tol(_grad_ref, [x64, dy64], dtype)
+    assert_close(dx, _grad_ref(x64, dy64), atol=tol, name=f"{backend} dx")
+    assert_close(dx_from_fp32_dy, _grad_ref(x64, dy64), atol=tol, name=f"{backend} dx (fp32 dy)")

@@ -50,6 +50,33 @@ def test_mae_loss_low_precision(dtype):
     assert_close(out, ref, atol=tol, name=f"loss {dtype}")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_mae_loss_autocast_mix(dtype, backend):
+    """What autocast hands the loss: low-precision decoder predictions beside fp32 images, forward and backward
+    inside the region. The loss is fp32, d pred has pred's dtype, both within 2x (4x: interpreter bf16 stores)
+    torch's own error against float64."""
+    pred64, images64, mask = _inputs(2, 8, 24, 16)
+    pred64.requires_grad_()
+    ref = mae_loss_ref(pred64, images64, mask, 8)
+    (g_ref,) = torch.autograd.grad(ref, pred64)
+
+    def grad_of(pr, im):
+        pr = pr.detach().requires_grad_()
+        return torch.autograd.grad(mae_loss_ref(pr, im.to(pr.dtype), mask, 8), pr)[0]
+
+    pred = pred64.detach().to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        out = mae_loss(pred, images64.float(), mask, 8, backend=backend)
+        out.backward()
+    assert out.dtype == torch.float32 and pred.grad.dtype == dtype
+    inputs = [pred64.detach(), images64]
+    tol = low_precision_tol(lambda pr, im: mae_loss_ref(pr, im, mask, 8), inputs, dtype)
+    assert_close(out, ref, atol=tol, name=f"{backend} loss")
+    factor = 4.0 if dtype == torch.bfloat16 and backend == "triton" else 2.0  # the interpreter truncates bf16
+    assert_close(pred.grad, g_ref, atol=low_precision_tol(grad_of, inputs, dtype, factor=factor), name="d pred")
+
+
 def test_patchify_order_and_upstream_gradient():
     """Patch n holds the pixels of grid cell n in (row, column, channel) order; a non-unit upstream gradient scales."""
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).view(2, 3, 4, 6)
