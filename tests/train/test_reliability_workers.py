@@ -1,0 +1,64 @@
+"""A killed `fastvit train` leaves no loader processes behind (forkserver workers watch the trainer's pid)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tiny import tiny_args
+
+
+def _children(pid):
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _descendants(pid):
+    out = []
+    for child in _children(pid):
+        out += [child, *_descendants(child)]
+    return out
+
+
+def _alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_sigkill_of_the_trainer_ends_its_loader_workers(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = tiny_args(run, "train.steps=500", "train.checkpoint_every=0", "data.num_workers=2")
+    proc = subprocess.Popen([sys.executable, "-m", "fastvit.cli", "train", *args], env=env, stdout=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (run / "metrics.jsonl").is_file():
+        assert proc.poll() is None and time.time() - t0 < 120, "the run did not log a step"
+        time.sleep(0.1)
+    helpers = _descendants(proc.pid)  # the forkserver, its two DataLoader workers, the resource tracker
+    assert len(helpers) >= 3, helpers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while _alive(helpers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _alive(helpers)
+    for pid in left:  # do not leak them into the rest of the test session
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the trainer was killed: {left}"
