@@ -7,11 +7,13 @@ import sys
 USAGE = """fastvit <command> [args]
 
   train [RECIPE|FILE.yaml] [key=value ...]     train (default recipe: demo); resumes a run folder
+  train RECIPE --dry-run RANK/WORLD [...]      build one rank of a WORLD-rank job on the meta device, print it
   eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]   frozen-feature evaluation, prints JSON
   bench kernels|step|data [key=value ...]      benchmarks: print a table, write JSON
   convert SRC DST [--to hf|native] [...]       checkpoint converters (Web-SSL / DINOv2 / Hugging Face)
   data make-shards SRC_FOLDER OUT_DIR [...]    write webdataset tar shards from an image folder
-  plan [key=value ...] gpus=N gpu=h200         parallel layouts for a model: memory per GPU, step time
+  plan [key=value ...] gpus=N gpu=h200 [verify=1]   parallel layouts: memory per GPU, step time; verify=1
+                                               dry-runs the top three and checks the memory columns
   info                                         versions, devices, the build and the backends of each op
 """
 
@@ -38,7 +40,26 @@ def cmd_info(argv):
     return main(argv)
 
 
+def _pop_option(argv, name):
+    """(value, the other arguments) of `name VALUE` or `name=VALUE` in argv; value None when it is absent."""
+    for i, arg in enumerate(argv):
+        if arg == name:
+            if i + 1 == len(argv):
+                raise ValueError(f"{name} needs a value")
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2], argv[:i] + argv[i + 1 :]
+    return None, argv
+
+
 def cmd_train(argv):
+    spec, argv = _pop_option(argv, "--dry-run")
+    if spec is not None:  # one rank of the job built on the meta device over a fake process group
+        from fastvit.config import load_config
+        from fastvit.parallel.dry_run import main as dry_run
+        from fastvit.train.run import split_recipe
+
+        return dry_run(load_config(*split_recipe(argv)), spec)
     from fastvit.train.run import main
 
     return main(argv)

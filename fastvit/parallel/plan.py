@@ -327,13 +327,15 @@ def main(argv):
     """fastvit plan [key=value ...] with gpus=N gpu=h100|h200|a100 besides the config keys; prints the plan."""
     from fastvit.config import load_config
 
-    gpus, gpu_name, overrides = 8, "h100", []
+    gpus, gpu_name, verify, overrides = 8, "h100", False, []
     for item in argv:
         key, _, value = item.partition("=")
         if key == "gpus":
             gpus = int(value)
         elif key == "gpu":
             gpu_name = value.lower()
+        elif key == "verify":
+            verify = value.lower() in ("1", "true", "yes")
         else:
             overrides.append(item)
     cfg = load_config("", overrides)
@@ -342,8 +344,24 @@ def main(argv):
     except ValueError as e:
         print(f"fastvit plan: {e}", file=sys.stderr)
         return 2
-    print(format_plan(vit, rows, gpus, gpu_name, cfg.train.batch_size, drop_path=cfg.model.drop_path))
-    return 0
+    print(format_plan(vit, rows, gpus, gpu_name, cfg.train.batch_size, drop_path=cfg.model.drop_path), flush=True)
+    return verify_rows(cfg, vit, rows) if verify else 0
+
+
+def verify_rows(cfg, vit, rows, top=3, tol=0.02):
+    """verify=1: the recommended layout and the next top - 1 built on fake process groups (fastvit.parallel.dry_run);
+    prints one `verified` line each; 1 when a static memory column is off by more than tol, else 0."""
+    from fastvit.parallel.dry_run import verify_layout
+
+    n_head = head_params(vit.width, cfg.objective)
+    failed = []
+    for r in rows[:top]:
+        line, problems = verify_layout(cfg, r["layout"], static_memory(vit, n_head, r["layout"]), tol)
+        print(line, flush=True)
+        failed += [f"{r['layout']} {p}" for p in problems]
+    for p in failed:
+        print(f"fastvit plan: verify: {p}, more than {tol:.0%} apart", file=sys.stderr)
+    return 1 if failed else 0
 
 
 __all__ = [
