@@ -5,6 +5,7 @@ import importlib.util
 import torch
 
 from fastvit.data.augment import MultiCropConfig
+from fastvit.data.decode import DEFAULT_MAX_PIXELS
 from fastvit.data.loader import Loader, MaskConfig, MultiCropCollate, MultiCropDataset, kernel_threads
 from fastvit.data.sampler import ResumableSampler
 from fastvit.data.sources import source_from_spec
@@ -46,6 +47,7 @@ def build_loader(
     draft: bool = True,
     shuffle: bool = True,
     split: str = "train",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ):
     """An endless iterator of batch dicts for one rank (`Loader` or `DaliLoader`).
 
@@ -53,7 +55,8 @@ def build_loader(
     batch_size: per rank. device_id: the GPU this rank uses (None on a CPU); DALI decodes there.
     Batch dict: global_crops (n_global*B, 3, Sg, Sg) and local_crops (n_local*B, 3, Sl, Sl), crop-major;
     crops (list of (B, 3, S, S) views, globals then locals); labels, indices, epochs (B,) int64;
-    skipped (int); with `mask`: masks (n_global*B, N) bool, mask_indices (M,), mask_weights (M,), n_masked.
+    skipped (int; unreadable samples and images over max_pixels, replaced); with `mask`: masks (n_global*B, N)
+    bool, mask_indices (M,), mask_weights (M,), n_masked.
     """
     crops = crops or MultiCropConfig()
     if isinstance(source, str):
@@ -72,8 +75,9 @@ def build_loader(
             device_id=device_id,
             num_threads=kernel_threads(1),
             out_dtype=out_dtype,
+            max_pixels=max_pixels,
         )
-    dataset = MultiCropDataset(source, crops, seed=seed, draft=draft)
+    dataset = MultiCropDataset(source, crops, seed=seed, draft=draft, max_pixels=max_pixels)
     threads = kernel_threads(num_workers)
     collate = MultiCropCollate(crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=threads)
     return Loader(dataset, collate, sampler, batch_size, num_workers=num_workers, pin_memory=pin_memory)

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from fastvit.data import augment as A
+from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixel_budget
 from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch
 from fastvit.data.multicrop import multicrop
 from fastvit.data.sampler import ResumableSampler
+from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class DaliLoader:
         num_threads: int = 2,
         out_dtype: torch.dtype = torch.float32,
         max_retries: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if batch_size < 1 or batch_size > sampler.per_rank:
             raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
@@ -58,7 +61,7 @@ class DaliLoader:
             raise ValueError("the DALI loader decodes files; the builtin source has none (use loader=torch)")
         self.source, self.cfg, self.sampler, self.batch_size = source, cfg, sampler, batch_size
         self.seed, self.mask, self.device_id, self.out_dtype = seed, mask, device_id, out_dtype
-        self.max_retries = max_retries
+        self.max_retries, self.max_pixels = max_retries, max_pixels
         self.pipe = _build_pipeline(batch_size, num_threads, device_id)
         self.skipped_total = 0
         self.batches_per_epoch = sampler.per_rank // batch_size
@@ -82,23 +85,25 @@ class DaliLoader:
         """(encoded bytes, label) of sample j, or None when unreadable or undecodable."""
         try:
             data, label = self.source.read(j)
+            check_pixel_budget(data, self.max_pixels)  # before DALI decodes it in full
             encoded = np.frombuffer(data, np.uint8)
             self._decode([encoded])
             return encoded, label
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, DecodeError) as e:
             log.warning("skipping %s sample %d: %s", self.source.spec, j, str(e).splitlines()[0])
             return None
 
     def _gather(self, keys: list[tuple[int, int]]) -> tuple[list, list[Sample]]:
         encoded, samples = [], []
-        for epoch, index in keys:
-            data, label = self.source.read(index)
-            encoded.append(np.frombuffer(data, np.uint8))
-            samples.append(Sample(None, None, label, epoch, index, 0))
         try:
+            for epoch, index in keys:
+                data, label = self.source.read(index)
+                check_pixel_budget(data, self.max_pixels)
+                encoded.append(np.frombuffer(data, np.uint8))
+                samples.append(Sample(None, None, label, epoch, index, 0))
             return self._decode(encoded), samples
-        except RuntimeError:  # some sample is bad: find and replace it, one at a time
-            pass
+        except (OSError, RuntimeError, DecodeError):  # some sample is bad: find and replace it, one at a time
+            encoded, samples = [None] * len(keys), [None] * len(keys)
         for b, (epoch, index) in enumerate(keys):
             for t in range(self.max_retries):
                 got = self._read_ok((index + t) % len(self.source))
@@ -106,7 +111,10 @@ class DaliLoader:
                     encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t)
                     break
             else:
-                raise RuntimeError(f"{self.max_retries} consecutive unreadable samples from index {index}")
+                raise UserError(
+                    f"{self.source.spec}: {self.max_retries} consecutive samples from index {index} cannot be read; "
+                    "check the files of data.source"
+                )
         return self._decode(encoded), samples
 
     def __iter__(self):

@@ -21,6 +21,10 @@ class DecodeError(Exception):
     """An undecodable, truncated or non-image file."""
 
 
+class OverPixelBudget(DecodeError):
+    """An image whose header claims more pixels than data.max_pixels (not decoded)."""
+
+
 # Pixel budget (data.max_pixels): a 12,000 x 12,000 PNG of 140 KB decodes to 430 MB of RGB (1.9 GB peak).
 DEFAULT_MAX_PIXELS = 90_000_000
 
@@ -36,8 +40,19 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise DecodeError(f"not an image ({type(e).__name__}: {e})") from e
     w, h = img.size
     if max_pixels and w * h > max_pixels:
-        raise DecodeError(f"{w} x {h} pixels is over data.max_pixels={max_pixels}; not decoded")
+        raise OverPixelBudget(f"{w} x {h} pixels is over data.max_pixels={max_pixels}; not decoded")
     return img
+
+
+def check_pixel_budget(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """OverPixelBudget when the header of encoded `data` claims more than max_pixels (for decoders other than
+    Pillow, e.g. DALI); a header Pillow cannot parse is left to that decoder."""
+    try:
+        open_image(data, max_pixels)
+    except OverPixelBudget:
+        raise
+    except DecodeError:
+        pass
 
 
 def _rgb_array(img: Image.Image) -> np.ndarray:

@@ -85,6 +85,7 @@ def build_objective(cfg, group=None):
         centering=o.centering,
         dino_out_dim=o.dino_out_dim,
         ibot_out_dim=o.ibot_out_dim,
+        backend=o.loss_backend,
         group=group,
     )
 
@@ -202,6 +203,7 @@ def web_dino_loader(cfg, *, batch_size, rank, world_size, device):
         world_size=world_size,
         loader=cfg.data.loader,
         num_workers=cfg.data.num_workers,
+        max_pixels=cfg.data.max_pixels,
         device_id=device.index if device.type == "cuda" else None,
     )
 
