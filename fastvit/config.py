@@ -80,6 +80,7 @@ class ObjectiveConfig:
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
+    loss_backend: str = "auto"  # auto | triton | torch: Web-DINO's Sinkhorn and prototype cross-entropy kernels
     # Web-MAE (objective.name=web_mae): the encoder sees 1 - mae_mask_ratio of the patches
     mae_mask_ratio: float = 0.75
     mae_decoder_width: int = 512

@@ -1,12 +1,12 @@
-"""Streaming Sinkhorn-Knopp passes over teacher logits t [B, K] (B local rows, K prototypes).
+"""Log-domain Sinkhorn-Knopp passes on factored teacher logits z[r, k] = x[r] . w[k] / temp (R rows, K prototypes).
 
-The balanced assignment is kept in factored form, P[b, k] = E[b, k] * r[k] * c[b] with E = exp(t / temp - shift)
-(shift = the global max of t / temp, which cancels in the normalisations), so no [B, K] temporary is ever built.
-Each pass re-reads t and recomputes E on the fly:
-    prototype_sums: A[k] = sum_b E[b, k] * c[b]   (grid over prototype blocks, loop over rows)
-    row_sums:       C[b] = sum_k E[b, k] * r[k]   (grid over row blocks, loop over prototypes)
-    apply:          P[b, k] = E[b, k] * r[k] * c[b]
-Cross-rank all-reduces happen in torch between the passes (fastvit.ops.sinkhorn).
+Sinkhorn-Knopp in log space only needs two reductions, each recomputing the [BLOCK_R, BLOCK_K] logits tiles with
+tl.dot (no [R, K] tensor is ever built, and nothing can overflow or underflow: every exponent is taken after its
+own running maximum):
+    prototype pass  out[k] = logsumexp_r(z[r, k] + bias[r])   grid (cdiv(K, BLOCK_K),), a loop over row blocks
+    row pass        out[r] = logsumexp_k(z[r, k] + bias[k])   grid (cdiv(R, BLOCK_R), cdiv(K, BLOCK_K)): one tile
+                    per program (so that 64 CLS rows still fill a GPU), partial (max, sum) folded on the host
+Cross-rank reductions happen in torch between the passes (fastvit.ops.sinkhorn).
 """
 
 import torch
@@ -15,143 +15,164 @@ import triton.language as tl
 
 
 @triton.jit
-def _sk_prototype_sums_kernel(
-    t_ptr,  # [B, K] teacher logits, any float dtype, last dim contiguous
-    c_ptr,  # [B] fp32 row scales
-    shift_ptr,  # [1] fp32 global max of t / temp
-    out_ptr,  # [K] fp32 out: sum_b exp(t / temp - shift) * c
-    B,
-    K,
-    stride_t,
+def _logits_tile(
+    x_ptr,
+    offs_r,
+    mask_r,
+    w_ptr,
+    offs_k,
+    mask_k,
+    D,
     inv_temp,
-    BLOCK_B: tl.constexpr,
+    DC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """fp32 tile x[offs_r] @ w[offs_k]^T * inv_temp (rows of D contiguous values), DC columns of D per dot."""
+    acc = tl.zeros([offs_r.shape[0], offs_k.shape[0]], tl.float32)
+    for d0 in range(0, D, DC):
+        offs_d = d0 + tl.arange(0, DC)
+        mask_d = offs_d < D
+        x = tl.load(x_ptr + offs_r[:, None] * D + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_k[:, None] & mask_d[None, :], other=0.0)
+        if UPCAST:  # the interpreter multiplies raw bf16 bits
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, tl.trans(w), input_precision=PREC)
+    return acc * inv_temp
+
+
+@triton.jit
+def _sk_prototype_lse_kernel(
+    x_ptr,  # [R, D] teacher features, contiguous
+    w_ptr,  # [K, D] teacher prototypes, contiguous, dtype of x
+    bias_ptr,  # [R] fp32 per-row log scale
+    out_ptr,  # [K] fp32 out: logsumexp_r(z[r, k] + bias[r])
+    R,
+    K,
+    D,
+    inv_temp,
+    BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
     mask_k = offs_k < K
-    shift = tl.load(shift_ptr)
-    acc = tl.zeros([BLOCK_K], tl.float32)
-    for b0 in range(0, B, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
-        mask_b = offs_b < B
-        mask = mask_b[:, None] & mask_k[None, :]
-        t = tl.load(t_ptr + offs_b[:, None] * stride_t + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-        c = tl.load(c_ptr + offs_b, mask=mask_b, other=0.0)
-        e = tl.where(mask, tl.exp(t * inv_temp - shift), 0.0)
-        acc += tl.sum(e * c[:, None], axis=0)
-    tl.store(out_ptr + offs_k, acc, mask=mask_k)
+    m = tl.full([BLOCK_K], -1.0e30, tl.float32)  # running max; every row block holds a valid row
+    acc = tl.zeros([BLOCK_K], tl.float32)  # running sum of exp(z - m)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        mask_r = offs_r < R
+        z = _logits_tile(x_ptr, offs_r, mask_r, w_ptr, offs_k, mask_k, D, inv_temp, DC, UPCAST, PREC)
+        z = tl.where(mask_r[:, None], z + tl.load(bias_ptr + offs_r, mask=mask_r, other=0.0)[:, None], -1.0e30)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[None, :]), axis=0)
+        m = m_new
+    tl.store(out_ptr + offs_k, m + tl.log(acc), mask=mask_k)
 
 
 @triton.jit
-def _sk_row_sums_kernel(
-    t_ptr,  # [B, K] teacher logits, any float dtype, last dim contiguous
-    r_ptr,  # [K] fp32 prototype scales
-    shift_ptr,  # [1] fp32 global max of t / temp
-    out_ptr,  # [B] fp32 out: sum_k exp(t / temp - shift) * r
-    B,
+def _sk_row_lse_kernel(
+    x_ptr,  # [R, D] teacher features, contiguous
+    w_ptr,  # [K, D] teacher prototypes, contiguous, dtype of x
+    bias_ptr,  # [K] fp32 per-prototype log scale
+    m_ptr,  # [NK, R] fp32 out: max over the K-tile of z + bias
+    l_ptr,  # [NK, R] fp32 out: sum over the K-tile of exp(z + bias - max)
+    R,
     K,
-    stride_t,
+    D,
     inv_temp,
-    BLOCK_B: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-    mask_b = offs_b < B
-    shift = tl.load(shift_ptr)
-    acc = tl.zeros([BLOCK_B], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        mask_k = offs_k < K
-        mask = mask_b[:, None] & mask_k[None, :]
-        t = tl.load(t_ptr + offs_b[:, None] * stride_t + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-        r = tl.load(r_ptr + offs_k, mask=mask_k, other=0.0)
-        e = tl.where(mask, tl.exp(t * inv_temp - shift), 0.0)
-        acc += tl.sum(e * r[None, :], axis=1)
-    tl.store(out_ptr + offs_b, acc, mask=mask_b)
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    mask_r = offs_r < R
+    kt = tl.program_id(1).to(tl.int64)
+    offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    mask_k = offs_k < K
+    z = _logits_tile(x_ptr, offs_r, mask_r, w_ptr, offs_k, mask_k, D, inv_temp, DC, UPCAST, PREC)
+    z = tl.where(mask_k[None, :], z + tl.load(bias_ptr + offs_k, mask=mask_k, other=0.0)[None, :], -1.0e30)
+    m = tl.max(z, axis=1)
+    tl.store(m_ptr + kt * R + offs_r, m, mask=mask_r)
+    tl.store(l_ptr + kt * R + offs_r, tl.sum(tl.exp(z - m[:, None]), axis=1), mask=mask_r)
 
 
-@triton.jit
-def _sk_apply_kernel(
-    t_ptr,  # [B, K] teacher logits, any float dtype, last dim contiguous
-    r_ptr,  # [K] fp32 prototype scales
-    c_ptr,  # [B] fp32 row scales
-    shift_ptr,  # [1] fp32 global max of t / temp
-    out_ptr,  # [B, K] fp32 out, contiguous: exp(t / temp - shift) * r * c
-    B,
-    K,
-    stride_t,
-    inv_temp,
-    BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-    offs_k = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    mask = (offs_b < B)[:, None] & (offs_k < K)[None, :]
-    t = tl.load(t_ptr + offs_b[:, None] * stride_t + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(r_ptr + offs_k, mask=offs_k < K, other=0.0)
-    c = tl.load(c_ptr + offs_b, mask=offs_b < B, other=0.0)
-    p = tl.exp(t * inv_temp - tl.load(shift_ptr)) * r[None, :] * c[:, None]
-    tl.store(out_ptr + offs_b[:, None] * K + offs_k[None, :], p, mask=mask)
+INTERPRETED = type(_sk_row_lse_kernel).__name__ == "InterpretedFunction"  # defined under TRITON_INTERPRET=1
+
+_DC = 64  # columns of D per dot
+# GPU tiles (BLOCK_R, BLOCK_K, num_warps) for bf16 / fp16 and (smaller: fp32 operands hold twice the registers)
+# fp32 operands, each spill-free on sm_80 / sm_90a (fastvit.kernels.aot); the interpreter runs one larger tile.
+_TILES = {
+    "prototype_lse": {"low": (64, 64, 8), "fp32": (32, 64, 8)},
+    "row_lse": {"low": (64, 64, 8), "fp32": (32, 64, 8)},
+}
+_INTERPRETER_TILE = (64, 64, 4)
 
 
-_BLOCK_B, _BLOCK_K = 16, 256
+def _tile(kind, dtype):
+    r, k, w = _INTERPRETER_TILE if INTERPRETED else _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
+    return {"BLOCK_R": r, "BLOCK_K": k, "num_warps": w, "num_stages": 2}
 
 
-INTERPRETED = type(_sk_prototype_sums_kernel).__name__ == "InterpretedFunction"  # defined under TRITON_INTERPRET=1
+def dot_precision_of(dtype):
+    """fp32 dots in full precision (torch's default, no TF32): t / 0.04 turns TF32's 1e-3 into exponent error."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _check(t_BK, scale, n_scale, name):
-    if t_BK.dim() != 2:
-        raise ValueError(f"sinkhorn {name}: teacher logits must be [B, K], got {tuple(t_BK.shape)}")
-    if not t_BK.is_floating_point():
-        raise ValueError(f"sinkhorn {name}: teacher logits must be floating point, got {t_BK.dtype}")
-    if scale.shape != (n_scale,) or scale.dtype != torch.float32:
-        raise ValueError(f"sinkhorn {name}: scale must be fp32 [{n_scale}], got {scale.dtype} {tuple(scale.shape)}")
-    return t_BK if t_BK.stride(-1) == 1 else t_BK.contiguous()
+def dot_precision(x):
+    return dot_precision_of(x.dtype)
 
 
-def sinkhorn_prototype_sums_triton(t_BK, c_B, shift, temp):
-    t_BK = _check(t_BK, c_B, t_BK.shape[0], "prototype_sums")
-    B, K = t_BK.shape
-    out = torch.zeros(K, device=t_BK.device, dtype=torch.float32)
-    if B and K:
-        grid = (triton.cdiv(K, _BLOCK_K),)
-        _sk_prototype_sums_kernel[grid](
-            t_BK, c_B, shift, out, B, K, t_BK.stride(0), 1.0 / temp, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K
-        )
+def _check(x_RD, w_KD, bias, n_bias, name):
+    if x_RD.dim() != 2 or w_KD.dim() != 2 or x_RD.shape[1] != w_KD.shape[1]:
+        shapes = f"{tuple(x_RD.shape)}, {tuple(w_KD.shape)}"
+        raise ValueError(f"sinkhorn {name}: features [R, D] and prototypes [K, D], got {shapes}")
+    if bias.shape != (n_bias,) or bias.dtype != torch.float32:
+        raise ValueError(f"sinkhorn {name}: bias must be fp32 [{n_bias}], got {bias.dtype} {tuple(bias.shape)}")
+    if x_RD.dtype != w_KD.dtype:
+        raise ValueError(f"sinkhorn {name}: features {x_RD.dtype} and prototypes {w_KD.dtype} differ")
+    return x_RD.contiguous(), w_KD.contiguous(), bias.contiguous()
+
+
+def _meta(x, kind):
+    return dict(DC=_DC, UPCAST=INTERPRETED, PREC=dot_precision(x), **_tile(kind, x.dtype))
+
+
+def sinkhorn_prototype_lse_triton(x_RD, w_KD, bias_R, temp):
+    """[K] fp32 logsumexp over rows of x w^T / temp + bias_R[:, None] (-inf for R = 0)."""
+    x, w, bias = _check(x_RD, w_KD, bias_R, x_RD.shape[0], "prototype pass")
+    (R, D), K = x.shape, w.shape[0]
+    out = torch.full((K,), float("-inf"), device=x.device)
+    if R and K:
+        meta = _meta(x, "prototype_lse")
+        _sk_prototype_lse_kernel[(triton.cdiv(K, meta["BLOCK_K"]),)](x, w, bias, out, R, K, D, 1.0 / temp, **meta)
     return out
 
 
-def sinkhorn_row_sums_triton(t_BK, r_K, shift, temp):
-    t_BK = _check(t_BK, r_K, t_BK.shape[1], "row_sums")
-    B, K = t_BK.shape
-    out = torch.zeros(B, device=t_BK.device, dtype=torch.float32)
-    if B and K:
-        grid = (triton.cdiv(B, _BLOCK_B),)
-        _sk_row_sums_kernel[grid](
-            t_BK, r_K, shift, out, B, K, t_BK.stride(0), 1.0 / temp, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K
-        )
-    return out
-
-
-def sinkhorn_apply_triton(t_BK, r_K, c_B, shift, temp):
-    t_BK = _check(t_BK, r_K, t_BK.shape[1], "apply")
-    _check(t_BK, c_B, t_BK.shape[0], "apply")
-    B, K = t_BK.shape
-    out = torch.empty((B, K), device=t_BK.device, dtype=torch.float32)
-    if B and K:
-        grid = (triton.cdiv(B, _BLOCK_B), triton.cdiv(K, _BLOCK_K))
-        _sk_apply_kernel[grid](
-            t_BK, r_K, c_B, shift, out, B, K, t_BK.stride(0), 1.0 / temp, BLOCK_B=_BLOCK_B, BLOCK_K=_BLOCK_K
-        )
-    return out
+def sinkhorn_row_lse_triton(x_RD, w_KD, bias_K, temp):
+    """[R] fp32 logsumexp over prototypes of x w^T / temp + bias_K[None, :]."""
+    x, w, bias = _check(x_RD, w_KD, bias_K, w_KD.shape[0], "row pass")
+    (R, D), K = x.shape, w.shape[0]
+    if not (R and K):
+        return torch.full((R,), float("-inf"), device=x.device)
+    meta = _meta(x, "row_lse")
+    nk = triton.cdiv(K, meta["BLOCK_K"])
+    m, l = (torch.empty(nk, R, device=x.device) for _ in range(2))
+    _sk_row_lse_kernel[(triton.cdiv(R, meta["BLOCK_R"]), nk)](x, w, bias, m, l, R, K, D, 1.0 / temp, **meta)
+    m_max = m.amax(0)
+    return m_max + torch.log((l * torch.exp(m - m_max)).sum(0))
 
 
 def sinkhorn_knopp_ref(t_BK, temp, n_iters=3, n_rows=None, all_reduce=None):
-    """The written definition, materialising Q = exp(t / temp)^T [K, B] (fp32; float64 stays float64).
+    """DINOv2's written definition on materialised logits: Q = exp(t / temp)^T [K, B] (fp32; float64 stays float64).
 
-    all_reduce(tensor, op) sums (op="sum") or maxes (op="max") in place across ranks; None = one process.
-    n_rows: the global row count B_global (default: local rows, i.e. one process).
+    The tests' oracle, in float64. all_reduce(tensor, op) sums (op="sum") or maxes (op="max") in place across
+    ranks; None = one process. n_rows: the global row count B_global (default: local rows, i.e. one process).
     """
     reduce = all_reduce or (lambda x, op: x)
     dt = torch.float64 if t_BK.dtype == torch.float64 else torch.float32
@@ -170,3 +191,22 @@ def sinkhorn_knopp_ref(t_BK, temp, n_iters=3, n_rows=None, all_reduce=None):
         Q = Q / proto / K
         Q = Q / Q.sum(dim=0, keepdim=True) / n_rows
     return (Q * n_rows).t()
+
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def launch_variants():
+    """Every (pass, dtype) the wrappers can launch on a GPU, for fastvit.kernels.aot."""
+    from fastvit.kernels.aot import Variant, dtype_name, signature
+
+    out = []
+    for dtype in _DTYPES:
+        ty = dtype_name(dtype)
+        for kind, fn in (("prototype_lse", _sk_prototype_lse_kernel), ("row_lse", _sk_row_lse_kernel)):
+            r, k, warps = _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
+            ce = dict(BLOCK_R=r, BLOCK_K=k, DC=_DC, UPCAST=False, PREC=dot_precision_of(dtype))
+            ptrs = {a: (ty if a in ("x_ptr", "w_ptr") else "fp32") for a in fn.arg_names if a.endswith("_ptr")}
+            sig = signature(fn, ce, ptrs, fp32=("inv_temp",))
+            out.append(Variant(f"sinkhorn.{kind}.{ty}", fn, sig, ce, warps, 2))
+    return out

@@ -1,8 +1,11 @@
 """DINO / iBOT projection head: MLP -> L2-normalised bottleneck -> cosine prototypes.
 
-logits_BK = normalize(mlp(x))_BD @ normalize(V)_KD^T, i.e. a weight-normalised last layer (no bias) whose
-weight norm g is fixed to 1. The two factors are exposed separately (`features`, `prototypes`,
-`prototype_logits`) so the chunked loss path never builds the [rows, K] logits.
+logits_BK = normalize(mlp(x))_BD @ (g_K1 * normalize(V)_KD)^T: a weight-normalised last layer without bias, as
+DINOv2's `weight_norm(nn.Linear(D, K, bias=False))` whose weight_g is initialised to 1 and then trained (it sits in
+the last-layer parameter group: frozen with it for the first steps, weight-decayed after), so the logits are not
+bounded by 1. The two factors are exposed separately (`features`, `prototypes` = g * normalize(V),
+`prototype_logits`) so the fused loss path never builds the [rows, K] logits; g gets its gradient through
+autograd of prototypes().
 
 Build on meta, then materialise and initialise:
 
@@ -15,8 +18,10 @@ DINOv2 / Web-SSL checkpoint mapping (`teacher.dino_head.*` or `teacher.ibot_head
     mlp.0.weight / mlp.0.bias      -> mlp.0.weight / mlp.0.bias   (in_dim -> hidden_dim)
     mlp.2.weight / mlp.2.bias      -> mlp.2.weight / mlp.2.bias   (hidden_dim -> hidden_dim)
     mlp.4.weight / mlp.4.bias      -> mlp.4.weight / mlp.4.bias   (hidden_dim -> bottleneck_dim)
-    last_layer.weight_v [K, D]     -> last_layer.weight [K, D]
-    last_layer.weight_g [K, 1]     -> dropped; DINOv2 fixes it to 1 (a converter should check it is all ones)
+    last_layer.weight_v [K, D]     -> last_layer.weight_v [K, D]   (direction; its norm is irrelevant)
+    last_layer.weight_g [K, 1]     -> last_layer.weight_g [K, 1]   (trainable norm of each prototype)
+torch.nn.utils.parametrizations.weight_norm names them parametrizations.weight.original0 (g) / original1 (v);
+fastvit.interop.heads reads both spellings.
 With n_layers other than 3 the MLP keeps the same pattern: Linear at even indices, GELU at odd ones.
 """
 
@@ -31,11 +36,12 @@ import torch.nn.functional as F
 class PrototypeLogits:
     """Logits kept in factored form: logits[..., K] = features[..., D] @ prototypes[K, D]^T.
 
-    Both factors are L2-normalised along D. `materialize()` builds the full logits (plain-torch path).
+    The features are L2-normalised along D, prototype k has norm g_k. `materialize()` builds the full logits
+    (what the float64 references of the tests compute).
     """
 
     features: torch.Tensor  # [..., D], L2-normalised
-    prototypes: torch.Tensor  # [K, D], L2-normalised
+    prototypes: torch.Tensor  # [K, D], g * normalize(V): rows of norm g
 
     def materialize(self):
         return self.features @ self.prototypes.t()
@@ -46,14 +52,20 @@ class PrototypeLogits:
 
 
 class PrototypeLayer(nn.Module):
-    """Weight-normalised linear layer without bias and with g = 1: y = x @ normalize(weight, dim=1)^T."""
+    """DINOv2's weight-normalised linear layer without bias: y = x @ (g * normalize(v, dim=1))^T.
+
+    weight_v [K, D] holds the directions, weight_g [K, 1] the norms (initialised to 1, trained), with the
+    names and shapes of torch.nn.utils.weight_norm(nn.Linear(D, K, bias=False)).
+    """
 
     def __init__(self, in_dim, out_dim):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))  # [K, D] = DINOv2's weight_v
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))  # [K, D]
+        self.weight_g = nn.Parameter(torch.empty(out_dim, 1))  # [K, 1]
 
     def normalized_weight(self):
-        return F.normalize(self.weight, dim=1, eps=1e-12)  # [K, D]
+        """g * v / ||v|| [K, D] (DINOv2's eps-free weight_norm; F.normalize's eps only guards v = 0)."""
+        return self.weight_g * F.normalize(self.weight_v, dim=1, eps=1e-12)
 
     def forward(self, x_ND):
         return x_ND @ self.normalized_weight().t()
@@ -87,12 +99,13 @@ class DINOHead(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Truncated normal (std 0.02) MLP weights, zero biases, isotropic prototypes (their norm is irrelevant)."""
+        """Truncated normal (std 0.02) MLP weights, zero biases, isotropic prototype directions, g = 1 (DINOv2)."""
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.last_layer.weight, std=1.0)
+        nn.init.normal_(self.last_layer.weight_v, std=1.0)
+        nn.init.ones_(self.last_layer.weight_g)
 
     def features(self, x_ND):
         """L2-normalised bottleneck features [..., bottleneck_dim]."""
@@ -101,7 +114,7 @@ class DINOHead(nn.Module):
         return F.normalize(h, dim=-1, eps=eps)
 
     def prototypes(self):
-        """L2-normalised prototype matrix [out_dim, bottleneck_dim]."""
+        """Prototype matrix g * normalize(V) [out_dim, bottleneck_dim]; differentiable in g and V."""
         return self.last_layer.normalized_weight()
 
     def prototype_logits(self, x_ND):

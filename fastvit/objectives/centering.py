@@ -1,11 +1,11 @@
-"""Teacher centering: softmax centering with an EMA center, and Sinkhorn-Knopp (re-exported from fastvit.ops)."""
+"""Teacher centering: softmax centering with an EMA center (Sinkhorn-Knopp: fastvit.ops.sinkhorn)."""
 
 import torch
 import torch.nn as nn
 
-from fastvit.ops.sinkhorn import all_reduce_, sinkhorn_knopp
+from fastvit.ops.sinkhorn import all_reduce_
 
-__all__ = ["softmax_center", "sinkhorn_knopp", "Centering"]
+__all__ = ["softmax_center", "Centering"]
 
 
 def softmax_center(teacher_logits, center, temp):

@@ -1,26 +1,28 @@
 """WebDINOObjective: DINO (CLS, cross-view) + iBOT (masked patches) + KoLeo, with the term counts of DINOv2.
 
-Inputs (B images per rank, n_g global and n_l local crops, K prototypes, M masked patches on this rank). Each head
-output is either a logits tensor (plain path) or a fastvit.models.heads.PrototypeLogits (features + prototypes:
-chunked path, the [rows, K] logits are never built); a student/teacher pair of one head must be of the same kind.
-    student_global   [n_g, B, K] student DINO-head logits of the global crops (or PrototypeLogits [n_g, B, D])
-    student_local    [n_l, B, K] the same for the local crops, or None when n_l = 0
-    teacher_global   [n_g, B, K] teacher DINO-head logits of the global crops
-    student_patches  [M, K] student iBOT-head logits of the masked patches, in masks[masks] order, or None (no iBOT)
-    teacher_patches  [M, K] teacher iBOT-head logits of the same patches
+Inputs (B images per rank, n_g global and n_l local crops, K prototypes, M masked patches on this rank). Every head
+output is a fastvit.models.heads.PrototypeLogits (L2-normalised features + the head's prototypes g * normalize(V)):
+the one loss path is factored, the [rows, K] logits are never built (teacher targets: fastvit.ops.sinkhorn /
+prototype_targets; cross-entropies: fastvit.ops.prototype_cross_entropy, fused Triton kernels on CUDA).
+    student_global   features [n_g, B, D] of the student DINO head on the global crops
+    student_local    features [n_l, B, D] of the local crops, or None when n_l = 0
+    teacher_global   features [n_g, B, D] of the teacher DINO head on the global crops
+    student_patches  features [M, D'] of the student iBOT head on the masked patches (masks[masks] order), or None
+    teacher_patches  features [M, D'] of the teacher iBOT head on the same patches
     masks            [n_g * B, N] bool iBOT masks, rows crop-major (crop 0's B images, then crop 1's)
-    student_cls      [n_g, B, D'] student CLS features of the global crops for KoLeo (normalised inside), or None
+    student_cls      [n_g, B, D''] student CLS features of the global crops for KoLeo (normalised inside), or None
     teacher_temp     float, the scheduled teacher temperature
 
 Terms (unweighted) and total:
     n_terms     = n_g * n_l + (n_g - 1) * n_g
     dino_global = sum_{i != j} CE(student global i, teacher j) / n_terms      (cross-view pairs only)
     dino_local  = sum_{i, j} CE(student local i, teacher global j) / n_terms
-    ibot        = ibot_patch_loss(..., n_images = n_g * B) * 2 / n_g
+    ibot        = sum_m w_m CE(student patch m, teacher patch m) / (n_g * B) * 2 / n_g,  w_m = 1 / masked in its image
     koleo       = sum over global crops of koleo_loss(student_cls[i])
     total       = dino_weight * (dino_global + dino_local) + ibot_weight * ibot + koleo_weight * koleo
 CE is the mean over the B rows of -sum_k p log_softmax(s / student_temp). Teacher targets: Sinkhorn-Knopp over the
 n_g * B CLS rows (resp. the M masked patches) of all ranks, or softmax centering with EMA centers updated after use.
+backend ("auto", "triton", "torch") picks the kernels of the targets and the cross-entropies alike.
 
 Example (training loop):
     objective = WebDINOObjective(n_global=2, n_local=8)            # centering="sinkhorn"
@@ -37,11 +39,12 @@ import torch
 import torch.nn as nn
 
 from fastvit.models.heads import PrototypeLogits
-from fastvit.objectives.centering import Centering, sinkhorn_knopp, softmax_center
+from fastvit.objectives.centering import Centering
 from fastvit.objectives.koleo import koleo_loss
-from fastvit.objectives.losses import dino_cross_entropy, ibot_masks_weight, ibot_patch_loss
-from fastvit.ops.prototype_cross_entropy import prototype_cross_entropy
-from fastvit.ops.prototype_targets import DEFAULT_CHUNK, sinkhorn_targets, softmax_center_targets
+from fastvit.objectives.losses import ibot_masks_weight
+from fastvit.ops.prototype_cross_entropy import BACKENDS, prototype_cross_entropy
+from fastvit.ops.prototype_targets import DEFAULT_CHUNK, softmax_center_targets
+from fastvit.ops.sinkhorn import sinkhorn_knopp
 
 
 class WebDINOObjective(nn.Module):
@@ -70,6 +73,8 @@ class WebDINOObjective(nn.Module):
             raise ValueError(f"WebDINOObjective needs n_global >= 2 and n_local >= 0, got {n_global}, {n_local}")
         if centering not in ("sinkhorn", "softmax"):
             raise ValueError(f"centering must be 'sinkhorn' or 'softmax', got {centering!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"WebDINOObjective backend must be one of {BACKENDS}, got {backend!r}")
         self.n_global, self.n_local, self.student_temp = n_global, n_local, student_temp
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
         self.centering, self.sinkhorn_iters, self.chunk, self.backend, self.group = (
@@ -99,14 +104,24 @@ class WebDINOObjective(nn.Module):
         teacher_temp,
     ):
         n_g = self.n_global
+        heads = (student_global, student_local, teacher_global, student_patches, teacher_patches)
+        if not all(h is None or isinstance(h, PrototypeLogits) for h in heads):
+            kinds = [type(h).__name__ for h in heads]
+            raise ValueError(f"WebDINOObjective takes PrototypeLogits (features + prototypes) per head, got {kinds}")
         if student_global.shape[0] != n_g or teacher_global.shape[0] != n_g:
             raise ValueError(f"expected {n_g} global crops, got {student_global.shape[0]} / {teacher_global.shape[0]}")
         n_l = 0 if student_local is None else student_local.shape[0]
         if n_l != self.n_local:
             raise ValueError(f"expected {self.n_local} local crops, got {n_l}")
-        dino_global, dino_local = self._dino(student_global, student_local, teacher_global, teacher_temp)
-        ibot = None if student_patches is None else self._ibot(student_patches, teacher_patches, masks, teacher_temp)
-        return self._combine(dino_global, dino_local, ibot, student_cls)
+        if (student_patches is None) != (teacher_patches is None):
+            raise ValueError("student and teacher iBOT outputs must both be given or both be None")
+        if student_patches is not None:
+            M = int(masks.sum())
+            if student_patches.shape[0] != M or teacher_patches.shape[0] != M:
+                rows = f"{student_patches.shape[0]} / {teacher_patches.shape[0]}"
+                raise ValueError(f"masks select {M} patches but the iBOT outputs hold {rows} rows")
+        dino, ibot = self.teacher_targets(teacher_global, teacher_patches, teacher_temp)
+        return self.student_losses(student_global, student_local, dino, student_patches, ibot, masks, student_cls)
 
     def _combine(self, dino_global, dino_local, ibot, student_cls):
         zero = dino_global.new_zeros(())
@@ -140,42 +155,14 @@ class WebDINOObjective(nn.Module):
         ibot = None if student_patches is None else self._ibot_from_targets(student_patches, ibot_targets, masks)
         return self._combine(dino_global, dino_local, ibot, student_cls)
 
-    def _dino(self, sg, sl, tg, teacher_temp):
-        kinds = {isinstance(x, PrototypeLogits) for x in (sg, tg) + (() if sl is None else (sl,))}
-        if len(kinds) != 1:
-            raise ValueError("student and teacher DINO outputs must all be logits tensors or all PrototypeLogits")
-        if kinds == {True}:
-            return self._dino_chunked(sg, sl, tg, teacher_temp)
-        n_g, B, K = tg.shape
-        p = self._targets(tg.reshape(n_g * B, K), teacher_temp, "dino", None).view(n_g, B, K)
-        p_all = p.sum(0)  # CE is linear in p: sum_j CE(s, p_j) = CE(s, sum_j p_j)
-        ce = lambda s, t: dino_cross_entropy(s, t, self.student_temp, backend=self.backend)
-        dino_global = sum(ce(sg[i], sum(p[j] for j in range(n_g) if j != i)) for i in range(n_g))
-        dino_local = sum(ce(sl[i], p_all) for i in range(sl.shape[0])) if sl is not None else p.new_zeros(())
-        return dino_global / self.n_terms, dino_local / self.n_terms
-
-    def _dino_chunked(self, sg, sl, tg, teacher_temp):
-        return self._dino_from_targets(sg, sl, self._factored_targets(tg, teacher_temp, "dino"))
-
     def _dino_from_targets(self, sg, sl, targets):
         n_g = self.n_global
         xs = sg.features if sl is None else torch.cat([sg.features, sl.features])  # [n_g + n_l, B, D]
-        L = prototype_cross_entropy(xs, sg.prototypes, targets, self.student_temp, chunk=self.chunk)  # [n_s, n_g]
+        L = prototype_cross_entropy(
+            xs, sg.prototypes, targets, self.student_temp, chunk=self.chunk, backend=self.backend
+        )  # [n_s, n_g]
         cross_view = 1.0 - torch.eye(n_g, device=L.device)
         return (L[:n_g] * cross_view).sum() / self.n_terms, L[n_g:].sum() / self.n_terms
-
-    def _ibot(self, sp, tp, masks, teacher_temp):
-        if isinstance(sp, PrototypeLogits) != isinstance(tp, PrototypeLogits):
-            raise ValueError("student and teacher iBOT outputs must both be logits tensors or both PrototypeLogits")
-        n_images, M = masks.shape[0], int(masks.sum())
-        if sp.shape[0] != M or tp.shape[0] != M:
-            raise ValueError(f"masks select {M} patches but the iBOT outputs hold {sp.shape[0]} / {tp.shape[0]} rows")
-        if isinstance(sp, PrototypeLogits):
-            targets = self._factored_targets(PrototypeLogits(tp.features[None], tp.prototypes), teacher_temp, "ibot")
-            return self._ibot_from_targets(sp, targets, masks)
-        p = self._targets(tp, teacher_temp, "ibot", None)
-        weight = ibot_masks_weight(masks)
-        return ibot_patch_loss(sp, p, weight, n_images, self.student_temp, backend=self.backend) * 2.0 / self.n_global
 
     def _ibot_from_targets(self, sp, targets, masks):
         n_images, M = masks.shape[0], int(masks.sum())
@@ -185,26 +172,25 @@ class WebDINOObjective(nn.Module):
             )
         row_w = ibot_masks_weight(masks) / n_images
         L = prototype_cross_entropy(
-            sp.features[None], sp.prototypes, targets, self.student_temp, row_w, chunk=self.chunk
+            sp.features[None], sp.prototypes, targets, self.student_temp, row_w, chunk=self.chunk, backend=self.backend
         )  # [1, 1]
         return L[0, 0] * 2.0 / self.n_global
-
-    def _targets(self, t_RK, teacher_temp, head, n_rows):
-        """Teacher probabilities [R, K] from logits: Sinkhorn over all ranks' rows, or softmax centering."""
-        if self.centering == "sinkhorn":
-            return sinkhorn_knopp(t_RK, teacher_temp, self.sinkhorn_iters, n_rows=n_rows, group=self.group)
-        center = getattr(self, f"{head}_center")
-        p = softmax_center(t_RK, center.center, teacher_temp)
-        center.update(t_RK, self.group)
-        return p
 
     def _factored_targets(self, t, teacher_temp, head):
         """TeacherTargets for PrototypeLogits t with features [T, B, D] (rows of all T crops centred together)."""
         if self.centering == "sinkhorn":
-            return sinkhorn_targets(
-                t.features, t.prototypes, teacher_temp, self.sinkhorn_iters, group=self.group, chunk=self.chunk
+            return sinkhorn_knopp(
+                t.features,
+                t.prototypes,
+                teacher_temp,
+                self.sinkhorn_iters,
+                group=self.group,
+                chunk=self.chunk,
+                backend=self.backend,
             )
         center = getattr(self, f"{head}_center")
-        targets = softmax_center_targets(t.features, t.prototypes, center.center, teacher_temp, chunk=self.chunk)
+        targets = softmax_center_targets(
+            t.features, t.prototypes, center.center, teacher_temp, chunk=self.chunk, backend=self.backend
+        )
         center.update_factored(t.features, t.prototypes, self.group)
         return targets

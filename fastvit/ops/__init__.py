@@ -10,7 +10,6 @@ from fastvit.ops.layer_norm import add_layer_norm, layer_norm
 from fastvit.ops.mae_loss import mae_loss
 from fastvit.ops.prototype_cross_entropy import prototype_cross_entropy
 from fastvit.ops.sinkhorn import sinkhorn_knopp
-from fastvit.ops.soft_cross_entropy import soft_cross_entropy
 from fastvit.ops.swiglu import swiglu
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "mae_loss",
     "prototype_cross_entropy",
     "sinkhorn_knopp",
-    "soft_cross_entropy",
     "swiglu",
 ]
 
@@ -34,7 +32,7 @@ BACKEND_MODULES = {
     "swiglu": "fastvit.ops.swiglu",
     "mae_loss": "fastvit.ops.mae_loss",
     "clip_loss": "fastvit.ops.clip_loss",
-    "soft_cross_entropy": "fastvit.ops.soft_cross_entropy",
+    "prototype_cross_entropy": "fastvit.ops.prototype_cross_entropy",
     "sinkhorn_knopp": "fastvit.ops.sinkhorn",
 }
 

@@ -1,17 +1,81 @@
-"""Teacher targets in factored form, computed block by block over the prototypes (no [rows, K] tensor).
+"""Teacher targets in factored form, and the log-sum-exp passes that compute them without a [rows, K] tensor.
 
-P[t, b, k] = exp(xt[t, b] . Wt[k] / teacher_temp + a[k] + b[t, b]): Sinkhorn-Knopp (sinkhorn_targets) or softmax
-centering (softmax_center_targets) reduce to the two log-scale vectors a [K] and b [T, B]. The chunked loss
-(fastvit.ops.prototype_cross_entropy) recomputes P blockwise from them.
+P[t, b, k] = exp(xt[t, b] . Wt[k] / teacher_temp + a[k] + b[t, b]): Sinkhorn-Knopp (fastvit.ops.sinkhorn) and
+softmax centering (softmax_center_targets) both reduce to the two log-scale vectors a [K] and b [T, B], and the
+fused loss (fastvit.ops.prototype_cross_entropy) recomputes P tile by tile from them.
+
+fastvit::prototype_lse is the one pass both need: out = logsumexp of z = x w^T / temp plus a bias, over rows (dim=0,
+bias [R], out [K]) or over prototypes (dim=1, bias [K], out [R]); Triton (kernels/sinkhorn.py) or chunked torch.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from fastvit.ops.sinkhorn import all_reduce_, global_row_count
+from fastvit.kernels import sinkhorn as _k
+from fastvit.ops import backend as backend_lib
 
-DEFAULT_CHUNK = 8192
+BACKENDS = ("auto", "triton", "torch")
+DEFAULT_CHUNK = 8192  # prototypes per block of the torch passes: bounds their fp32 temporaries to [rows, 8192]
+
+
+def available(device):
+    """Backends (besides "auto") usable for tensors on `device`."""
+    return (["triton"] if backend_lib.triton_runs(_k, device) else []) + ["torch"]
+
+
+def matmul_operands(x, w):
+    """x, w for the torch matmuls: rounded to one dtype (bf16 / fp16 features pull their prototypes down, as
+    autocast does), then computed in fp32 (float64 stays float64). The products of the rounded operands are exact
+    and accumulate in fp32, as in the Triton kernels: a bf16 matmul output would add a rounding of the logits that
+    1 / teacher_temp (25 at 0.04) turns into exponent error, and CPUs have no bf16 matrix units anyway."""
+    dt = operand_dtype(x, w)
+    out = torch.float64 if dt == torch.float64 else torch.float32
+    return x.to(dt).to(out), w.to(dt).to(out)
+
+
+def operand_dtype(x, w):
+    """The dtype both matmul operands are rounded to: float64 if either is, else that of bf16 / fp16 features,
+    else fp32 (the Triton kernels read bf16 / fp16 operands as they are, for the tensor cores)."""
+    if x.dtype == torch.float64 or w.dtype == torch.float64:
+        return torch.float64
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _logit_chunks(x_RD, w_KD, inv_temp, chunk):
+    """(k0, z [R, kc]) with z = x w[k0 : k0 + kc]^T * inv_temp in fp32 (float64 stays float64)."""
+    out_dt = torch.float64 if x_RD.dtype == torch.float64 else torch.float32
+    for k0 in range(0, w_KD.shape[0], chunk):
+        yield k0, (x_RD @ w_KD[k0 : k0 + chunk].t()).to(out_dt) * inv_temp
+
+
+def _lse_torch(x, w, bias, inv_temp, dim, chunk):
+    if dim == 0:
+        if x.shape[0] == 0:
+            return torch.full((w.shape[0],), float("-inf"), device=x.device, dtype=bias.dtype)
+        return torch.cat([torch.logsumexp(z + bias[:, None], dim=0) for _, z in _logit_chunks(x, w, inv_temp, chunk)])
+    lse = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=bias.dtype)
+    for k0, z in _logit_chunks(x, w, inv_temp, chunk):
+        lse = torch.logaddexp(lse, torch.logsumexp(z + bias[k0 : k0 + z.shape[1]], dim=-1))
+    return lse
+
+
+@torch.library.custom_op("fastvit::prototype_lse", mutates_args=())
+def prototype_lse(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, temp: float, dim: int, chunk: int, backend: str
+) -> torch.Tensor:
+    """dim=0: out[k] = logsumexp_r(x[r] . w[k] / temp + bias[r]); dim=1: out[r] = logsumexp_k(... + bias[k])."""
+    with torch.autocast(x.device.type, enabled=False):  # the op picks its own dtypes (see matmul_operands)
+        if backend == "triton":
+            dt = operand_dtype(x, w)
+            fn = _k.sinkhorn_prototype_lse_triton if dim == 0 else _k.sinkhorn_row_lse_triton
+            return fn(x.to(dt), w.to(dt), bias.float(), temp)
+        return _lse_torch(*matmul_operands(x, w), bias, 1.0 / temp, dim, chunk)
+
+
+@prototype_lse.register_fake
+def _(x, w, bias, temp, dim, chunk, backend):
+    return bias.new_empty(w.shape[0] if dim == 0 else x.shape[0])
 
 
 @dataclass
@@ -29,17 +93,15 @@ class TeacherTargets:
         return TeacherTargets(self.features[:, index], self.prototypes, self.inv_temp, self.a, self.b[:, index])
 
     def materialize(self):
-        t = self.features @ self.prototypes.t()
+        """P [T, B, K] (fp32, float64 stays float64): for tests and references only."""
+        x, w = matmul_operands(self.features, self.prototypes)
+        with torch.autocast(x.device.type, enabled=False):
+            t = x @ w.t()
         t = t if t.dtype == torch.float64 else t.float()
         return torch.exp(t * self.inv_temp + self.a + self.b[..., None])
 
 
-def _teacher_chunks(x_RD, W_KD, inv_temp, chunk):
-    for k0 in range(0, W_KD.shape[0], chunk):
-        yield k0, (x_RD @ W_KD[k0 : k0 + chunk].t()).float() * inv_temp
-
-
-def _check_teacher(features, prototypes, temp):
+def check_teacher(features, prototypes, temp):
     if features.dim() != 3 or prototypes.dim() != 2 or features.shape[-1] != prototypes.shape[-1]:
         raise ValueError(
             f"teacher features must be [T, B, D] and prototypes [K, D], got {tuple(features.shape)} "
@@ -49,44 +111,19 @@ def _check_teacher(features, prototypes, temp):
         raise ValueError(f"teacher temperature must be positive, got {temp}")
 
 
-@torch.no_grad()
-def sinkhorn_targets(features, prototypes, temp, n_iters=3, *, n_rows=None, group=None, chunk=DEFAULT_CHUNK):
-    """Sinkhorn-Knopp (DINOv2 semantics) over all T*B teacher rows together, streamed over prototype blocks.
-
-    Equals fastvit.ops.sinkhorn_knopp(features @ prototypes^T) viewed as [T, B, K]; n_rows/group as there.
-    """
-    _check_teacher(features, prototypes, temp)
-    if n_iters < 1:
-        raise ValueError(f"sinkhorn_targets needs n_iters >= 1, got {n_iters}")
-    x = features.detach().reshape(-1, features.shape[-1])  # [R, D]
-    W = prototypes.detach()
-    R, K, inv = x.shape[0], W.shape[0], 1.0 / temp
-    n_rows = global_row_count(R, x.device, n_rows, group)
-    # Any shift cancels in the normalisations; the Cauchy-Schwarz bound keeps every exponent <= 0 without a pass.
-    bound = x.float().norm(dim=-1).max() if R else torch.zeros((), device=x.device)
-    shift = all_reduce_((bound * W.float().norm(dim=-1).max() * inv).reshape(1), "max", group)
-    c = torch.ones(R, device=x.device, dtype=torch.float32)
-    for _ in range(n_iters):
-        proto = torch.cat([c @ torch.exp(t - shift) for _, t in _teacher_chunks(x, W, inv, chunk)])  # [K]
-        r = 1.0 / (all_reduce_(proto, "sum", group) * K)
-        rows = torch.zeros(R, device=x.device, dtype=torch.float32)
-        for k0, t in _teacher_chunks(x, W, inv, chunk):
-            rows += torch.exp(t - shift) @ r[k0 : k0 + t.shape[1]]
-        c = 1.0 / (rows * n_rows)
-    b = (torch.log(c * n_rows) - shift).reshape(features.shape[:2])
-    return TeacherTargets(features.detach(), W, inv, torch.log(r), b)
+def resolve_backend(op, backend, features):
+    return backend_lib.resolve(op, backend, features, BACKENDS, available(features.device))
 
 
 @torch.no_grad()
-def softmax_center_targets(features, prototypes, center, temp, *, chunk=DEFAULT_CHUNK):
+def softmax_center_targets(features, prototypes, center, temp, *, chunk=DEFAULT_CHUNK, backend="auto"):
     """softmax((t - center) / temp) in factored form: a = -center / temp, b = -logsumexp_k((t - center) / temp)."""
-    _check_teacher(features, prototypes, temp)
+    check_teacher(features, prototypes, temp)
+    be = resolve_backend("softmax_center_targets", backend, features)
     x = features.detach().reshape(-1, features.shape[-1])
-    W, inv = prototypes.detach(), 1.0 / temp
-    a = -center.detach().float().reshape(-1) * inv
+    W = prototypes.detach()
+    a = -center.detach().float().reshape(-1) / temp
     if a.shape[0] != W.shape[0]:
         raise ValueError(f"center has {a.shape[0]} entries but there are {W.shape[0]} prototypes")
-    lse = torch.full((x.shape[0],), float("-inf"), device=x.device)
-    for k0, t in _teacher_chunks(x, W, inv, chunk):
-        lse = torch.logaddexp(lse, torch.logsumexp(t + a[k0 : k0 + t.shape[1]], dim=-1))
-    return TeacherTargets(features.detach(), W, inv, a, -lse.reshape(features.shape[:2]))
+    lse = prototype_lse(x, W, a, float(temp), 1, int(chunk), be)
+    return TeacherTargets(features.detach(), W, 1.0 / temp, a, -lse.reshape(features.shape[:2]))

@@ -22,21 +22,70 @@ def test_head_meta_build_and_logits():
     head.to_empty(device="cpu")
     head.init_weights()
     names = {n for n, _ in head.named_parameters()}
-    expected = {f"mlp.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")} | {"last_layer.weight"}
-    assert names == expected  # DINOv2: mlp.0/2/4 and last_layer.weight_v -> last_layer.weight
-    assert head.last_layer.weight.shape == (301, 16)
+    expected = {f"mlp.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
+    assert names == expected | {"last_layer.weight_g", "last_layer.weight_v"}  # DINOv2's names
+    assert head.last_layer.weight_v.shape == (301, 16) and head.last_layer.weight_g.shape == (301, 1)
+    assert torch.equal(head.last_layer.weight_g, torch.ones(301, 1))  # DINOv2 initialises g to 1
     x = torch.randn(3, 5, 24, dtype=torch.float64)
     head = head.double()
+    with torch.no_grad():
+        head.last_layer.weight_g.uniform_(0.5, 4.0)  # trained norms: logits no longer bounded by 1
     h = x
     for m in head.mlp:
         h = m(h)
-    v = head.last_layer.weight
-    expected_logits = (h / h.norm(dim=-1, keepdim=True)) @ (v / v.norm(dim=1, keepdim=True)).t()
+    v, g = head.last_layer.weight_v, head.last_layer.weight_g
+    expected_logits = (h / h.norm(dim=-1, keepdim=True)) @ (g * v / v.norm(dim=1, keepdim=True)).t()
     assert_close(head(x), expected_logits, atol=1e-12, name="logits")
     assert_close(head.prototype_logits(x).materialize(), expected_logits, atol=1e-12, name="factored")
     assert head.prototype_logits(x).shape == (3, 5, 301)
+    assert head(x).abs().max() > 1.0
     assert isinstance(head.mlp[1], torch.nn.GELU)
     assert torch.isfinite(head.features(torch.zeros(2, 24, dtype=torch.float64))).all()
+
+
+@pytest.mark.parametrize("api", ["weight_norm", "parametrizations"])
+def test_last_layer_is_dinov2_weight_norm(api):
+    """Outputs and the gradients of g and v equal torch.nn.utils.weight_norm's (DINOv2's last layer), or
+    torch.nn.utils.parametrizations.weight_norm's, with g initialised to 1 and then moved off it."""
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(16, 37, bias=False).double()
+    if api == "weight_norm":
+        ref = torch.nn.utils.weight_norm(ref)
+        g_ref, v_ref = ref.weight_g, ref.weight_v
+    else:
+        ref = torch.nn.utils.parametrizations.weight_norm(ref)
+        g_ref, v_ref = ref.parametrizations.weight.original0, ref.parametrizations.weight.original1
+    with torch.no_grad():
+        g_ref.fill_(1.0)  # DINOv2: self.last_layer.weight_g.data.fill_(1)
+        g_ref.mul_(torch.rand(37, 1, dtype=torch.float64) + 0.5)  # as after training steps
+    head = DINOHead(8, out_dim=37, hidden_dim=12, bottleneck_dim=16).double()
+    head.last_layer.load_state_dict({"weight_g": g_ref.detach().clone(), "weight_v": v_ref.detach().clone()})
+    x = torch.randn(5, 16, dtype=torch.float64)
+    w = torch.randn(5, 37, dtype=torch.float64)
+    (ref(x) * w).sum().backward()
+    out = head.last_layer(x)
+    (out * w).sum().backward()
+    assert_close(out, ref(x), atol=1e-12, name="outputs")
+    assert_close(head.last_layer.weight_g.grad, g_ref.grad, atol=1e-12, name="grad g")
+    assert_close(head.last_layer.weight_v.grad, v_ref.grad, atol=1e-12, name="grad v")
+    assert head.last_layer.weight_g.grad.abs().max() > 0
+
+
+def test_g_in_last_layer_group_frozen_then_weight_decayed():
+    """g sits in the last-layer group: lr 0 while frozen, weight decay once it trains (DINOv2's param groups
+    decay everything but biases, norms and gamma, and weight_g is none of those)."""
+    from fastvit.config import OptimConfig
+    from fastvit.train.optim import apply_schedule, build_optimizer
+
+    head = DINOHead(8, out_dim=11, hidden_dim=12, bottleneck_dim=6)
+    cfg = OptimConfig(lr=1e-3, warmup_steps=0, freeze_last_layer_steps=2, weight_decay=0.04, weight_decay_end=0.04)
+    opt = build_optimizer(head.named_parameters(), depth=1, cfg_optim=cfg)
+    (group,) = [g for g in opt.param_groups if "last_layer.weight_g" in g["names"]]
+    assert group["last_layer"] and group["apply_wd"] and "last_layer.weight_v" in group["names"]
+    apply_schedule(opt, 0, 10, cfg)
+    assert group["lr"] == 0.0
+    apply_schedule(opt, 2, 10, cfg)
+    assert group["lr"] > 0 and group["weight_decay"] == pytest.approx(0.04)
 
 
 def test_head_errors():
