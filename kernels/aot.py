@@ -231,8 +231,14 @@ def representative(vs):
         for v in members:
             groups.setdefault((v.constexprs.get("BLOCK_D"), v.constexprs.get("PACKED")), []).append(v)
         for group in groups.values():
-            picked.append(max(group, key=lambda v: (_tile_elems(v) * v.num_stages, v.num_warps, v.name)))
+            picked.append(max(group, key=_weight))
     return picked
+
+
+def _weight(v):
+    """Order of "most likely to spill": tile elements x stages, warps, then the optional paths switched on."""
+    flags = sum(1 for val in v.constexprs.values() if val is True)
+    return _tile_elems(v) * v.num_stages, v.num_warps, flags, v.name
 
 
 def _tile_elems(v):

@@ -6,9 +6,13 @@ outside a sequence are masked, so sequences of different lengths (257- and 50-to
 a launch. Forward: online softmax in base 2 with fp32 accumulation; it saves the natural-log
 log-sum-exp of the scaled scores, lse (T, H) (dense: (B, H, N) stored token-major). Backward:
 delta = rowsum(dO * O), then one kernel for dK/dV (loop over query blocks) and one for dQ (loop
-over key blocks), recomputing P from lse; no N x N matrix is ever stored. Head dims are padded to
-the next power of two with masks. Low-precision values are upcast to fp32 before tl.dot only
-under the interpreter (UPCAST), where bf16 arithmetic is not emulated.
+over key blocks), recomputing P from lse; no N x N matrix is ever stored. Head dims are padded with
+masks to BLOCK_D = 64 (up to 64) or 128 (65-128): tl.arange and tl.dot take power-of-two extents, so
+head dim 80 runs the 128-wide tile and 37.5% of its MMA work is padding (a 64 + 16 split of the head
+dim is not implemented). Addresses are one int64 base per tile plus int32 offsets inside it. On a GPU
+the kernels take fp16 / bf16 (fp32 tl.dot lowers to FMAs and spills; fastvit.ops.attention runs fp32 on
+SDPA); low-precision values are upcast to fp32 before tl.dot only under the interpreter (UPCAST), where
+bf16 arithmetic is not emulated.
 """
 
 import functools
@@ -305,20 +309,22 @@ def _configs(tiles):
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) each kernel may run with, per BLOCK_D (the head dim padded to 64 or
 # 128). On a GPU the autotuner picks one per (head dim, length, layout, dtype); launch_variants() lists the same
 # tiles for the ahead-of-time compile check (tests/kernels/test_compile.py), which holds every one of them
-# spill-free on sm_80 and sm_90a. At BLOCK_D 128 a 4-warp tile with 128 rows cannot keep its fp32 (128, 128)
-# accumulator in registers, hence 8 warps there.
+# spill-free on sm_80 and sm_90a. At BLOCK_D 128 the fp32 accumulators of 128-row tiles need 8 warps, and these
+# spill on one target or both (ptxas -v): fwd 128 x 128 / 8 warps (sm_90a, packed), fwd 64 x 64 / 4 and 8 warps
+# (sm_80), dK/dV 32 x 128 / 8 warps and 32 x 64 / 4 warps (sm_80), dQ 128 x 64 / 8 warps and 64 x 64 / 8 warps
+# (sm_80).
 TILES = {
     "fwd": {
         64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
-        128: [(128, 64, 8, 3), (64, 64, 4, 3)],  # 128 x 128 on 8 warps spills 64 B packed (255 registers)
+        128: [(128, 64, 8, 3), (128, 32, 8, 3)],
     },
     "dkdv": {
         64: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)],
-        128: [(32, 128, 8, 3), (64, 64, 8, 2), (32, 64, 4, 3)],
+        128: [(64, 64, 8, 2), (32, 64, 8, 3)],
     },
     "dq": {
         64: [(128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
-        128: [(128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 3)],
+        128: [(128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
     },
 }
 BLOCK_DS = (64, 128)  # every BLOCK_D the wrappers launch: head dims up to 64 share one kernel, 65-128 the other

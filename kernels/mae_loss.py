@@ -159,6 +159,7 @@ def _launch(kernel, pred, images, mask, patch_size, norm_pix, eps, *outs):
             float(eps),
             NORM=bool(norm_pix),
             BLOCK_P=triton.next_power_of_2(P),
+            num_warps=_warps(triton.next_power_of_2(P)),
         )
 
 
@@ -183,8 +184,13 @@ def mae_loss_bwd(g_BN, pred, images, mask, patch_size, norm_pix=True, eps=1e-6):
 _BLOCKS = tuple(2**i for i in range(2, 13))  # BLOCK_P = next_power_of_2(3 * p * p): 4 (p = 1) ... 4096 (p = 32)
 
 
+def _warps(block_p):
+    """4 warps up to 1024 lanes (p <= 16), then one per 256 lanes: at most 16 lanes of a patch per thread."""
+    return max(4, block_p // 256)
+
+
 def launch_variants():
-    """Forward and backward for every (pred dtype, images dtype, NORM, BLOCK_P), default 4 warps, for
+    """Forward and backward for every (pred dtype, images dtype, NORM, BLOCK_P) with its num_warps, for
     fastvit.kernels.aot."""
     from fastvit.kernels.aot import Variant, dtype_name, signature
 
@@ -199,7 +205,7 @@ def launch_variants():
                         ce = dict(NORM=norm, BLOCK_P=block)
                         sig = signature(fn, ce, {a: ptrs[a] for a in fn.arg_names if a.endswith("_ptr")}, ("eps",))
                         name = f"mae_loss.{kind}.{pred_dt}.img_{img_dt}.{'norm' if norm else 'raw'}.p{block}"
-                        out.append(Variant(name, fn, sig, ce, 4, 3))
+                        out.append(Variant(name, fn, sig, ce, _warps(block), 3))
     return out
 
 
