@@ -45,10 +45,11 @@ def available(device):
 
 
 def _resolve(backend, x):
-    from fastvit.kernels.layer_norm import MAX_WIDTH
+    if backend == "auto" and x.device.type == "cuda":
+        from fastvit.kernels.layer_norm import MAX_WIDTH
 
-    if backend == "auto" and x.device.type == "cuda" and x.shape[-1] > MAX_WIDTH:
-        return "torch"  # the Triton kernels keep a whole row in registers: wider rows would spill
+        if x.shape[-1] > MAX_WIDTH:
+            return "torch"  # the Triton kernels keep a whole row in registers: wider rows would spill
     return backend_lib.resolve("layer_norm", backend, x, BACKENDS, available(x.device))
 
 
