@@ -1,4 +1,4 @@
-"""`fastvit bench kernels [op=attention|layer_norm|swiglu|dino_loss|all] [out=DIR] [quick=1]`.
+"""`fastvit bench kernels [op=attention|layer_norm|swiglu|mae_loss|dino_loss|clip_loss|all] [out=DIR] [quick=1]`.
 
 On a GPU: times forward, backward and both for every available backend of each op plus a
 torch.compile'd reference, on ViT shapes (ViT-L / g / 7B widths, 257 and 50 tokens, ~64K tokens
@@ -6,7 +6,8 @@ per batch), with triton.testing.do_bench; reports TFLOP/s (attention) or GB/s (n
 and the speed ratio to the eager torch reference. On a CPU: the Triton kernels' max error
 against float64 through the interpreter on a small shape, and the eager timings of the torch
 reference and of the fastvit torch backend (never a Triton timing). Prints a table and writes
-kernels.json and one PNG bar chart per op into `out`.
+kernels.json and one PNG bar chart per op into `out`. On a GPU each op's rows end with the registers,
+spills and shared memory of every kernel binary it ran (compiled_rows).
 
 Ops are a registry (REGISTRY: name -> bench function(ctx) -> list of row dicts), so other
 benchmarks can be added with register(name, fn).
@@ -193,6 +194,7 @@ KERNEL_MODULES = {
     "swiglu": ["swiglu"],
     "dino_loss": ["prototype_cross_entropy", "sinkhorn"],
     "clip_loss": ["clip_loss"],
+    "mae_loss": ["mae_loss"],
 }
 
 
@@ -523,9 +525,49 @@ def _swiglu_case(ctx, label, width, backends, dt):
     )
 
 
+def bench_mae_loss(ctx):
+    """The Web-MAE pixel loss (patchify + per-patch normalisation + masked MSE and its gradient) at ViT-L/14 224 px
+    shapes (256 patches of 588 values, 75% masked), against the patchify-then-MSE reference."""
+    from fastvit.kernels.mae_loss import mae_loss_ref
+
+    from fastvit.ops import mae_loss
+
+    p = 14
+    img64, mask64 = torch.randn(2, 3, 56, 56, dtype=torch.float64), (torch.rand(2, 16) < 0.75).double()
+    img32, mask32 = img64.float().to(ctx.device), mask64.float().to(ctx.device)
+    rows = _correctness(
+        ctx,
+        "mae_loss",
+        "2x3x56x56 p14",
+        lambda pred: mae_loss(pred, img32, mask32, p, backend="triton"),
+        lambda pred: mae_loss_ref(pred, img64, mask64, p),
+        [torch.randn(2, 16, 3 * p * p, dtype=torch.float64)],
+        ["loss", "dpred"],
+    )
+    B, side = (256, 224) if ctx.gpu else (2, 112)  # a CPU times the torch reference only: a small batch
+    N, dt = (side // p) ** 2, _dtype(ctx)
+    images = torch.randn(B, 3, side, side, device=ctx.device, dtype=dt)
+    pred = torch.randn(B, N, 3 * p * p, device=ctx.device, dtype=dt, requires_grad=True)
+    mask = (torch.rand(B, N, device=ctx.device) < 0.75).to(dt)
+    nbytes = images.numel() * images.element_size() + pred.numel() * pred.element_size()
+    return rows + _bench_backends(
+        ctx,
+        "mae_loss",
+        f"vit_l/14 {B}x{N}x{3 * p * p}",
+        dt,
+        [pred],
+        lambda: mae_loss_ref(pred, images, mask, p),
+        lambda be: mae_loss(pred, images, mask, p, backend=be),
+        _backends(ctx, "fastvit.ops.mae_loss"),
+        {"fwd": nbytes, "bwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
+        "GB/s",
+    )
+
+
 register("attention", bench_attention)
 register("layer_norm", bench_layer_norm)
 register("swiglu", bench_swiglu)
+register("mae_loss", bench_mae_loss)
 
 
 def bench_dino_loss(ctx):
