@@ -138,7 +138,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    max_bad_steps: int = 5  # consecutive skipped steps (non-finite, or an exploding gradient norm) before the run stops
+    # a step whose gradient norm is over this x the running norm of the accepted steps is skipped (0 disables)
+    max_grad_norm_jump: float = 1000.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs
     eval_every: int = 0  # kNN of the EMA teacher every N steps (knn_top1 in metrics.jsonl, percent); 0 disables
 
@@ -342,6 +344,8 @@ def validate(cfg):
             raise UserError(f"{key}={value} is out of range: it must be {low} or more{hint}")
     if cfg.parallel.dp != -1 and cfg.parallel.dp < 1:
         raise UserError(f"parallel.dp={cfg.parallel.dp} is out of range: it must be 1 or more, or -1 (what is left)")
+    if cfg.train.max_grad_norm_jump < 0 or 0 < cfg.train.max_grad_norm_jump <= 1:
+        raise UserError(f"train.max_grad_norm_jump={cfg.train.max_grad_norm_jump}: use a factor > 1, or 0 to disable")
     if not 0.0 <= cfg.model.drop_path < 1.0:
         raise UserError(f"model.drop_path={cfg.model.drop_path} is out of range: it must be in [0, 1)")
     return cfg

@@ -6,6 +6,7 @@ and what follows the optimizer step (the EMA teacher update); one step is fastvi
 which `fastvit bench step` runs too.
 """
 
+import math
 import random
 import signal
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from fastvit.config import write_config
 from fastvit.errors import StopRequested, UserError
@@ -31,8 +33,8 @@ from fastvit.train.tasks import TASKS, build_task, pipelined
 __all__ = ["TASKS", "NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many skipped steps in a row, or weights that are not finite: the user lowers the lr or checks the data."""
 
 
 def per_rank_batch(cfg, dp):
@@ -185,6 +187,11 @@ def _resume(run, loader, run_dir):
 
 
 def _save(run, loader, run_dir, step):
+    if not _weights_finite(run.task.student):
+        raise NonFiniteLossError(
+            f"the weights are not finite after step {step}, so no checkpoint was written; lower optim.lr or "
+            "raise optim.warmup_steps. The last checkpoint is intact."
+        )
     extra = {"rng": _rng_state(), "loader": loader.state_dict(), "step": step}
     state, _ = canonical_state(run.task.state_dict(run.optimizer))
     keep = run.cfg.train.keep_checkpoints
@@ -250,15 +257,48 @@ def _record(run, out, done, throughput):
     return record
 
 
-def _skip_bad_step(cfg, step, bad_in_a_row):
+class _NormGuard:
+    """The limit on a step's gradient norm: train.max_grad_norm_jump x the running mean of the accepted steps'
+    norms, once WARMUP steps were accepted (the norm is read on the host anyway: no extra sync). Ordinary
+    training moves its norm by a few x; an exploding update by orders of magnitude."""
+
+    WARMUP = 20
+
+    def __init__(self, jump):
+        self.jump, self.mean, self.n = jump, 0.0, 0
+
+    def limit(self):
+        return self.jump * self.mean if self.jump > 0 and self.n >= self.WARMUP else math.inf
+
+    def accept(self, norm):
+        self.n += 1
+        self.mean += (norm - self.mean) * max(1.0 / self.n, 0.05)  # the mean, then an EMA over ~20 steps
+
+
+def _skip_bad_step(cfg, step, bad_in_a_row, out, limit):
     """`step` is 1-based, as in metrics.jsonl."""
     if _is_main():
-        print(f"step {step}: non-finite loss or gradient, step skipped ({bad_in_a_row} in a row)", flush=True)
+        what = (
+            f"gradient norm {out.grad_norm:.3g} over {cfg.train.max_grad_norm_jump:g} x the running norm ({limit:.3g})"
+            if out.exploded
+            else "non-finite loss or gradient"
+        )
+        print(f"step {step}: {what}, step skipped ({bad_in_a_row} in a row)", flush=True)
     if bad_in_a_row >= cfg.train.max_bad_steps:
         raise NonFiniteLossError(
-            f"{bad_in_a_row} consecutive steps had a non-finite loss or gradient (last at step {step}); "
-            "lower optim.lr, raise optim.warmup_steps or check the data. The last checkpoint is intact."
+            f"{bad_in_a_row} consecutive steps had a non-finite loss or gradient or an exploding gradient norm "
+            f"(last at step {step}); lower optim.lr, raise optim.warmup_steps or check the data. "
+            "The last checkpoint is intact."
         )
+
+
+def _weights_finite(model):
+    """Every rank's parameters are finite (checked before a checkpoint is written, not per step)."""
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
+    ok = torch.stack([torch.isfinite(t.detach()).all() for t in local]).all().float()
+    if dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 def _run_steps(run, loader, start_step, run_dir, log, stop):
@@ -267,20 +307,29 @@ def _run_steps(run, loader, start_step, run_dir, log, stop):
         _save(run, loader, run_dir, 0)  # the initial model, so any run can be evaluated
     throughput, autocast = _Throughput(run), autocast_for(cfg, run.device)
     batches = (to_device(batch, run.device) for batch in loader)
-    bad_in_a_row = 0
+    bad_in_a_row, guard = 0, _NormGuard(cfg.train.max_grad_norm_jump)
     for step in range(start_step, total):
+        limit = guard.limit()
         out = train_step(
-            run.task, run.optimizer, batches, step=step, total=total, cfg_optim=cfg.optim, autocast=autocast
+            run.task,
+            run.optimizer,
+            batches,
+            step=step,
+            total=total,
+            cfg_optim=cfg.optim,
+            autocast=autocast,
+            max_grad_norm=limit,
         )
         if not out.finite:
             bad_in_a_row += 1
-            _skip_bad_step(cfg, step + 1, bad_in_a_row)
+            _skip_bad_step(cfg, step + 1, bad_in_a_row, out, limit)
             if step + 1 == total or stop.requested:  # the weights are those before the skipped step
                 _save(run, loader, run_dir, step + 1)
                 if stop.requested:
                     break
             continue
         bad_in_a_row = 0
+        guard.accept(out.grad_norm)
         throughput.step_done()
         done = step + 1
         save = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total

@@ -11,6 +11,7 @@ norm and clipping, and, when the losses and the norm are finite on every rank, t
 task's after_step (the EMA teacher); otherwise the gradients are dropped and the step is skipped.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,9 @@ class StepOutput:
     lr: float
     wd: float
     grad_norm: float  # before clipping; nan when a loss was not finite
-    finite: bool  # every rank's losses and the gradient norm were finite: the optimizer stepped
+    finite: bool  # every rank's losses and the gradient norm were finite and under the limit: the optimizer stepped
     skipped: int  # unreadable samples replaced in this step's batches (this rank)
+    exploded: bool = False  # finite, but the gradient norm was over max_grad_norm: skipped
 
 
 def precision(cfg, device):
@@ -107,18 +109,21 @@ def _accumulate(task, batches, accum, sched, autocast):
     return total / accum, skipped
 
 
-def train_step(task, optimizer, batches, *, step, total, cfg_optim, autocast):
+def train_step(task, optimizer, batches, *, step, total, cfg_optim, autocast, max_grad_norm=math.inf):
     """One optimizer step on cfg_optim.grad_accum micro-batches drawn from the iterator `batches` (this rank's,
-    on the training device); returns a StepOutput."""
+    on the training device); returns a StepOutput. A step whose gradient norm (before clipping) is over
+    max_grad_norm (the loop's guard against an exploding update) is skipped like a non-finite one."""
     lr, wd = apply_schedule(optimizer, step, total, cfg_optim)
     sched = task.schedules(step, total)
     optimizer.zero_grad(set_to_none=True)
     terms, skipped = _accumulate(task, batches, cfg_optim.grad_accum, sched, autocast)
     norm = grad_norm_(task.student, cfg_optim.clip_grad, task.grad_norm_group)
     grad_norm, finite = _read_norm_and_finiteness(norm, terms)
-    if finite:
+    exploded = finite and grad_norm > max_grad_norm  # read with the norm: no further host sync
+    if finite and not exploded:
         optimizer.step()
         task.after_step(sched)
     else:
         optimizer.zero_grad(set_to_none=True)
-    return StepOutput(terms=terms, sched=sched, lr=lr, wd=wd, grad_norm=grad_norm, finite=finite, skipped=skipped)
+    ok = finite and not exploded
+    return StepOutput(terms, sched, lr, wd, grad_norm, finite=ok, skipped=skipped, exploded=exploded)
