@@ -23,6 +23,7 @@ import math
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
+from torch.utils._pytree import tree_leaves
 
 GB = 1e9
 SHOWN = ("patch_embed.proj.weight", "attn.qkv.weight", "attn.proj.weight", "mlp.w12.weight", "mlp.fc1.weight")
@@ -182,7 +183,9 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
         report["optim"] = tensor_bytes(states)
         report["shapes"] = _shapes(task.student, SHOWN) + _shapes(task.student, SHOWN_LAST)
         if checkpoint:
-            state, _ = canonical_state(task.state_dict(run.optimizer))  # what the loop's checkpoint saves
+            raw = task.state_dict(run.optimizer)
+            report["state_bytes"] = tensor_bytes(t for t in tree_leaves(raw) if torch.is_tensor(t))
+            state, _ = canonical_state(raw)  # what the loop's checkpoint saves
             report["dcp_items"], report["dcp_bytes"] = save_plan(state, rank == 0)
         run.optimizer.zero_grad(set_to_none=True)
     return report
@@ -209,9 +212,11 @@ def format_report(cfg, r):
         on = f" as {', '.join(map(str, where))}" if where else ""
         lines.append(f"  {name}: {full} -> local {local}{on}")
     if "dcp_items" in r:
+        gathered = r["dcp_bytes"] - r["state_bytes"]
         lines.append(
             f"checkpoint: DCP save plan of {r['dcp_items']} items holding {r['dcp_bytes'] / GB:.2f} GB on this rank "
-            "(before DCP drops the chunks other ranks write too)"
+            f"(before DCP drops the chunks other ranks write too), {gathered / GB:.2f} GB of it gathered at save "
+            "time beside the shards (fused qkv / w12 rows in their canonical layout)"
         )
     return "\n".join(lines)
 
