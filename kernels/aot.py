@@ -139,16 +139,18 @@ def parse_ptxas(log):
 
 
 def compile_variant(variant, target="sm_90a", cache_dir=DEFAULT_CACHE):
-    """Compiles variant for target ("sm_80" or "sm_90a") and returns its Report, with the limits applied."""
+    """Compiles variant for target ("sm_80" or "sm_90a") and returns its Report, with the limits applied. Not
+    thread-safe (it captures the process's stdout while ptxas reports)."""
     gpu_target, _ = TARGETS[target]
     path = None if cache_dir is None else Path(cache_dir) / f"{_cache_key(variant, target)}.json"
     if path is not None and path.exists():
-        return check(Report(**{**json.loads(path.read_text()), "problems": []}))
+        return check(Report(**{**json.loads(path.read_text()), "name": variant.name, "problems": []}))
     report, t0 = Report(variant.name, target), time.perf_counter()
     log = io.StringIO()
     try:
         src = _source(variant)
-        # ptxas runs only when triton's own cache misses; its report is printed to stdout.
+        # always_compile: ptxas runs even when triton's own cache holds the binary; dump_ptxas_log prints its -v
+        # report to stdout (so one compile per process at a time: sweep() uses processes, not threads).
         with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
             knobs.nvidia.dump_ptxas_log = True
             knobs.compilation.always_compile = True

@@ -5,9 +5,9 @@ without it. The CPU tier compiles the representative set (per kernel and block w
 tile, bf16); the slow tier and benchmarks/gpu_suite.sh compile every launch variant. Reports are cached under
 ~/.cache/fastvit/aot, so an unchanged kernel is compiled once per machine."""
 
+import importlib
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -45,14 +45,21 @@ def _sweep(tmp_path, *flags, timeout):
 
 
 def test_every_kernel_module_lists_its_launch_variants():
-    """Each kernels/<op>.py with a @triton.jit kernel (aot.OPS) has launch_variants() naming every kernel it defines."""
+    """Each kernels/<op>.py with a @triton.jit kernel (aot.OPS) has launch_variants() covering every *_kernel it
+    defines, with a full signature (here the kernels are interpreter objects; their names and arguments match)."""
     assert {"attention", "layer_norm", "swiglu", "clip_loss", "mae_loss"} <= set(aot.OPS), aot.OPS
     for op in aot.OPS:
-        src = (KERNELS / f"{op}.py").read_text()
-        launched = set(re.findall(r"^def (\w+_kernel)\(", src, flags=re.M))
-        assert "def launch_variants()" in src, f"kernels/{op}.py has no launch_variants()"
-        listed = set(re.findall(r"\b(\w+_kernel)\b", src.split("def launch_variants()", 1)[1]))
-        assert launched <= listed, f"kernels/{op}.py: launch_variants() misses {sorted(launched - listed)}"
+        mod = importlib.import_module(f"fastvit.kernels.{op}")
+        assert hasattr(mod, "launch_variants"), f"kernels/{op}.py has no launch_variants()"
+        variants = mod.launch_variants()
+        kernels = {name for name, obj in vars(mod).items() if name.endswith("_kernel") and hasattr(obj, "arg_names")}
+        listed = {v.fn.__name__ for v in variants}
+        assert kernels <= listed, f"kernels/{op}.py: launch_variants() misses {sorted(kernels - listed)}"
+        for v in variants:
+            assert list(v.signature) == list(v.fn.arg_names), f"{v.name}: signature keys != the kernel's arguments"
+            constexprs = {k for k, t in v.signature.items() if t == "constexpr"}
+            assert constexprs == set(v.constexprs), f"{v.name}: constexpr entries {constexprs} != {set(v.constexprs)}"
+        assert len({v.name for v in variants}) == len(variants), f"kernels/{op}.py: variant names repeat"
 
 
 def test_representative_variants_compile_for_sm80_and_sm90a(tmp_path):
