@@ -99,9 +99,10 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not a class DCP metadata holds")
 
 
-def read_dcp_metadata(path):
-    """The DCP Metadata of checkpoint folder `path`, unpickled with an allow-list (UserError otherwise)."""
-    file = Path(path) / ".metadata"
+def read_dcp_metadata(path, rank=None):
+    """The DCP Metadata of checkpoint folder `path` (rank's own metadata file when given), unpickled with an
+    allow-list (UserError otherwise)."""
+    file = Path(path) / (".metadata" if rank is None else f"__{rank}.metadata")
     try:
         with open(file, "rb") as f:
             return _MetadataUnpickler(f).load()
@@ -117,7 +118,7 @@ class SafeFileSystemReader(dcp.FileSystemReader):
     """A FileSystemReader whose .metadata goes through the restricted unpickler."""
 
     def read_metadata(self, *args, **kwargs):
-        metadata = read_dcp_metadata(self.path)
+        metadata = read_dcp_metadata(self.path, kwargs.get("rank"))
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id

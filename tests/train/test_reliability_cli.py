@@ -90,3 +90,17 @@ def test_a_folder_of_only_broken_files_is_one_line(tmp_path, capsys):
     assert cli(["train", *tiny_args(tmp_path / "run", f"data.source=imagefolder:{folder}", "train.steps=1")]) == 2
     line = _one_line(capsys)
     assert f"imagefolder:{folder}" in line and "cannot be read" in line
+
+
+def test_disk_full_while_training_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from fastvit.train.metrics import MetricsLogger
+
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.jsonl"))
+
+    monkeypatch.setattr(MetricsLogger, "log", full)
+    assert cli(["train", *tiny_args(tmp_path / "run", "train.steps=1")]) == 2
+    line = _one_line(capsys)
+    assert "No space left on device writing" in line and "metrics.jsonl" in line and "free space" in line
