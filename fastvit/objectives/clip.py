@@ -41,8 +41,28 @@ def siglip_loss(img_bD, txt_bD, logit_scale, logit_bias, *, group=None, backend=
     return clip_loss(img_bD, txt_BD, logit_scale, offset=offset, kind="siglip", logit_bias=logit_bias, backend=backend)
 
 
+class _ClampReturning(torch.autograd.Function):
+    """x clamped to [lo, hi]; the gradient passes inside the range and, outside it, only when a descent step
+    moves x back towards it. A plain clamp's zero gradient would leave a log scale that an optimizer's momentum
+    carried past the cap there for good; open_clip clamps the parameter itself to [0, ln 100] after each step."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.bounds = (lo, hi)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        inside = (x >= lo) & (x <= hi)
+        returning = ((x > hi) & (g > 0)) | ((x < lo) & (g < 0))  # descent x -= lr * g heads back into range
+        return g * (inside | returning).to(g.dtype), None, None
+
+
 class LogitScale(nn.Module):
-    """Learned log logit scale (and SigLIP bias): InfoNCE starts at 1 / init_temperature, capped at max_scale;
+    """Learned log logit scale (and SigLIP bias): InfoNCE starts at 1 / init_temperature, kept in [1, max_scale];
     SigLIP starts at scale 10, bias -10 (the SigLIP paper's initialisation)."""
 
     def __init__(self, kind="infonce", init_temperature=0.07, max_scale=100.0):
@@ -63,7 +83,7 @@ class LogitScale(nn.Module):
             self.bias.fill_(-10.0)
 
     def forward(self):
-        return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
+        return _ClampReturning.apply(self.log_scale, 0.0, math.log(self.max_scale)).exp()
 
 
 class CLIPObjective(nn.Module):
