@@ -115,3 +115,14 @@ def test_layer_norm_backward_takes_other_gradient_dtypes(backend):
     assert (dx.dtype, dw.dtype, db.dtype) == (torch.bfloat16, torch.float32, torch.float32)
     for name, a, e, tol in zip(["dx", "dw", "db"], [dx, dw, db], ref, [2 * 2**-8 * ref[0].abs().max(), 1e-4, 1e-4]):
         assert_close(a, e, atol=float(tol), name=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_norm_fakes_follow_the_autocast_mix(backend):
+    """torch.library.opcheck (fake vs real dtypes and shapes, autograd, AOT dispatch) on the mixed dtypes:
+    bf16 x beside an fp32 residual, weight and bias."""
+    x = torch.randn(4, 37).bfloat16().requires_grad_()
+    r, w, b = (torch.randn(*s, requires_grad=True) for s in ((4, 37), (37,), (37,)))
+    tests = ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.fastvit.layer_norm.default, (x, w, b, EPS, backend), test_utils=tests)
+    torch.library.opcheck(torch.ops.fastvit.add_layer_norm.default, (x, r, w, b, EPS, backend), test_utils=tests)
