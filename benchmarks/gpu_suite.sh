@@ -3,8 +3,8 @@
 #   compile    every Triton launch variant compiled for sm_80 and sm_90a (python -m fastvit.kernels.aot --all:
 #              no compile error, no spill, shared memory within the chip); runs on the CPUs beside tests + train
 #   tests      the gpu test tier (pytest -m gpu)
-#   train      a 1-rank torchrun of `fastvit train demo` in bf16 (NCCL, Triton backends, the DALI GPU loader on a
-#              folder of JPEGs written here) and its kNN
+#   train      a 1-rank torchrun of `fastvit train demo` in bf16 (NCCL, the auto backends, i.e. Triton for bf16 on a
+#              GPU, the DALI GPU loader on a folder of JPEGs written here) and its kNN
 #   step       `fastvit bench step web_dino_vitl_h200` (images/s, MFU)
 #   kernels    `fastvit bench kernels` (attention dense + packed vs SDPA and flash-attn when installed, LayerNorm,
 #              SwiGLU, the losses vs torch and torch.compile; registers / spills / shared memory per kernel)
@@ -70,8 +70,7 @@ for split, count in (("train", 96), ("val", 32)):
 PY
 run train 150 torchrun --standalone --nproc_per_node=1 --no-python fastvit train demo \
   "train.out=$OUT/train" train.precision=bf16 train.steps=60 train.log_every=10 train.checkpoint_every=0 \
-  data.loader=dali "data.source=imagefolder:$OUT/jpegs/train" "data.val_source=imagefolder:$OUT/jpegs/val" \
-  model.attn_backend=triton eval.max_images=0
+  data.loader=dali "data.source=imagefolder:$OUT/jpegs/train" "data.val_source=imagefolder:$OUT/jpegs/val"
 
 wait "$COMPILE_PID"
 rc=$?
