@@ -164,6 +164,7 @@ def test_crafted_extra_file_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_crafted_non_tensor_entry_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     dcp.save({"student": {"w": torch.zeros(2), "note": _Payload(marker)}}, checkpoint_id=str(tmp_path), no_dist=True)
