@@ -1,12 +1,19 @@
-"""Peak memory and time of the Web-DINO objective: plain torch (materialised logits) vs the chunked prototype path.
+"""Time and peak memory of the Web-DINO losses: fused Triton kernels vs chunked torch vs plain torch.
 
-One forward + backward of WebDINOObjective (Sinkhorn centering, 2 global + 8 local crops, 131,072 prototypes,
-DINO bottleneck 384, iBOT 256, masks on half of the global crops at ratio ~0.3 of 256 patches) starting from the
-heads' normalised bottleneck features and prototypes (both trainable leaves; their gradients are counted).
-The parameter gradients ([K, D] per head, held by both paths at the end) are reported separately and the
-ratio is given with and without them. Peak memory: torch.cuda.max_memory_allocated on a GPU; on a CPU the growth
-of the process's resident set (VmHWM after a reset, Linux), which sees every allocation including those inside
-the custom ops; the chunked path runs first so heap left over by the plain run cannot hide its growth.
+One forward + backward of the DINO + iBOT + KoLeo losses (Sinkhorn centering, 2 global + 8 local crops, 131,072
+prototypes, DINO bottleneck 384, iBOT 256, masks on half of the global crops at ratio ~0.3 of 256 patches: at
+B = 32 images per rank, 320 student and 64 teacher CLS rows and ~2,450 masked patches) from the heads' bottleneck
+features and prototypes (trainable leaves; their gradients are counted):
+    fused_triton   WebDINOObjective(backend="triton"): kernels/sinkhorn.py + kernels/prototype_cross_entropy.py
+    chunked_torch  WebDINOObjective(backend="torch"): the same factored path in 8,192-prototype torch blocks
+    plain_torch    materialised logits [rows, K]: DINOv2's Sinkhorn-Knopp and log_softmax cross-entropies
+The parameter gradients ([K, D] per head, held by every path at the end) are reported separately and the ratios
+are given with and without them. Peak memory: torch.cuda.max_memory_allocated on a GPU; on a CPU the growth of the
+process's resident set (VmHWM after a reset, Linux), which sees every allocation including those inside the
+custom ops; the factored paths run first so heap left over by the plain run cannot hide their growth. GPU times:
+triton.testing.do_bench of the whole forward + backward.
+On a CPU the Triton kernels run only under TRITON_INTERPRET=1, slowly: there the fused row reports the
+interpreter's error against float64 at a reduced K (interpreter_K) instead of a time at K = 131,072.
 Registered as `fastvit bench kernels op=dino_loss`.
 """
 
@@ -16,9 +23,16 @@ import sys
 import time
 
 import torch
+from fastvit.kernels.sinkhorn import sinkhorn_knopp_ref
 
 from fastvit.models.heads import PrototypeLogits
 from fastvit.objectives.dino import WebDINOObjective
+from fastvit.objectives.koleo import koleo_loss
+from fastvit.objectives.losses import ibot_masks_weight
+from fastvit.ops.prototype_targets import available
+
+K_FULL = 131072
+INTERPRETER_K, INTERPRETER_K_QUICK = 1031, 131  # primes: the interpreter's check runs the kernels' masked tails
 
 
 def _proc_status_bytes(key):
@@ -45,13 +59,13 @@ def cpu_peak_rss(fn):
     return out, _proc_status_bytes("VmHWM") - base
 
 
-def _inputs(B, K, device, seed=0):
+def _inputs(B, K, device, seed=0, dtype=torch.float32):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1).to(device)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g, dtype=torch.float64), dim=-1)
     masks = torch.zeros(2 * B, 256, dtype=torch.bool)
     masks[:B] = torch.rand(B, 256, generator=g) < 0.3  # half of the global crops masked
     M = int(masks.sum())
-    return {
+    x = {
         "s_glob": unit(2, B, 384),
         "s_loc": unit(8, B, 384),
         "t_glob": unit(2, B, 384),
@@ -62,20 +76,37 @@ def _inputs(B, K, device, seed=0):
         "w_ibot": unit(K, 256),
         "tw_dino": unit(K, 384),
         "tw_ibot": unit(K, 256),
-        "masks": masks.to(device),
     }
+    x = {k: v.to(device=device, dtype=dtype) for k, v in x.items()}
+    x["masks"] = masks.to(device)
+    return x
 
 
 _LEAVES = ("s_glob", "s_loc", "s_patch", "w_dino", "w_ibot")
+TEACHER_TEMP = 0.07
 
 
-def _step(x, leaves, chunked):
-    """One objective forward + backward from trainable leaves (features, prototypes); returns the total loss."""
-    if chunked:
-        f = PrototypeLogits
-    else:
-        f = lambda feats, protos: feats @ protos.t()
-    objective = WebDINOObjective(n_global=2, n_local=8)
+def plain_losses(x, leaves):
+    """The losses from materialised logits (DINOv2's way): Sinkhorn-Knopp on [rows, K], log_softmax CE."""
+    n_g, n_l = 2, 8
+    n_terms = n_g * n_l + (n_g - 1) * n_g
+    tg = (x["t_glob"] @ x["tw_dino"].t()).reshape(-1, x["tw_dino"].shape[0])
+    p = sinkhorn_knopp_ref(tg, TEACHER_TEMP).view(n_g, -1, tg.shape[1])  # [n_g, B, K]
+    lsm = lambda f, w: torch.log_softmax((f @ w.t()).float() / 0.1, dim=-1)
+    ls_g, ls_l = lsm(leaves["s_glob"], leaves["w_dino"]), lsm(leaves["s_loc"], leaves["w_dino"])
+    dino_g = sum(-(p[1 - i] * ls_g[i]).sum(-1).mean() for i in range(n_g)) / n_terms
+    dino_l = sum(-(p[j] * ls_l[i]).sum(-1).mean() for i in range(n_l) for j in range(n_g)) / n_terms
+    masks = x["masks"]
+    pp = sinkhorn_knopp_ref(x["t_patch"] @ x["tw_ibot"].t(), TEACHER_TEMP)
+    ce = -(pp * lsm(leaves["s_patch"], leaves["w_ibot"])).sum(-1)
+    ibot = (ce * ibot_masks_weight(masks)).sum() / masks.shape[0] * 2 / n_g
+    koleo = sum(koleo_loss(x["cls"][i]) for i in range(n_g))
+    return dino_g + dino_l + ibot + 0.1 * koleo
+
+
+def factored_losses(x, leaves, backend):
+    f = PrototypeLogits
+    objective = WebDINOObjective(n_global=2, n_local=8, backend=backend)
     out = objective(
         f(leaves["s_glob"], leaves["w_dino"]),
         f(leaves["s_loc"], leaves["w_dino"]),
@@ -84,61 +115,96 @@ def _step(x, leaves, chunked):
         f(x["t_patch"], x["tw_ibot"]),
         x["masks"],
         x["cls"],
-        0.07,
+        TEACHER_TEMP,
     )
-    out["total"].backward()
-    return out["total"].detach(), {k: v.grad for k, v in leaves.items()}
+    return out["total"]
 
 
-def _measure(x, chunked, device):
-    leaves = {k: x[k].clone().requires_grad_() for k in _LEAVES}  # the parameters: outside the measurement
+def _step(x, leaves, path):
+    """One loss forward + backward from trainable leaves; returns (total loss, leaf gradients)."""
+    for v in leaves.values():
+        v.grad = None
+    total = plain_losses(x, leaves) if path == "plain_torch" else factored_losses(x, leaves, path.split("_")[1])
+    total.backward()
+    return total.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def _leaves(x):
+    return {k: x[k].clone().requires_grad_() for k in _LEAVES}  # the parameters: outside the measurement
+
+
+def _measure(x, path, device):
+    leaves = _leaves(x)
     if device.type == "cuda":
+        import triton.testing
+
+        _step(x, leaves, path)  # warm-up: compiles the kernels
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
-        loss, grads = _step(x, leaves, chunked)
+        loss, grads = _step(x, leaves, path)
         torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        return loss, grads, torch.cuda.max_memory_allocated() - base, seconds
+        peak = torch.cuda.max_memory_allocated() - base
+        seconds = triton.testing.do_bench(lambda: _step(x, leaves, path), warmup=2, rep=20) / 1e3
+        return loss, grads, peak, seconds
     t0 = time.perf_counter()
-    (loss, grads), peak = cpu_peak_rss(lambda: _step(x, leaves, chunked))
+    (loss, grads), peak = cpu_peak_rss(lambda: _step(x, leaves, path))
     return loss, grads, peak, time.perf_counter() - t0
 
 
+def _errors(loss, grads, loss_ref, grads_ref):
+    grad_err = max(((grads[k].double() - grads_ref[k]).abs().max() / grads_ref[k].abs().max()).item() for k in grads)
+    return {"loss_abs_err": abs(loss.double() - loss_ref).item(), "grad_max_rel_err": grad_err}
+
+
+def interpreter_accuracy(B, K=INTERPRETER_K):
+    """The Triton kernels under the interpreter against the float64 plain losses at a reduced K (CPU only)."""
+    x64 = _inputs(B, K, "cpu", dtype=torch.float64)
+    loss64, grads64 = _step(x64, _leaves(x64), "plain_torch")
+    x = {k: (v.float() if v.is_floating_point() else v) for k, v in x64.items()}
+    t0 = time.perf_counter()
+    loss, grads = _step(x, _leaves(x), "fused_triton")
+    return {"seconds": time.perf_counter() - t0, **_errors(loss, grads, loss64, grads64)}
+
+
 def bench_dino_loss(device, quick: bool) -> list[dict]:
-    """Rows {name, B, K, rows, peak_bytes, seconds, ...}; the chunked row carries the memory ratio and errors."""
+    """Rows {name, B, K, rows, peak_bytes, seconds, ...}: per path, and on a CPU the interpreter's accuracy."""
     device = torch.device(device)
-    K = 131072
+    triton_here = "triton" in available(device)
     rows = []
-    for B in (4,) if quick else (8, 32):
-        x = _inputs(B, K, device)
-        n_rows = {"student_cls": 10 * B, "masked_patches": int(x["masks"].sum())}
-        loss_c, grads_c, peak_c, sec_c = _measure(x, True, device)  # chunked first: from a clean heap
-        loss_p, grads_p, peak_p, sec_p = _measure(x, False, device)
-        grad_err = max((grads_c[k].float() - grads_p[k].float()).abs().max().item() for k in grads_p)
-        common = {"B": B, "K": K, **n_rows, "device": str(device)}
-        grad_bytes = sum(g.numel() * g.element_size() for g in grads_p.values())  # held by both at the end
+    sizes = (8,) if quick else (32,)
+    if device.type == "cpu":
+        sizes = (2,) if quick else (8,)  # the plain path's [~600, 131072] iBOT logits and their grads fit a CPU
+    for B in sizes:
+        x = _inputs(B, K_FULL, device)
+        n_rows = {"student_cls": 10 * B, "teacher_cls": 2 * B, "masked_patches": int(x["masks"].sum())}
+        common = {"B": B, "K": K_FULL, **n_rows, "device": str(device)}
+        paths = ["fused_triton"] if device.type == "cuda" and triton_here else []
+        results = {p: _measure(x, p, device) for p in paths + ["chunked_torch", "plain_torch"]}
+        loss_p, grads_p, peak_p, _ = results["plain_torch"]
+        grad_bytes = sum(g.numel() * g.element_size() for g in grads_p.values())  # held by all at the end
+        for path, (loss, grads, peak, seconds) in results.items():
+            row = {"name": f"dino_loss/{path}", **common, "peak_bytes": peak, "seconds": seconds}
+            row["leaf_grad_bytes"] = grad_bytes
+            if path != "plain_torch":
+                row["memory_ratio"] = peak / peak_p
+                row["memory_ratio_without_leaf_grads"] = (peak - grad_bytes) / max(peak_p - grad_bytes, 1)
+                row.update(_errors(loss, grads, loss_p.double(), {k: g.double() for k, g in grads_p.items()}))
+            rows.append(row)
+    if device.type == "cpu" and triton_here:
+        B, K = (1, INTERPRETER_K_QUICK) if quick else (2, INTERPRETER_K)
+        acc = interpreter_accuracy(B, K)
+        masks = _inputs(B, K, "cpu")["masks"]
         rows.append(
             {
-                "name": "dino_loss/plain_torch",
-                **common,
-                "peak_bytes": peak_p,
-                "seconds": sec_p,
-                "leaf_grad_bytes": grad_bytes,
-            }
-        )
-        rows.append(
-            {
-                "name": "dino_loss/chunked",
-                **common,
-                "peak_bytes": peak_c,
-                "seconds": sec_c,
-                "leaf_grad_bytes": grad_bytes,
-                "memory_ratio": peak_c / peak_p,
-                "memory_ratio_without_leaf_grads": (peak_c - grad_bytes) / (peak_p - grad_bytes),
-                "loss_abs_err": abs(loss_c - loss_p).item(),
-                "grad_max_abs_err": grad_err,
+                "name": "dino_loss/fused_triton_interpreter",
+                "B": B,
+                "K": K,
+                "student_cls": 10 * B,
+                "masked_patches": int(masks.sum()),
+                "device": "cpu (TRITON_INTERPRET=1)",
+                "peak_bytes": 0,
+                **acc,
             }
         )
     return rows
@@ -146,15 +212,18 @@ def bench_dino_loss(device, quick: bool) -> list[dict]:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    quick = "quick" in argv or "quick=true" in argv
+    quick = "quick" in argv or "quick=true" in argv or "quick=1" in argv
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = bench_dino_loss(device, quick)
     for r in rows:
-        ratio = ""
+        extra = ""
         if "memory_ratio" in r:
             no_grads = r["memory_ratio_without_leaf_grads"]
-            ratio = f"  ratio chunked/plain = {r['memory_ratio']:.3f} ({no_grads:.3f} without the leaf grads)"
-        print(f"{r['name']:<24} B={r['B']:<3} peak {r['peak_bytes'] / 2**20:9.1f} MiB  {r['seconds']:7.3f} s{ratio}")
+            extra = f"  memory / plain = {r['memory_ratio']:.3f} ({no_grads:.3f} without the leaf grads)"
+        if "grad_max_rel_err" in r:
+            extra += f"  loss err {r['loss_abs_err']:.2e} grad rel err {r['grad_max_rel_err']:.2e}"
+        line = f"{r['name']:<36} B={r['B']:<3} K={r['K']:<6} peak {r['peak_bytes'] / 2**20:9.1f} MiB"
+        print(f"{line}  {r['seconds'] * 1e3:9.1f} ms{extra}")
     print(json.dumps(rows))
     return 0
 

@@ -286,21 +286,20 @@ INTERPRETED = type(_pce_fwd_kernel).__name__ == "InterpretedFunction"  # defined
 # GPU tiles per kernel, for bf16 / fp16 operands and (halved: fp32 operands hold twice the registers) for fp32;
 # each compiles spill-free on sm_80 and sm_90a (fastvit.kernels.aot). The interpreter runs one larger tile, which
 # costs it fewer numpy calls (its time goes per op, not per element).
-_TILES = {
-    "fwd": {"low": (64, 64, 8), "fp32": (32, 64, 8)},  # (BLOCK_B, BLOCK_K, num_warps)
-    "dx": {"low": (32, 32, 8), "fp32": (16, 16, 8)},
-    "dw": {"low": (16, 32, 8), "fp32": (16, 16, 8)},
+_TILES = {  # (BLOCK_B, BLOCK_K, num_warps, DC: columns of D per dot of the logits tiles)
+    "fwd": {"low": (64, 64, 8, 64), "fp32": (32, 64, 8, 64)},
+    "dx": {"low": (32, 32, 8, 64), "fp32": (16, 16, 8, 64)},
+    "dw": {"low": (16, 32, 8, 64), "fp32": (16, 16, 8, 32)},
 }
-_INTERPRETER_TILE = (64, 64, 4)
+_INTERPRETER_TILE = (64, 64, 4, 64)
 
 
 def _tile(kind, dtype):
-    """{"BLOCK_B", "BLOCK_K", "num_warps", "num_stages"} of one kernel for operands of `dtype`."""
-    b, k, w = _INTERPRETER_TILE if INTERPRETED else _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
-    return {"BLOCK_B": b, "BLOCK_K": k, "num_warps": w, "num_stages": 2}
+    """{"BLOCK_B", "BLOCK_K", "DC", "num_warps", "num_stages"} of one kernel for operands of `dtype`."""
+    b, k, w, dc = _INTERPRETER_TILE if INTERPRETED else _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
+    return {"BLOCK_B": b, "BLOCK_K": k, "DC": dc, "num_warps": w, "num_stages": 2}
 
 
-_DC = 64  # columns of D per dot of the logits tiles
 _SM_PROGRAMS = 132 * 4  # programs that fill an H100 / H200 (132 SMs) a few times over
 
 
@@ -391,7 +390,7 @@ def prototype_cross_entropy_fwd_triton(xs, ws, xt, wt, a, bt, student_temp, inv_
         inv_tt,
         BLOCK_B=c["BLOCK_B"],
         BLOCK_K=c["BLOCK_K"],
-        DC=_DC,
+        DC=c["DC"],
         UPCAST=INTERPRETED,
         PREC=_prec(xs),
         num_warps=c["num_warps"],
@@ -424,7 +423,7 @@ def prototype_cross_entropy_bwd_triton(xs, ws, xt, wt, a, bt, lse, coef, csum, s
         BLOCK_B=c["BLOCK_B"],
         BLOCK_K=c["BLOCK_K"],
         BLOCK_D=_block_d(D),
-        DC=_DC,
+        DC=c["DC"],
         UPCAST=INTERPRETED,
         PREC=_prec(xs),
         num_warps=c["num_warps"],
@@ -439,7 +438,7 @@ def prototype_cross_entropy_bwd_triton(xs, ws, xt, wt, a, bt, lse, coef, csum, s
         BLOCK_B=c["BLOCK_B"],
         BLOCK_K=c["BLOCK_K"],
         BLOCK_D=_block_d(D),
-        DC=_DC,
+        DC=c["DC"],
         UPCAST=INTERPRETED,
         PREC=_prec(xs),
         num_warps=c["num_warps"],
@@ -470,9 +469,9 @@ def launch_variants():
     for dtype in _DTYPES:
         ty = dtype_name(dtype)
         for kind, fn in kernels.items():
-            b, k, warps = _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
+            b, k, warps, dc = _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
             for block_d in BLOCK_DS[:1] if kind == "fwd" else BLOCK_DS:  # the forward has no D-wide tile
-                ce = dict(BLOCK_B=b, BLOCK_K=k, DC=_DC, UPCAST=False, PREC=_prec_of(dtype))
+                ce = dict(BLOCK_B=b, BLOCK_K=k, DC=dc, UPCAST=False, PREC=_prec_of(dtype))
                 if kind != "fwd":
                     ce["BLOCK_D"] = block_d
                 ptrs = {a: (ty if a in _OPERANDS else "fp32") for a in fn.arg_names if a.endswith("_ptr")}
