@@ -1,0 +1,25 @@
+"""benchmarks/parity.py in its smoke mode: the fastvit side always; the lightly + timm side only where the
+interpreter named by FASTVIT_PARITY_PYTHON (default: this one) imports lightly, timm and torchvision."""
+
+import json
+import os
+import sys
+
+from fastvit.benchmarks import parity
+
+
+def test_parity_smoke_scores_both_sides_with_one_knn(tmp_path, capsys):
+    python = os.environ.get("FASTVIT_PARITY_PYTHON", sys.executable)
+    assert parity.main(["--smoke", "--out", str(tmp_path), "--python", python, "--workers", "0"]) == 0
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["steps"] == parity.SMOKE["steps"] and report["unit"] == "percent"
+    assert report["val_images"] == parity.SMOKE["val_n"] and report["train_images"] == parity.SMOKE["eval_images"]
+    expected = {"fastvit", "lightly"} if parity.lightly_ready(python) is None else {"fastvit"}
+    assert set(report["sides"]) == expected
+    for side in report["sides"].values():
+        assert 0.0 <= side["top1_before"] <= 100.0 and 0.0 <= side["top1_after"] <= 100.0
+        assert side["train_seconds"] > 0
+    out = capsys.readouterr().out
+    if "lightly" not in expected:
+        assert "lightly side skipped" in out and python in report["lightly_skipped"]
+    assert "kNN top-1 (%)" in out
