@@ -125,3 +125,24 @@ def test_auto_is_torch_on_cpu_and_errors():
     with pytest.raises(ValueError, match="widths up to 512"):
         big = sinkhorn_knopp(unit(1, 2, 520).float(), unit(5, 520).float(), 0.1, backend="torch")
         prototype_cross_entropy(unit(1, 2, 520).float(), unit(5, 520).float(), big, 0.1, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_realistic_sizes_match_torch_backend(dtype):
+    """K = 131,072 prototypes, 10 student crops x 32 rows (DINO, D = 384) and 2,400 masked patches (iBOT, D = 256):
+    the fused kernels (Sinkhorn passes and cross-entropy) against the chunked torch backend on the same GPU."""
+    torch.manual_seed(0)
+    dev = "cuda"
+    unit = lambda *s, scale=1.0: (F.normalize(torch.randn(*s, device=dev), dim=-1) * scale).to(dtype)
+    for S, T, B, D in ((10, 2, 32, 384), (1, 1, 2400, 256)):
+        xs, ws, xt, wt = unit(S, B, D), unit(131072, D, scale=2.0), unit(T, B, D), unit(131072, D, scale=2.0)
+        out = {}
+        for backend in BACKENDS:
+            targets = sinkhorn_knopp(xt, wt, 0.04, 3, backend=backend)
+            a, w = xs.clone().requires_grad_(), ws.float().requires_grad_()
+            L = prototype_cross_entropy(a, w, targets, 0.1, backend=backend)
+            L.sum().backward()
+            out[backend] = (targets.a, targets.b, L, a.grad.float(), w.grad)
+        for name, x, y in zip(("a", "b", "loss", "grad x", "grad w"), out["triton"], out["torch"]):
+            assert_close(x, y, atol=1e-4 * y.abs().max().item() + 1e-6, rtol=1e-3, name=f"{name} S={S} {dtype}")
