@@ -375,5 +375,6 @@ def write_config(cfg, path):
 
 
 def read_config(path):
-    """A config written by write_config (e.g. a run folder's config.yaml)."""
-    return validate(apply_mapping(Config(), _read_yaml(path), origin=str(path)))
+    """A config written by write_config (e.g. a run folder's config.yaml); not range-checked, so a folder written
+    before the checks (e.g. with train.keep_checkpoints=0) can still be evaluated."""
+    return apply_mapping(Config(), _read_yaml(path), origin=str(path))
