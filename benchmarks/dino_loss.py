@@ -192,7 +192,7 @@ def bench_dino_loss(device, quick: bool) -> list[dict]:
                 row.update(_errors(loss, grads, loss_p.double(), {k: g.double() for k, g in grads_p.items()}))
             rows.append(row)
     if device.type == "cpu" and triton_here:
-        B, K = (1, INTERPRETER_K_QUICK) if quick else (2, INTERPRETER_K)
+        B, K = (2, INTERPRETER_K_QUICK) if quick else (2, INTERPRETER_K)  # KoLeo needs 2 images
         acc = interpreter_accuracy(B, K)
         masks = _inputs(B, K, "cpu")["masks"]
         rows.append(

@@ -305,13 +305,19 @@ _SM_PROGRAMS = 132 * 4  # programs that fill an H100 / H200 (132 SMs) a few time
 
 MAX_D = 512  # bottleneck widths up to 512 (DINOv2: 256 / 384)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BLOCK_DS = (128, 256, 512)  # every BLOCK_D the backward launches: D padded to a power of two, at least 128
+BLOCK_DS = (128, 256, 512)  # BLOCK_D of the backward: D padded to a power of two, at least 128 (fp32: 256)
 
 
-def _block_d(D):
+def _block_ds(dtype):
+    """BLOCK_D values of the backward for operands of `dtype`: fp32 starts at 256 (at 128, ptxas holds the fp32
+    kernels to 128 registers and spills; measured with fastvit.kernels.aot)."""
+    return BLOCK_DS[1:] if dtype == torch.float32 else BLOCK_DS
+
+
+def _block_d(D, dtype):
     if D > MAX_D:
         raise ValueError(f"prototype cross-entropy supports feature widths up to {MAX_D}, got {D}")
-    return max(16 if INTERPRETED else BLOCK_DS[0], triton.next_power_of_2(D))
+    return max(16 if INTERPRETED else _block_ds(dtype)[0], triton.next_power_of_2(D))
 
 
 def _prec_of(dtype):
@@ -422,7 +428,7 @@ def prototype_cross_entropy_bwd_triton(xs, ws, xt, wt, a, bt, lse, coef, csum, s
         split,
         BLOCK_B=c["BLOCK_B"],
         BLOCK_K=c["BLOCK_K"],
-        BLOCK_D=_block_d(D),
+        BLOCK_D=_block_d(D, xs.dtype),
         DC=c["DC"],
         UPCAST=INTERPRETED,
         PREC=_prec(xs),
@@ -437,7 +443,7 @@ def prototype_cross_entropy_bwd_triton(xs, ws, xt, wt, a, bt, lse, coef, csum, s
         *consts,
         BLOCK_B=c["BLOCK_B"],
         BLOCK_K=c["BLOCK_K"],
-        BLOCK_D=_block_d(D),
+        BLOCK_D=_block_d(D, xs.dtype),
         DC=c["DC"],
         UPCAST=INTERPRETED,
         PREC=_prec(xs),
@@ -470,7 +476,7 @@ def launch_variants():
         ty = dtype_name(dtype)
         for kind, fn in kernels.items():
             b, k, warps, dc = _TILES[kind]["fp32" if dtype == torch.float32 else "low"]
-            for block_d in BLOCK_DS[:1] if kind == "fwd" else BLOCK_DS:  # the forward has no D-wide tile
+            for block_d in BLOCK_DS[:1] if kind == "fwd" else _block_ds(dtype):  # the forward has no D-wide tile
                 ce = dict(BLOCK_B=b, BLOCK_K=k, DC=dc, UPCAST=False, PREC=_prec_of(dtype))
                 if kind != "fwd":
                     ce["BLOCK_D"] = block_d
