@@ -109,8 +109,7 @@ def fsdp_buffer_bytes(run):
 
     if run.dims.dp == 1 or run.cfg.parallel.data_parallel != "fsdp":
         return 0
-    stages = [m for _, m in run.task.stages] if hasattr(run.task, "stages") else [run.task.student]
-    block = max(sum(_tp_local_numel(p) for p in b.parameters()) for m in stages for b in blocks_of(m))
+    block = max(sum(_tp_local_numel(p) for p in b.parameters()) for b in blocks_of(run.task.student))
     return 2 * GATHER_BYTES * block + 4 * block
 
 
@@ -158,9 +157,18 @@ def _shapes(module, names):
 def dry_run(cfg, rank, world, *, checkpoint=True):
     """Builds rank `rank` of a `world`-rank run of `cfg` on the meta device; returns its report (a dict).
     checkpoint=False leaves out the DCP save plan (the slowest part; `fastvit plan verify=1` needs only bytes)."""
+    from fastvit.parallel.mesh import resolve_dims
+    from fastvit.parallel.pp import stage_ids
     from fastvit.parallel.tp import canonical_state
     from fastvit.train.loop import build_training
 
+    p = cfg.parallel
+    dims = resolve_dims(p, world)  # the sizes alone, as the run checks them first
+    if p.data_parallel == "ddp" and dims.dp > 1 and dims.tp == dims.pp == 1:
+        raise ValueError(
+            "a dry run cannot build parallel.data_parallel='ddp' with dp > 1 (DDP cannot wrap meta-device modules; "
+            "every rank would hold the whole model); dry-run parallel.data_parallel=fsdp instead"
+        )
     with fake_process_group(rank, world):
         run = build_training(cfg, meta=True)
         batch = run.task.synthetic_batch(run.batch_per_rank, torch.device("meta"))
@@ -170,8 +178,8 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
             "rank": rank,
             "world": world,
             "dims": run.dims,
-            "coords": {a: mesh.rank(a) for a in ("pp", "dp", "tp")} if mesh else {"pp": 0, "dp": 0, "tp": 0},
-            "stages": [s for s, _ in task.stages] if hasattr(task, "stages") else [0],
+            "coords": {a: mesh.rank(a) if mesh else 0 for a in ("pp", "dp", "tp")},
+            "stages": stage_ids(mesh.rank("pp") if mesh else 0, run.dims.pp, run.dims.virtual_stages),
             "batch": {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)},
             "params": storage_bytes(student),
             "teacher": storage_bytes(task.teacher.parameters()) if task.teacher is not None else 0,
@@ -221,7 +229,7 @@ def format_report(cfg, r):
     return "\n".join(lines)
 
 
-STATIC = ("params", "grads", "optim", "teacher")
+COMPARED = ("params", "grads", "optim", "teacher", "fsdp_buffers")  # the planner's static columns
 
 
 def layout_config(cfg, layout):
@@ -247,16 +255,21 @@ def verify_layout(cfg, layout, planned, tol=0.02):
     dims = ParallelDims(dp=layout.dp, tp=layout.tp, pp=layout.pp)
     lay_cfg = layout_config(cfg, layout)
     reports = [dry_run(lay_cfg, r, dims.world, checkpoint=False) for r in representative_ranks(dims)]
-    built = {k: max(r[k] for r in reports) for k in (*STATIC, "fsdp_buffers")}
-    parts = [f"{k} planned {planned[k] / GB:.2f} built {built[k] / GB:.2f}" for k in (*STATIC, "fsdp_buffers")]
+    built = {k: max(r[k] for r in reports) for k in COMPARED}
+    parts = [f"{k} planned {planned[k] / GB:.2f} built {built[k] / GB:.2f}" for k in COMPARED]
     parts[0] += " GB"
-    problems = [
+    ranks = ", ".join(str(r["rank"]) for r in reports)
+    return f"verified {layout}: {', '.join(parts)} (ranks {ranks} of {dims.world})", compare(planned, built, tol)
+
+
+def compare(planned, built, tol=0.02):
+    """The columns (params, grads, optim, teacher, fsdp_buffers) of `planned` more than tol from `built`, each
+    as a line naming both values."""
+    return [
         f"{k}: planned {planned[k] / GB:.3f} GB, built {built[k] / GB:.3f} GB ({planned[k] / built[k] - 1:+.1%})"
-        for k in (*STATIC, "fsdp_buffers")
+        for k in COMPARED
         if abs(planned[k] - built[k]) > tol * max(built[k], 1)
     ]
-    ranks = ", ".join(str(r["rank"]) for r in reports)
-    return f"verified {layout}: {', '.join(parts)} (ranks {ranks} of {dims.world})", problems
 
 
 def main(cfg, spec):
@@ -266,4 +279,4 @@ def main(cfg, spec):
     return 0
 
 
-__all__ = ["dry_run", "fake_process_group", "format_report", "parse_rank", "rank_of", "verify_layout"]
+__all__ = ["compare", "dry_run", "fake_process_group", "format_report", "parse_rank", "rank_of", "verify_layout"]
