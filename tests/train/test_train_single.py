@@ -128,6 +128,8 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert "steps 2 -> 6" in out or "steps 4 -> 6" in out
     a, b = read_metrics(straight), read_metrics(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4, 5, 6]  # the rows logged after the checkpoint were not kept twice
     for step in a:
         for key in LOSS_TERMS:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-7), (step, key)
