@@ -47,8 +47,9 @@ def _steps(run, batches, n, first=0):
 
 @pytest.mark.parametrize("objective", ["web_dino", "web_mae"])
 def test_one_host_sync_per_optimizer_step(tmp_path, monkeypatch, objective):
-    """With 2 micro-batches of 3 loss terms each the old loop read 2 x (1 + 5) values per step; train_step reads
-    the gradient norm and the finiteness flag together, once."""
+    """The old loop read, per micro-batch, the loss's finiteness (twice: .item() and the any-rank flag) and each
+    loss term, then the gradient norm: 2 x (2 + 5) + 1 values a Web-DINO step here; train_step reads the
+    gradient norm and the finiteness flag together, once."""
     extra = [f"objective.name={objective}", "optim.grad_accum=2"]
     if objective == "web_mae":
         extra.append("objective.mae_decoder_width=32")
