@@ -3,7 +3,8 @@
     fastvit plan model.name=vit_7b gpus=64 gpu=h200 train.batch_size=3072 [other config keys]
 
 Memory per GPU (bytes), with P the parameters a GPU holds (its pipeline stage's, matrices / tp, all / dp
-under FSDP): params 4P (fp32 master), grads 4P (fp32), AdamW m and v 8P, the EMA teacher 4P (sharded like
+under FSDP but the tokens of leading dim 1, which FSDP2's dim-0 shards leave whole on one rank): params 4P
+(fp32 master), grads 4P (fp32), AdamW m and v 8P, the EMA teacher 4P (sharded like
 the student, no grads); with FSDP over dp > 1 also two blocks gathered at a time (the current one and the
 prefetched one, bf16 on GPUs, fp32 on CPUs) and one block's unsharded fp32 gradients before their reduce-scatter.
 Activations (bf16 on GPUs, fp32 on CPUs; the norms' mean / rstd and attention's log-sum-exp are always fp32),
@@ -89,9 +90,15 @@ def block_params(cfg, tp=1):
     return (qkv + proj + mlp) // tp + replicated
 
 
+def token_params(cfg):
+    """cls token, position embedding, mask token and register tokens: each has a leading dim of 1."""
+    d = cfg.width
+    return d + (1 + cfg.grid**2) * d + d + cfg.n_registers * d
+
+
 def embed_params(cfg):
     d, p = cfg.width, cfg.patch_size
-    return d + (1 + cfg.grid**2) * d + d + cfg.n_registers * d + 3 * p * p * d + d
+    return token_params(cfg) + 3 * p * p * d + d
 
 
 def stage_params(cfg, n_head, layout):
@@ -102,10 +109,22 @@ def stage_params(cfg, n_head, layout):
     return max(first + (last - blocks if layout.pp == 1 else 0), last)
 
 
+def gpu_params(cfg, n_head, layout):
+    """Parameters one GPU holds: its stage's tp rank's, / dp under FSDP, on the busiest stage. FSDP2 shards dim 0,
+    so the tokens (leading dim 1) stay whole on dp rank 0 of the first stage (the other ranks pad to one row)."""
+    if not layout.fsdp or layout.dp == 1:
+        return stage_params(cfg, n_head, layout)
+    blocks = cfg.depth // layout.pp * block_params(cfg, layout.tp)
+    tokens = token_params(cfg)
+    last = (blocks + 2 * cfg.width + n_head) / layout.dp
+    first = (embed_params(cfg) - tokens + blocks) / layout.dp + tokens
+    return first + last - blocks / layout.dp if layout.pp == 1 else max(first, last)
+
+
 def static_memory(cfg, n_head, layout, gpu=True):
     """Bytes per GPU of the params, grads, optimizer states and teacher shards a GPU keeps (FSDP shards over dp)
     and, under FSDP, "fsdp_buffers": its gathered blocks and one block's unsharded gradients (transient)."""
-    p = stage_params(cfg, n_head, layout) / (layout.dp if layout.fsdp else 1)
+    p = gpu_params(cfg, n_head, layout)
     out = {"params": 4 * p, "grads": 4 * p, "optim": 8 * p, "teacher": 4 * p, "fsdp_buffers": 0.0}
     if layout.fsdp and layout.dp > 1:  # current + prefetched block gathered; one block's grads before reduce-scatter
         block = block_params(cfg, layout.tp)

@@ -28,8 +28,9 @@ def planned(cfg, layout):
     return static_memory(vit, head_params(vit.width, cfg.objective), layout)
 
 
-def check_against_plan(cfg, layout, reports, tol=0.02):
-    """The largest of each static column over the ranks within tol of the plan (which models the busiest rank)."""
+def check_against_plan(cfg, layout, reports, tol=0.005):
+    """The largest of each static column over the ranks within tol of the plan (which models the busiest rank);
+    `fastvit plan verify=1` allows 2%."""
     plan = planned(cfg, layout)
     for key in ("params", "grads", "optim", "teacher", "fsdp_buffers"):
         built = max(r[key] for r in reports)
