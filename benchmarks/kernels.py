@@ -118,16 +118,17 @@ def _fwd_bwd(fn, inputs, grads):
     return outs + list(torch.autograd.grad(outs, leaves, grads[: len(outs)]))
 
 
-def _correctness(ctx, op, case, fn, ref, inputs64, names):
-    """Max abs error of the Triton backend (fp32) against the float64 reference, for each output and gradient."""
+def _correctness(ctx, op, case, fn, ref, inputs64, names, dtype=torch.float32):
+    """Max abs error of the Triton backend (inputs in `dtype`) against the float64 reference, for each output and
+    gradient."""
     if not (ctx.gpu or ctx.interpreted):
-        return [_row(op, case, torch.float32, "triton", "check", error="Triton interpreter unavailable")]
+        return [_row(op, case, dtype, "triton", "check", error="Triton interpreter unavailable")]
     dev = ctx.device
     n_out = len(_as_list(ref(*inputs64)))
     grads64 = [torch.randn_like(o) for o in _as_list(ref(*inputs64))]
     expected = _fwd_bwd(ref, inputs64, grads64)
-    actual = _fwd_bwd(fn, [t.float().to(dev) for t in inputs64], [g.float().to(dev) for g in grads64[:n_out]])
-    return [_row(op, case, torch.float32, "triton", "check", max_abs_err=_max_errors(actual, expected, names))]
+    actual = _fwd_bwd(fn, [t.to(dev, dtype) for t in inputs64], [g.to(dev, dtype) for g in grads64[:n_out]])
+    return [_row(op, case, dtype, "triton", "check", max_abs_err=_max_errors(actual, expected, names))]
 
 
 def _parse(argv):
@@ -321,6 +322,7 @@ def bench_attention(ctx):
     from fastvit.ops import attention
 
     cu = torch.tensor([0, 257, 307], dtype=torch.int32, device=ctx.device)
+    check_dt = _dtype(ctx)  # fp32 on a CPU; bf16 on a GPU, where the Triton kernels take fp16 / bf16 only
     rows = _correctness(
         ctx,
         "attention",
@@ -329,6 +331,7 @@ def bench_attention(ctx):
         attention_ref,
         [torch.randn(1, 2, 197, 64, dtype=torch.float64) for _ in range(3)],
         ["out", "dq", "dk", "dv"],
+        check_dt,
     )
     rows += _correctness(
         ctx,
@@ -338,6 +341,7 @@ def bench_attention(ctx):
         lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()),
         [torch.randn(307, 1, 80, dtype=torch.float64) for _ in range(3)],
         ["out", "dq", "dk", "dv"],
+        check_dt,
     )
     backends, dt = _backends(ctx, "fastvit.ops.attention"), _dtype(ctx)
     for label, width, heads, n in _shapes(ctx):
