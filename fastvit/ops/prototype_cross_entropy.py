@@ -16,7 +16,13 @@ import torch
 
 from fastvit.kernels import prototype_cross_entropy as _k
 from fastvit.ops import backend as backend_lib
-from fastvit.ops.prototype_targets import DEFAULT_CHUNK, TeacherTargets, matmul_operands, operand_dtype
+from fastvit.ops.prototype_targets import (
+    DEFAULT_CHUNK,
+    TeacherTargets,
+    autocast_operands,
+    matmul_operands,
+    operand_dtype,
+)
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -192,6 +198,7 @@ def prototype_cross_entropy(
     if row_weight is None:
         row_weight = torch.full((B,), 1.0 / max(B, 1), device=student_features.device)
     _check(student_features, student_prototypes, targets, row_weight)
+    student_features, student_prototypes = autocast_operands(student_features, student_prototypes)
     t = targets
     args = (t.features.detach(), t.prototypes.detach(), t.a.float(), t.b.float(), row_weight.detach().float())
     loss, _, _ = _fwd_op(

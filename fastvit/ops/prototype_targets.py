@@ -34,6 +34,17 @@ def matmul_operands(x, w):
     return x.to(dt).to(out), w.to(dt).to(out)
 
 
+def autocast_operands(x, w):
+    """x, w as a matmul under autocast takes them: when autocast is on for their device, fp32 operands are rounded
+    to its dtype (the head's normalize hands fp32 features to the loss under bf16 autocast, where DINOv2's
+    `last_layer` matmul runs in the low precision). Without autocast they are returned as they are."""
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return x, w
+    dt = torch.get_autocast_dtype(dev)
+    return (x.to(dt) if x.dtype == torch.float32 else x), (w.to(dt) if w.dtype == torch.float32 else w)
+
+
 def operand_dtype(x, w):
     """The dtype both matmul operands are rounded to: float64 if either is, else that of bf16 / fp16 features,
     else fp32 (the Triton kernels read bf16 / fp16 operands as they are, for the tensor cores)."""
@@ -120,8 +131,8 @@ def softmax_center_targets(features, prototypes, center, temp, *, chunk=DEFAULT_
     """softmax((t - center) / temp) in factored form: a = -center / temp, b = -logsumexp_k((t - center) / temp)."""
     check_teacher(features, prototypes, temp)
     be = resolve_backend("softmax_center_targets", backend, features)
-    x = features.detach().reshape(-1, features.shape[-1])
-    W = prototypes.detach()
+    features, W = autocast_operands(features.detach(), prototypes.detach())
+    x = features.reshape(-1, features.shape[-1])
     a = -center.detach().float().reshape(-1) / temp
     if a.shape[0] != W.shape[0]:
         raise ValueError(f"center has {a.shape[0]} entries but there are {W.shape[0]} prototypes")

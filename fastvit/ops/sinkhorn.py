@@ -21,6 +21,7 @@ from fastvit.ops.prototype_targets import (
     BACKENDS,
     DEFAULT_CHUNK,
     TeacherTargets,
+    autocast_operands,
     available,
     check_teacher,
     prototype_lse,
@@ -80,8 +81,8 @@ def sinkhorn_knopp(
     if chunk < 1:
         raise ValueError(f"sinkhorn_knopp needs chunk >= 1, got {chunk}")
     be = resolve_backend("sinkhorn_knopp", backend, features)
-    x = features.detach().reshape(-1, features.shape[-1])  # [R, D]
-    W = prototypes.detach()
+    features, W = autocast_operands(features.detach(), prototypes.detach())
+    x = features.reshape(-1, features.shape[-1])  # [R, D]
     R, K = x.shape[0], W.shape[0]
     n_rows = global_row_count(R, x.device, n_rows, group)
     log_c = torch.zeros(R, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -89,4 +90,4 @@ def sinkhorn_knopp(
         a = -all_reduce_logsumexp_(prototype_lse(x, W, log_c, float(temp), 0, int(chunk), be), group) - math.log(K)
         log_c = -prototype_lse(x, W, a, float(temp), 1, int(chunk), be) - math.log(n_rows)
     b = (log_c + math.log(n_rows)).reshape(features.shape[:2])
-    return TeacherTargets(features.detach(), W, 1.0 / temp, a, b)
+    return TeacherTargets(features, W, 1.0 / temp, a, b)
