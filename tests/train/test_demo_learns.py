@@ -1,5 +1,7 @@
 """The demo recipe learns: a shortened demo run lifts kNN top-1 on the held-out built-in split clearly
-above the same model at step 0 (measured here: 13.7% at step 0, 17.2% after 150 steps, 18.5% after 300)."""
+above the same model at step 0 (measured here on class-balanced eval subsets: 12.8% at step 0, 14.8% after 150
+steps; with the recipes' teacher momentum 0.994 instead of the demo's 0.98 the teacher stayed at 12.5% while the
+student reached 15.3%)."""
 
 import pytest
 
