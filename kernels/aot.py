@@ -217,7 +217,7 @@ def sweep(selection, targets=tuple(TARGETS), jobs=1, cache_dir=DEFAULT_CACHE):
 def representative(vs):
     """The CI subset: per kernel, block width (BLOCK_D) and layout (PACKED), the variant with the largest tile (the
     one most likely to spill or overflow shared memory), in bf16 where the kernel takes bf16 (fp16 compiles to the
-    same register and shared-memory shape). The full sweep (`--all`) runs in the GPU suite and the slow tier."""
+    same register and shared-memory shape). The full sweep (`--all`) runs in the GPU suite."""
 
     def first_dtype(v):
         return next((t for t in v.signature.values() if t.startswith("*")), "")
