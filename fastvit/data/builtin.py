@@ -7,6 +7,9 @@ information, so a model has to learn shape to separate them. Sample i of a split
 a generator seeded by (seed, split, i); `train` and `val` are disjoint streams.
 """
 
+import colorsys
+from typing import NamedTuple
+
 import numpy as np
 
 CLASSES = ("disk", "square", "triangle", "ring", "cross", "star", "stripes", "checker", "dots", "crescent")
@@ -47,23 +50,81 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.nda
     return 1.0 - avoid
 
 
-def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One (size, size, 3) uint8 image of class `label`."""
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1  # pixel centers in [-1, 1]
+class Scene(NamedTuple):
+    """What one image shows: the class, its placement, its colours and the background's shading and noise."""
+
+    label: int
+    cx: float
+    cy: float
+    scale: float
+    theta: float
+    bg: np.ndarray
+    fg: np.ndarray
+    shade: np.ndarray
+    noise: float
+
+
+def draw_scene(label: int, rng: np.random.Generator) -> Scene:
+    """The random parameters of one image of class `label`, drawn from `rng` in a fixed order."""
     cy, cx = rng.uniform(-0.3, 0.3, 2)
     scale = rng.uniform(0.4, 0.65)
     theta = rng.uniform(0, 2 * np.pi)
-    dx, dy = (x - cx) / scale, (y - cy) / scale
-    u = np.cos(theta) * dx + np.sin(theta) * dy
-    v = -np.sin(theta) * dx + np.cos(theta) * dy
-    mask = _shape_mask(label, u, v)[..., None]
     bg = _colour(rng)
     fg = _colour(rng, avoid=bg)
     shade = rng.uniform(-0.15, 0.15, 2)
-    img = bg + (shade[0] * x + shade[1] * y)[..., None]
-    img = np.where(mask, fg, img)
-    img = img + rng.normal(0, rng.uniform(0.02, 0.08), img.shape)
+    return Scene(label, cx, cy, scale, theta, bg, fg, shade, rng.uniform(0.02, 0.08))
+
+
+def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One (size, size, 3) uint8 image of class `label`."""
+    sc = draw_scene(label, rng)
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1  # pixel centers in [-1, 1]
+    dx, dy = (x - sc.cx) / sc.scale, (y - sc.cy) / sc.scale
+    u = np.cos(sc.theta) * dx + np.sin(sc.theta) * dy
+    v = -np.sin(sc.theta) * dx + np.cos(sc.theta) * dy
+    mask = _shape_mask(label, u, v)[..., None]
+    img = sc.bg + (sc.shade[0] * x + sc.shade[1] * y)[..., None]
+    img = np.where(mask, sc.fg, img)
+    img = img + rng.normal(0, sc.noise, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def colour_name(rgb: np.ndarray) -> str:
+    """The everyday name of an RGB colour in [0, 1]: black, gray, white, or one of eight hues."""
+    h, s, v = colorsys.rgb_to_hsv(*(float(c) for c in rgb))
+    if v < 0.25:
+        return "black"
+    if s < 0.25:
+        return "white" if v > 0.75 else "gray"
+    for top, name in _HUES:
+        if h * 360 < top:
+            return name
+    return "red"
+
+
+_HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (200, "cyan"), (260, "blue"), (290, "purple"))
+_HUES = (*_HUES, (335, "pink"))
+COLOURS = ("black", "gray", "white", "red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+
+
+def describe(sc: Scene, template: int) -> str:
+    """A caption of scene `sc`, as alt text would say it: the shape and its and the background's colours."""
+    fg, bg, shape = colour_name(sc.fg), colour_name(sc.bg), CLASSES[sc.label]
+    return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(shape=shape, fg=fg, bg=bg)
+
+
+# Training captions of the CLIP baseline.
+CAPTION_TEMPLATES = (
+    "a photo of a {fg} {shape} on a {bg} background.",
+    "a {fg} {shape} shape on {bg}.",
+    "an image showing a {shape} in {fg} against {bg}.",
+)
+
+
+def class_prompts(shape: str) -> list[str]:
+    """Zero-shot prompts of one class: every caption template with every pair of colour names (a prompt
+    ensemble in the caption's own words, as CLIP's per-dataset templates are)."""
+    return [t.format(shape=shape, fg=fg, bg=bg) for t in CAPTION_TEMPLATES for fg in COLOURS for bg in COLOURS]
 
 
 class BuiltinSource:
@@ -91,8 +152,9 @@ class BuiltinSource:
         return render(label, np.random.default_rng([self.seed, _SPLITS[self.split], i]), self.size), label
 
     def caption(self, i: int) -> str:
-        """A caption derived from sample i's class (the text side of the CLIP baseline on this dataset)."""
-        return CAPTION_TEMPLATES[(i // len(CLASSES)) % len(CAPTION_TEMPLATES)].format(CLASSES[i % len(CLASSES)])
-
-
-CAPTION_TEMPLATES = ("a photo of a {}.", "a {} shape on a background.", "an image showing a {}.")
+        """Sample i's caption (the text side of the CLIP baseline): its class and its colours, in one of the
+        CAPTION_TEMPLATES. Without the colours, captions that name only one of ten classes give a CLIP run
+        nothing to align while its image tower cannot yet tell the shapes apart, and both towers collapse
+        to the uniform solution (InfoNCE stuck at ln(batch))."""
+        sc = draw_scene(i % len(CLASSES), np.random.default_rng([self.seed, _SPLITS[self.split], i]))
+        return describe(sc, i // len(CLASSES))

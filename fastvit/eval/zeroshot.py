@@ -1,7 +1,8 @@
 """`fastvit eval zeroshot RUN_DIR|CHECKPOINT [key=value ...]`: zero-shot classification with a CLIP run.
 
-Each class name is put into a few prompt templates; the class embedding is the normalised mean of the
-templates' text embeddings. An image is assigned the class of highest cosine similarity with its image
+Each class name is put into prompt templates (for the built-in dataset, its caption templates with every pair of
+colour names, fastvit/data/builtin.py); the class embedding is the normalised mean of the prompts' text
+embeddings. An image is assigned the class of highest cosine similarity with its image
 embedding. Class names: the built-in dataset's classes, or an image folder's class sub-folder names
 (underscores read as spaces). Prints one JSON object with `top1` (percent; also as `top1_pct`, beside
 `chance_pct` and `"unit": "percent"`) and writes it into the run's eval.json; `eval.max_images` reads a
@@ -16,13 +17,20 @@ import torch.nn.functional as F
 
 from fastvit.config import apply_overrides, read_config
 from fastvit.data import source_from_spec
-from fastvit.data.builtin import CLASSES, BuiltinSource
+from fastvit.data.builtin import CLASSES, BuiltinSource, class_prompts
 from fastvit.eval.features import labelled_batches
 from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.fileio import update_json
 from fastvit.train import checkpoint as ckpt
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.", "a {} shape.")
+
+
+def prompts_of(source):
+    """class name -> its prompts: the built-in dataset's own caption words, else the generic TEMPLATES."""
+    if isinstance(source, BuiltinSource):
+        return class_prompts
+    return lambda name: [t.format(name) for t in TEMPLATES]
 
 
 def class_names(source):
@@ -46,11 +54,11 @@ def load_clip(cfg, checkpoint_path):
 
 
 @torch.no_grad()
-def class_embeddings(model, tok, names, templates=TEMPLATES):
-    """(n_classes, E) normalised mean of the template embeddings per class."""
+def class_embeddings(model, tok, names, prompts):
+    """(n_classes, E): per class, the normalised mean of its prompts' normalised text embeddings."""
     out = []
     for name in names:
-        ids, eot = tok.encode_batch([t.format(name) for t in templates])
+        ids, eot = tok.encode_batch(prompts(name))
         out.append(F.normalize(model.encode_text(ids, eot).mean(0), dim=-1))
     return torch.stack(out)
 
@@ -58,7 +66,7 @@ def class_embeddings(model, tok, names, templates=TEMPLATES):
 @torch.no_grad()
 def zeroshot_predictions(model, tok, source, size, *, batch_size=256, indices=None):
     """(predicted classes (N,), labels (N,)) of zero-shot classification of a labelled source's images."""
-    classes_CE = class_embeddings(model, tok, class_names(source))
+    classes_CE = class_embeddings(model, tok, class_names(source), prompts_of(source))
     preds, labels = [], []
     for x, y in labelled_batches(source, size, batch_size, indices):
         preds.append((model.encode_image(x) @ classes_CE.t()).argmax(1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastvit.data.builtin import CLASSES, BuiltinSource, _shape_mask, colour_name, describe, draw_scene
 from fastvit.data.captions import captioned_source
 from fastvit.data.tokenizer import ByteTokenizer, build_tokenizer
 
@@ -67,3 +68,27 @@ def test_caption_sources(tmp_path):
     src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")
     assert [src.caption(i) for i in range(3)] == ["a black square", "white", ""]
     assert src.read(1)[1] == 1
+
+
+def test_builtin_captions_name_the_colours_the_image_shows():
+    """A builtin caption names the sample's class and the colour names of its shape and background, as the
+    rendered pixels show them (the mean colour of the shape's pixels and of the rest, noise averaged out)."""
+    assert [colour_name(np.array(c)) for c in ((1, 0, 0), (0, 0.1, 0.9), (0.5, 0.5, 0.5), (0.05, 0.05, 0.05))] == [
+        "red",
+        "blue",
+        "gray",
+        "black",
+    ]
+    src, agree = BuiltinSource("train", size=64), 0
+    y, x = (np.mgrid[0:64, 0:64] + 0.5) / 64 * 2 - 1
+    for i in range(100):
+        img, label = src.read(i)
+        sc = draw_scene(label, np.random.default_rng([src.seed, 0, i]))
+        dx, dy = (x - sc.cx) / sc.scale, (y - sc.cy) / sc.scale
+        u, v = np.cos(sc.theta) * dx + np.sin(sc.theta) * dy, -np.sin(sc.theta) * dx + np.cos(sc.theta) * dy
+        mask = _shape_mask(label, u, v)
+        fg, bg = (colour_name(img[m].mean(0) / 255) for m in (mask, ~mask))
+        caption = src.caption(i)
+        assert CLASSES[label] in caption and describe(sc, i // 10) == caption
+        agree += f" {fg} " in f" {caption} " and f" {bg}" in caption
+    assert agree >= 90, agree  # a colour near a hue boundary may be named by its neighbour after shading
