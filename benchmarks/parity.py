@@ -4,7 +4,8 @@
         [--steps 300] [--out DIR] [--eval-images 2000] [--smoke] [key=value ... (fastvit overrides)]
 
 Both sides train on the same labelled image folder (the built-in dataset is first written out as PNG files,
-so both read the same pixels through their own loaders) for the same number of steps, batch 32:
+so both read the same pixels through their own loaders) for the same number of steps and batch; every value
+the two sides share comes from the demo recipe with the run's overrides (recipe_hparams):
   fastvit  `fastvit train demo` (192 wide, 6 blocks, patch 8, 48 px, 2 x 48 + 4 x 24 crops, DINO + iBOT +
            KoLeo, heads 512 / 128 / 256), in this interpreter, as a subprocess;
   lightly  timm's VisionTransformer (the same sizes, GELU MLP, LayerScale 0.1, learned position embedding)
@@ -31,10 +32,40 @@ import time
 
 import torch
 
-DEMO = {"img": 48, "local": 24, "n_local": 4, "patch": 8, "width": 192, "depth": 6, "heads": 3, "batch": 32}
-DEMO.update(hidden=512, dino_bottleneck=128, ibot_bottleneck=128, out_dim=256, global_scale=(0.4, 1.0))
-DEMO.update(local_scale=(0.1, 0.4), lr=2e-3, min_lr=1e-6, warmup=30, wd=(0.04, 0.2), clip=3.0, freeze_last=10)
-DEMO.update(teacher_temp=(0.04, 0.04), teacher_temp_warmup=50, momentum=(0.994, 1.0), koleo=0.1, layerscale=0.1)
+
+def recipe_hparams(cfg):
+    """What the lightly side needs of the fastvit run's config (the demo recipe with the same overrides), so both
+    sides train the same model with the same crops, heads, schedules and teacher: one source for each value."""
+    m, d, o, op = cfg.model, cfg.data, cfg.objective, cfg.optim
+    return {
+        "img": d.global_crops_size,
+        "local": d.local_crops_size,
+        "n_local": d.n_local_crops,
+        "global_scale": list(d.global_crops_scale),
+        "local_scale": list(d.local_crops_scale),
+        "patch": m.patch_size,
+        "width": m.width,
+        "depth": m.depth,
+        "heads": m.heads,
+        "layerscale": m.layerscale_init,
+        "batch": cfg.train.batch_size,
+        "hidden": o.head_hidden_dim,
+        "dino_bottleneck": o.dino_bottleneck_dim,
+        "ibot_bottleneck": o.ibot_bottleneck_dim,
+        "out_dim": o.dino_out_dim,
+        "teacher_temp": [o.teacher_temp_warmup, o.teacher_temp],
+        "teacher_temp_warmup": o.teacher_temp_warmup_steps,
+        "momentum": [o.momentum_teacher, o.momentum_teacher_final],
+        "koleo": o.koleo_weight,
+        "lr": op.lr,
+        "min_lr": op.min_lr,
+        "warmup": op.warmup_steps,
+        "wd": [op.weight_decay, op.weight_decay_end],
+        "clip": op.clip_grad,
+        "freeze_last": op.freeze_last_layer_steps,
+    }
+
+
 SMOKE = {"steps": 3, "train_n": 64, "val_n": 40, "eval_images": 40}
 
 
@@ -107,7 +138,7 @@ def run_fastvit(args, train_dir, tensors, overrides):
     if os.path.isdir(os.path.join(run, "checkpoints")):
         raise ValueError(f"{run} holds a previous run; pass a fresh --out")
     subprocess.run(cmd, check=True)
-    seconds = training_seconds(os.path.join(run, "metrics.jsonl"), DEMO["batch"])
+    seconds = training_seconds(os.path.join(run, "metrics.jsonl"), args.hparams["batch"])
     cfg = read_config(os.path.join(run, "config.yaml"))
     feats = {}
     for when, backbone in (
@@ -131,6 +162,7 @@ def run_lightly(args, train_dir, tensors_path):
     result = os.path.join(args.out, "lightly_features.pt")
     cmd = [args.python, os.path.abspath(__file__), "--lightly-worker", "--train-dir", train_dir]
     cmd += ["--steps", str(args.steps), "--tensors", tensors_path, "--result", result, "--workers", str(args.workers)]
+    cmd += ["--hparams", json.dumps(args.hparams)]
     subprocess.run(cmd, check=True)
     saved = torch.load(result, weights_only=True)
     return saved["seconds"], {w: (saved[f"{w}_train"], saved[f"{w}_val"]) for w in ("before", "after")}
@@ -157,10 +189,13 @@ def driver(args, overrides):
         train_dir, val_dir = args.data.partition(":")[2], args.val.partition(":")[2]
     if args.smoke:
         overrides = ["data.num_workers=0", "train.log_every=1", *overrides]
-    tensors = eval_tensors(train_dir, val_dir, DEMO["img"], eval_images)
+    from fastvit.config import load_config
+
+    args.hparams = recipe_hparams(load_config("demo", [*overrides, f"train.steps={args.steps}"]))
+    tensors = eval_tensors(train_dir, val_dir, args.hparams["img"], eval_images)
     tensors_path = os.path.join(args.out, "eval_tensors.pt")
     torch.save(tensors, tensors_path)
-    report = {"steps": args.steps, "batch": DEMO["batch"], "data": args.data, "eval_images": eval_images}
+    report = {"steps": args.steps, "data": args.data, "eval_images": eval_images, "hparams": args.hparams}
     report.update(train_images=len(tensors["train_y"]), val_images=len(tensors["val_y"]), unit="percent", sides={})
     sides = {"fastvit": lambda: run_fastvit(args, train_dir, tensors, overrides)}
     reason = lightly_ready(args.python)
@@ -214,7 +249,7 @@ def lightly_worker(args):
     from lightly.transforms.dino_transform import DINOTransform
 
     torch.manual_seed(0)
-    d = DEMO
+    d = json.loads(args.hparams)
     vit = timm.models.vision_transformer.VisionTransformer(
         img_size=d["img"],
         patch_size=d["patch"],
@@ -252,9 +287,9 @@ def lightly_worker(args):
     result = dict(zip(("before_train", "before_val"), features(teacher), strict=True))
     transform = DINOTransform(
         global_crop_size=d["img"],
-        global_crop_scale=d["global_scale"],
+        global_crop_scale=tuple(d["global_scale"]),
         local_crop_size=d["local"],
-        local_crop_scale=d["local_scale"],
+        local_crop_scale=tuple(d["local_scale"]),
         n_local_views=d["n_local"],
     )
     data = torchvision.datasets.ImageFolder(args.train_dir, transform=transform)
@@ -336,6 +371,7 @@ def main(argv=None):
     p.add_argument("--train-dir", help=argparse.SUPPRESS)
     p.add_argument("--tensors", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--hparams", help=argparse.SUPPRESS)  # recipe_hparams() of the driver, as JSON
     args, rest = p.parse_known_args(argv)
     if args.lightly_worker:
         lightly_worker(args)
