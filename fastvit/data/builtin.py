@@ -75,16 +75,26 @@ def draw_scene(label: int, rng: np.random.Generator) -> Scene:
     return Scene(label, cx, cy, scale, theta, bg, fg, shade, rng.uniform(0.02, 0.08))
 
 
-def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One (size, size, 3) uint8 image of class `label`."""
-    sc = draw_scene(label, rng)
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1  # pixel centers in [-1, 1]
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of the pixel centres of a (size, size) image, in [-1, 1]."""
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1
+    return y, x
+
+
+def scene_mask(sc: Scene, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Boolean mask of the shape of scene `sc` at the image coordinates (y, x)."""
     dx, dy = (x - sc.cx) / sc.scale, (y - sc.cy) / sc.scale
     u = np.cos(sc.theta) * dx + np.sin(sc.theta) * dy
     v = -np.sin(sc.theta) * dx + np.cos(sc.theta) * dy
-    mask = _shape_mask(label, u, v)[..., None]
+    return _shape_mask(sc.label, u, v)
+
+
+def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One (size, size, 3) uint8 image of class `label`."""
+    sc = draw_scene(label, rng)
+    y, x = pixel_grid(size)
     img = sc.bg + (sc.shade[0] * x + sc.shade[1] * y)[..., None]
-    img = np.where(mask, sc.fg, img)
+    img = np.where(scene_mask(sc, y, x)[..., None], sc.fg, img)
     img = img + rng.normal(0, sc.noise, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -102,9 +112,17 @@ def colour_name(rgb: np.ndarray) -> str:
     return "red"
 
 
-_HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (200, "cyan"), (260, "blue"), (290, "purple"))
-_HUES = (*_HUES, (335, "pink"))
-COLOURS = ("black", "gray", "white", "red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+_HUES = (  # (upper bound of the hue in degrees, name); hues from 335 wrap round to red
+    (15, "red"),
+    (45, "orange"),
+    (70, "yellow"),
+    (160, "green"),
+    (200, "cyan"),
+    (260, "blue"),
+    (290, "purple"),
+    (335, "pink"),
+)
+COLOURS = ("black", "gray", "white", *(name for _, name in _HUES))  # every name colour_name gives
 
 
 def describe(sc: Scene, template: int) -> str:
@@ -149,12 +167,18 @@ class BuiltinSource:
     def read(self, i: int) -> tuple[np.ndarray, int]:
         """(image (size, size, 3) uint8, label)."""
         label = i % len(CLASSES)
-        return render(label, np.random.default_rng([self.seed, _SPLITS[self.split], i]), self.size), label
+        return render(label, self._rng(i), self.size), label
+
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, _SPLITS[self.split], i])
+
+    def scene(self, i: int) -> Scene:
+        """What sample i shows (the parameters its image is rendered from)."""
+        return draw_scene(i % len(CLASSES), self._rng(i))
 
     def caption(self, i: int) -> str:
         """Sample i's caption (the text side of the CLIP baseline): its class and its colours, in one of the
         CAPTION_TEMPLATES. Without the colours, captions that name only one of ten classes give a CLIP run
         nothing to align while its image tower cannot yet tell the shapes apart, and both towers collapse
         to the uniform solution (InfoNCE stuck at ln(batch))."""
-        sc = draw_scene(i % len(CLASSES), np.random.default_rng([self.seed, _SPLITS[self.split], i]))
-        return describe(sc, i // len(CLASSES))
+        return describe(self.scene(i), i // len(CLASSES))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastvit.data.builtin import CLASSES, BuiltinSource, _shape_mask, colour_name, describe, draw_scene
+from fastvit.data.builtin import CLASSES, BuiltinSource, colour_name, describe, pixel_grid, scene_mask
 from fastvit.data.captions import captioned_source
 from fastvit.data.tokenizer import ByteTokenizer, build_tokenizer
 
@@ -80,13 +80,11 @@ def test_builtin_captions_name_the_colours_the_image_shows():
         "black",
     ]
     src, agree = BuiltinSource("train", size=64), 0
-    y, x = (np.mgrid[0:64, 0:64] + 0.5) / 64 * 2 - 1
+    y, x = pixel_grid(64)
     for i in range(100):
         img, label = src.read(i)
-        sc = draw_scene(label, np.random.default_rng([src.seed, 0, i]))
-        dx, dy = (x - sc.cx) / sc.scale, (y - sc.cy) / sc.scale
-        u, v = np.cos(sc.theta) * dx + np.sin(sc.theta) * dy, -np.sin(sc.theta) * dx + np.cos(sc.theta) * dy
-        mask = _shape_mask(label, u, v)
+        sc = src.scene(i)
+        mask = scene_mask(sc, y, x)
         fg, bg = (colour_name(img[m].mean(0) / 255) for m in (mask, ~mask))
         caption = src.caption(i)
         assert CLASSES[label] in caption and describe(sc, i // 10) == caption
