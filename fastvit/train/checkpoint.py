@@ -13,7 +13,8 @@ manifest.json records the size and SHA-256 of every file, the run the checkpoint
 place in the write order: loading verifies the files, a damaged `latest` falls back to the newest
 intact checkpoint of the same run, and pruning keeps the newest by write order (never by step number,
 which a restarted run reuses). Nothing is unpickled unrestricted: extra_rank<r>.pt is read with
-torch.load(weights_only=True) and DCP's .metadata with an allow-list of the classes DCP writes there.
+torch.load(weights_only=True) and DCP's .metadata with an allow-list of the classes DCP writes there
+(fastvit/train/safe_load.py).
 """
 
 import hashlib
@@ -27,13 +28,9 @@ import uuid
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -42,8 +39,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from fastvit.errors import UserError, os_error_message, refused_global, user_os_error
+from fastvit.errors import UserError, os_error_message, user_os_error
 from fastvit.fileio import write_atomic
+from fastvit.train.safe_load import SafeFileSystemReader, SafeLoadPlanner, encode_extra, load_extra, read_dcp_metadata
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -60,118 +58,6 @@ def _barrier():
 
 def checkpoint_dir(run_dir):
     return Path(run_dir) / "checkpoints"
-
-
-# ---- restricted unpickling ------------------------------------------------------------------------------
-
-# What DCP (torch 2.x) pickles into .metadata: its metadata dataclasses, torch.Size, dtypes and layouts.
-_METADATA_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", name)
-    for name in (
-        "Metadata",
-        "MetadataIndex",
-        "StorageMeta",
-        "TensorProperties",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "_MEM_FORMAT_ENCODING",
-    )
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("pathlib", "PureWindowsPath"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _METADATA_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a class DCP metadata holds")
-
-
-def read_dcp_metadata(path, rank=None):
-    """The DCP Metadata of checkpoint folder `path` (rank's own metadata file when given), unpickled with an
-    allow-list (UserError otherwise)."""
-    file = Path(path) / (".metadata" if rank is None else f"__{rank}.metadata")
-    try:
-        with open(file, "rb") as f:
-            return _MetadataUnpickler(f).load()
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing: {path} is not a complete checkpoint; delete it") from None
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{file} was refused, nothing in it was run ({e}); delete this checkpoint folder") from None
-    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes raise many types
-        raise UserError(f"{file} cannot be read ({type(e).__name__}: {e}); delete this checkpoint folder") from None
-
-
-class SafeFileSystemReader(dcp.FileSystemReader):
-    """A FileSystemReader whose .metadata goes through the restricted unpickler."""
-
-    def read_metadata(self, *args, **kwargs):
-        metadata = read_dcp_metadata(self.path, kwargs.get("rank"))
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DefaultLoadPlanner, except that non-tensor entries (saved with torch.save) load with weights_only=True."""
-
-    def load_bytes(self, read_item, value):
-        try:
-            obj = torch.load(value, weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise UserError(f"checkpoint entry {read_item.dest_index.fqn} was refused ({e})") from None
-        if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
-
-
-def _encode(obj):
-    """`obj` with numpy arrays as tensors, so torch.load(weights_only=True) can read it back."""
-    if isinstance(obj, np.ndarray):
-        values = obj.astype(np.int64) if obj.dtype.kind in "iu" else obj.copy()
-        return {"__ndarray__": torch.from_numpy(values), "dtype": str(obj.dtype)}
-    if isinstance(obj, dict):
-        return {k: _encode(v) for k, v in obj.items()}
-    if isinstance(obj, tuple | list):
-        return type(obj)(_encode(v) for v in obj)
-    return obj
-
-
-def _decode(obj):
-    if isinstance(obj, dict):
-        if set(obj) == {"__ndarray__", "dtype"}:
-            return obj["__ndarray__"].numpy().astype(obj["dtype"])
-        return {k: _decode(v) for k, v in obj.items()}
-    if isinstance(obj, tuple | list):
-        return type(obj)(_decode(v) for v in obj)
-    return obj
-
-
-def load_extra(file):
-    """An extra_rank<r>.pt file (RNG states, data position), read with weights_only=True."""
-    try:
-        return _decode(torch.load(file, weights_only=True))
-    except pickle.UnpicklingError as e:
-        raise UserError(
-            f"{file} refers to {refused_global(e)}, more than tensors and plain values: refused, nothing was run; "
-            "delete this checkpoint folder (or it was written by an older fastvit: resume with that version)"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes
-        raise UserError(f"{file} cannot be read ({type(e).__name__}: {e}); delete this checkpoint folder") from None
 
 
 # ---- manifest: checksums, run and write order ------------------------------------------------------------
@@ -366,7 +252,7 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
         extra_rank = _rank() if extra_rank is None else extra_rank
         extra_file = tmp / f"extra_rank{extra_rank}.pt" if extra_rank >= 0 else None
         if extra_file is not None:
-            torch.save(_encode(extra), extra_file)
+            torch.save(encode_extra(extra), extra_file)
         _digest_own_files(tmp, extra_file)
         _barrier()
         if _rank() == 0:
