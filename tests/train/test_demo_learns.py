@@ -1,7 +1,6 @@
 """The demo recipe learns: a shortened demo run lifts kNN top-1 on the held-out built-in split clearly
-above the same model at step 0 (measured here on class-balanced eval subsets: 12.8% at step 0, 14.8% after 150
-steps; with the recipes' teacher momentum 0.994 instead of the demo's 0.98 the teacher stayed at 12.5% while the
-student reached 15.3%)."""
+above the same model at step 0 (measured here on class-balanced eval subsets: 18.3% at step 0, 26.2% after 150
+steps; before the built-in shapes were drawn lighter than their backgrounds, 12.8% -> 14.8%)."""
 
 import pytest
 
@@ -26,4 +25,4 @@ def test_short_demo_run_beats_its_initialisation_on_knn(tmp_path):
     run = train(cfg)
     before = evaluate_run(run, cfg, "knn", checkpoint=ckpt.checkpoint_dir(run) / "step_0")["top1"]
     after = evaluate_run(run, cfg, "knn")["top1"]
-    assert after > before + 1.5, (before, after)
+    assert after > before + 4.0, (before, after)
