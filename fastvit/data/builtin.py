@@ -138,11 +138,15 @@ def describe(sc: Scene, template: int) -> str:
     return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(shape=shape, fg=fg, bg=bg)
 
 
-# Training captions of the CLIP baseline.
+# Training captions of the CLIP baseline: every one names the shape, two of three the shape's colour, one the
+# background's. Colour names make a batch separable before the image tower tells shapes apart (captions of the
+# class alone collapsed to the uniform solution); a caption of the shape alone keeps colour from solving it
+# entirely: with both colours in all three templates, demo_clip's 200 steps ended at InfoNCE 2.42 with zero-shot
+# 11.9% and kNN 15.3% (18.0% at init), with these at 2.54 with zero-shot 45.7% and kNN 45.9%. Longest: 29 bytes.
 CAPTION_TEMPLATES = (
-    "a photo of a {fg} {shape} on a {bg} background.",
-    "a {fg} {shape} shape on {bg}.",
-    "an image showing a {shape} in {fg} against {bg}.",
+    "a photo of a {fg} {shape}.",
+    "a {fg} {shape} on {bg}.",
+    "an image showing a {shape}.",
 )
 
 
@@ -185,7 +189,5 @@ class BuiltinSource:
 
     def caption(self, i: int) -> str:
         """Sample i's caption (the text side of the CLIP baseline): its class and its colours, in one of the
-        CAPTION_TEMPLATES. Without the colours, captions that name only one of ten classes give a CLIP run
-        nothing to align while its image tower cannot yet tell the shapes apart, and both towers collapse
-        to the uniform solution (InfoNCE stuck at ln(batch))."""
+        CAPTION_TEMPLATES (see there why not every caption names both)."""
         return describe(self.scene(i), i // len(CLASSES))
