@@ -54,8 +54,7 @@ TINY_OBJECTIVE = {
         "objective.clip_embed_dim=16",
         "objective.clip_text_width=32",
         "objective.clip_text_depth=1",
-        "objective.clip_text_heads=2",
-        "objective.clip_context_length=16",
+        "objective.clip_text_heads=2",  # the recipe's 32-token context: whole captions (16 cut them to near-duplicates)
     ],
 }
 DEMOS = {"web_dino": "demo", "web_mae": "demo_mae", "clip": "demo_clip"}
