@@ -54,7 +54,8 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     lum = pairs @ _LUMA
     pairs = np.where((lum[:, 0] > lum[:, 1])[:, None, None], pairs[:, ::-1], pairs)  # (darker, lighter)
     gap = np.abs(lum[:, 1] - lum[:, 0])
-    i = int(np.argmax(gap > _MIN_CONTRAST)) if (gap > _MIN_CONTRAST).any() else int(np.argmax(gap))
+    clears = gap > _MIN_CONTRAST
+    i = int(np.argmax(clears if clears.any() else gap))
     return pairs[i, 0], pairs[i, 1]
 
 

@@ -13,8 +13,8 @@ from fastvit.config import load_config
 from fastvit.data.builtin import (
     CAPTION_TEMPLATES,
     CLASSES,
-    COLOURS,
     BuiltinSource,
+    class_prompts,
     colour_name,
     describe,
     pixel_grid,
@@ -112,9 +112,7 @@ def test_demo_clip_context_holds_every_builtin_caption_whole():
     (at 32 tokens the colour words of the longer templates were cut off)."""
     cfg = load_config("demo_clip", [])
     tok = build_tokenizer(cfg.objective.clip_tokenizer, cfg.objective.clip_context_length)
-    captions = [
-        t.format(shape=s, fg=f, bg=b) for t in CAPTION_TEMPLATES for s in CLASSES for f in COLOURS for b in COLOURS
-    ]
+    captions = [c for shape in CLASSES for c in class_prompts(shape)]  # every template x colour pair
     ids, eot = tok.encode_batch(captions)
     whole = torch.tensor([len(tok.tokens(c)) + 1 for c in captions])  # start token, the caption, end token
     assert torch.equal(eot, whole), max(captions, key=len)
