@@ -431,31 +431,20 @@ class _Layout:
 
 
 def _check(q, k, v, cu_seqlens, max_seqlen):
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            f"attention (triton): q, k, v dtypes must match and be one of {_DTYPES}, got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}"
-        )
+    """The kernels' own limits; the layout (shapes, ranks, one dtype, int32 cu_seqlens) is fastvit.ops.attention's
+    to validate, and only asserted here."""
+    assert q.shape == k.shape == v.shape and q.dim() == (4 if cu_seqlens is None else 3), (q.shape, k.shape, v.shape)
+    assert q.dtype == k.dtype == v.dtype and (cu_seqlens is None or cu_seqlens.dtype == torch.int32)
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"attention (triton) supports {_DTYPES}, got {q.dtype}")
     if q.device.type == "cuda" and q.dtype not in GPU_DTYPES:
         raise ValueError(
             f"attention (triton) on a GPU takes {GPU_DTYPES}, got {q.dtype} (backend='torch' runs fp32 through SDPA)"
         )
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"attention (triton): q, k, v shapes must match, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
     if q.shape[-1] > BLOCK_DS[-1]:  # the tiles are sized (and compile-checked) for head dims up to 128
         raise ValueError(f"attention (triton) supports head dims up to {BLOCK_DS[-1]}, got {q.shape[-1]}")
-    if cu_seqlens is None and q.dim() != 4:
-        raise ValueError(f"dense attention expects (B, H, N, D) inputs, got {tuple(q.shape)}")
-    if cu_seqlens is not None:
-        if q.dim() != 3 or cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(
-                f"packed attention expects (T, H, D) inputs and int32 cu_seqlens (S + 1,), got q "
-                f"{tuple(q.shape)}, cu_seqlens {cu_seqlens.dtype} {tuple(cu_seqlens.shape)}"
-            )
-        if max_seqlen is None or max_seqlen < 0:
-            raise ValueError(f"packed attention (triton) needs max_seqlen >= 0, got {max_seqlen}")
+    if cu_seqlens is not None and (max_seqlen is None or max_seqlen < 0):
+        raise ValueError(f"packed attention (triton) needs max_seqlen >= 0, got {max_seqlen}")
 
 
 def _unit(t):

@@ -105,9 +105,7 @@ def _rows(name, t, n):
 
 def _check_params(x, weight, bias):
     n = x.shape[-1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if tuple(p.shape) != (n,):
-            raise ValueError(f"layer_norm: {name} shape {tuple(p.shape)} does not match the width {n} of x")
+    assert weight.shape == bias.shape == (n,), "fastvit.ops.layer_norm validates the parameters' shapes"
     if n > MAX_WIDTH:
         raise ValueError(f"layer_norm (triton) supports widths up to {MAX_WIDTH}, got {n}")
 
@@ -120,8 +118,7 @@ def layer_norm_fwd(x, weight, bias, eps, residual=None):
     n = x.shape[-1]
     x_MN = _rows("x", x, n)
     res_MN = None if residual is None else _rows("residual", residual, n)
-    if res_MN is not None and res_MN.shape != x_MN.shape:
-        raise ValueError(f"add_layer_norm: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    assert res_MN is None or res_MN.shape == x_MN.shape, "fastvit.ops.add_layer_norm validates the residual's shape"
     M = x_MN.shape[0]
     dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)  # s and y, as in torch
     y_MN = torch.empty((M, n), dtype=dtype, device=x.device)

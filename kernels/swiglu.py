@@ -59,8 +59,7 @@ def _rows(x):
     """(..., 2h) -> (M, 2h) with a unit column stride (a copy only when the layout needs one)."""
     if x.dtype not in _DTYPES:
         raise ValueError(f"swiglu (triton) supports {_DTYPES}, got {x.dtype}")
-    if x.dim() == 0 or x.shape[-1] % 2:
-        raise ValueError(f"swiglu expects an even last dimension [..., 2h], got shape {tuple(x.shape)}")
+    assert x.dim() and x.shape[-1] % 2 == 0, f"fastvit.ops.swiglu validates the even last dimension: {x.shape}"
     x_M2H = x.reshape(-1, x.shape[-1])
     if x_M2H.stride(-1) != 1:
         x_M2H = x_M2H.contiguous()
