@@ -1,7 +1,8 @@
 """Peak memory and time of the contrastive loss: plain torch (the (b, B) logits materialised, autograd) vs the
 chunked op (fastvit.ops.clip_loss), one forward + backward of symmetric InfoNCE and of SigLIP from trainable
 L2-normalised features. Peak memory: torch.cuda.max_memory_allocated on a GPU; on a CPU the growth of the
-resident set (fastvit.benchmarks.dino_loss.cpu_peak_rss). Registered as `fastvit bench kernels op=clip_loss`.
+resident set (fastvit.benchmarks.dino_loss.cpu_peak_rss). The benchmark fastvit.ops.clip_loss registers:
+`fastvit bench kernels op=clip_loss`.
 """
 
 import time
@@ -9,6 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 from fastvit.benchmarks.dino_loss import cpu_peak_rss
+from fastvit.benchmarks.kernels import row
 from fastvit.kernels.clip_loss import clip_loss_ref
 
 from fastvit.ops import clip_loss
@@ -43,11 +45,9 @@ def _measure(x, kind, backend, device):
     return out, peak, time.perf_counter() - t0
 
 
-def bench_clip_loss(ctx):
-    """Rows (see fastvit.benchmarks.kernels._row) per (batch, kind): plain torch and the chunked backend, with the
+def bench(ctx):
+    """Rows (see fastvit.benchmarks.kernels.row) per (batch, kind): plain torch and the chunked backend, with the
     chunked / plain peak-memory ratio and the loss / gradient differences."""
-    from fastvit.benchmarks.kernels import _row
-
     fast = "triton" if ctx.gpu else "torch"  # the interpreter is not timed on a CPU
     sizes = ([8192] if ctx.quick else [8192, 32768]) if ctx.gpu else [2048 if ctx.quick else 4096]
     rows = []
@@ -62,10 +62,10 @@ def bench_clip_loss(ctx):
             err = max((a - b).abs().max().item() for a, b in zip(gc, gp))
             case = f"{kind} B={B} D=512"
             rows.append(
-                _row("clip_loss", case, torch.float32, "plain torch", "fwd+bwd", ms=sec_p * 1e3, peak_bytes=peak_p)
+                row("clip_loss", case, torch.float32, "plain torch", "fwd+bwd", ms=sec_p * 1e3, peak_bytes=peak_p)
             )
             rows.append(
-                _row(
+                row(
                     "clip_loss",
                     f"{case} peak {peak_c / 2**20:.0f}/{peak_p / 2**20:.0f}MiB",
                     torch.float32,

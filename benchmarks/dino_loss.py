@@ -14,7 +14,8 @@ custom ops; the factored paths run first so heap left over by the plain run cann
 triton.testing.do_bench of the whole forward + backward.
 On a CPU the Triton kernels run only under TRITON_INTERPRET=1, slowly: there the fused row reports the
 interpreter's error against float64 at a reduced K (interpreter_K) instead of a time at K = 131,072.
-Registered as `fastvit bench kernels op=dino_loss`.
+The benchmark the DINO ops (fastvit.ops.prototype_targets, prototype_cross_entropy) register:
+`fastvit bench kernels op=dino_loss`.
 """
 
 import ctypes
@@ -23,13 +24,14 @@ import sys
 import time
 
 import torch
+from fastvit.benchmarks.kernels import row
 from fastvit.kernels.sinkhorn import sinkhorn_knopp_ref
 
 from fastvit.models.heads import PrototypeLogits
 from fastvit.objectives.dino import WebDINOObjective
 from fastvit.objectives.koleo import koleo_loss
 from fastvit.objectives.losses import ibot_masks_weight
-from fastvit.ops.prototype_targets import available
+from fastvit.ops.prototype_targets import REGISTRATION
 
 K_FULL = 131072
 INTERPRETER_K, INTERPRETER_K_QUICK = 1031, 131  # primes: the interpreter's check runs the kernels' masked tails
@@ -170,7 +172,7 @@ def interpreter_accuracy(B, K=INTERPRETER_K):
 def bench_dino_loss(device, quick: bool) -> list[dict]:
     """Rows {name, B, K, rows, peak_bytes, seconds, ...}: per path, and on a CPU the interpreter's accuracy."""
     device = torch.device(device)
-    triton_here = "triton" in available(device)
+    triton_here = "triton" in REGISTRATION.available(device)
     rows = []
     sizes = (8,) if quick else (32,)
     if device.type == "cpu":
@@ -207,6 +209,30 @@ def bench_dino_loss(device, quick: bool) -> list[dict]:
                 **acc,
             }
         )
+    return rows
+
+
+def bench(ctx):
+    """`fastvit bench kernels op=dino_loss`: the rows of bench_dino_loss in the kernel benchmark's table."""
+    rows = []
+    for r in bench_dino_loss(ctx.device, ctx.quick):
+        backend = r["name"].split("/")[1]
+        case = f"B={r['B']} K={r['K'] // 1024}k {r['peak_bytes'] / 2**20:.0f}MiB"
+        if "memory_ratio" in r:
+            case += f" {r['memory_ratio']:.2f}x"
+        keys = (
+            "peak_bytes",
+            "leaf_grad_bytes",
+            "memory_ratio",
+            "memory_ratio_without_leaf_grads",
+            "loss_abs_err",
+            "grad_max_rel_err",
+            "student_cls",
+            "teacher_cls",
+            "masked_patches",
+        )
+        extra = {k: r[k] for k in keys if k in r}
+        rows.append(row("dino_loss", case, torch.float32, backend, "fwd+bwd", ms=r["seconds"] * 1e3, **extra))
     return rows
 
 

@@ -9,8 +9,9 @@ reference and of the fastvit torch backend (never a Triton timing). Prints a tab
 kernels.json and one PNG bar chart per op into `out`. On a GPU each op's rows end with the registers,
 spills and shared memory of every kernel binary it ran (compiled_rows).
 
-Ops are a registry (REGISTRY: name -> bench function(ctx) -> list of row dicts), so other
-benchmarks can be added with register(name, fn).
+Each op names its benchmark in its registration (fastvit.ops.backend.Registration.bench): the module
+fastvit.benchmarks.<bench>, whose bench(ctx) returns the op's rows (see row). This file holds what they share:
+timing, the rows, the table, the JSON and the PNG charts, the command line.
 """
 
 import importlib
@@ -22,15 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-REGISTRY = {}
+# name -> (width, heads); head dims 64, 64, 128
+VIT_WIDTHS = {"vit_l": (1024, 16), "vit_g": (1536, 24), "vit_7b": (4096, 32)}
 
 
-def register(name, fn):
-    """Adds a benchmark: fn(ctx: Ctx) -> list of row dicts (see _row)."""
-    REGISTRY[name] = fn
-    return fn
+def benchmarks():
+    """bench name -> the kernel modules (fastvit.kernels.<module>) its ops launch, from the ops' registrations."""
+    from fastvit.ops import registrations
+
+    found = {}
+    for reg in registrations():
+        found.setdefault(reg.bench, []).extend(k for k in reg.kernels if k not in found.get(reg.bench, []))
+    return found
 
 
 @dataclass
@@ -57,7 +62,7 @@ class Ctx:
         return min(times)  # the CPU is shared: the fastest run is the least disturbed one
 
 
-def _row(op, case, dtype, backend, pass_, ms=None, work=None, unit="", ref_ms=None, **extra):
+def row(op, case, dtype, backend, pass_, ms=None, work=None, unit="", ref_ms=None, **extra):
     """One table line: work is FLOPs (unit TFLOP/s) or bytes (unit GB/s) of the pass."""
     value = None if ms is None or work is None else work / (ms * 1e-3) / (1e12 if unit == "TFLOP/s" else 1e9)
     vs_ref = None if ms is None or ref_ms is None else ref_ms / ms
@@ -90,7 +95,7 @@ def _time_passes(ctx, fwd, inputs):
     return {"fwd": ms_fwd, "bwd": ctx.time_ms(bwd), "fwd+bwd": ctx.time_ms(both)}
 
 
-def _bench_backends(ctx, op, case, dtype, inputs, reference, fastvit_fn, backends, work, unit):
+def bench_backends(ctx, op, case, dtype, inputs, reference, fastvit_fn, backends, work, unit):
     """Rows for the eager reference, torch.compile(reference) (GPU) and each fastvit backend."""
     variants = {"reference": reference}
     if ctx.gpu:
@@ -102,9 +107,9 @@ def _bench_backends(ctx, op, case, dtype, inputs, reference, fastvit_fn, backend
         try:
             ms = ref_ms if name == "reference" else _time_passes(ctx, lambda fn=fn: fn(), inputs)
         except Exception as e:  # one backend failing must not hide the others' numbers
-            rows.append(_row(op, case, dtype, name, "all", error=f"{type(e).__name__}: {e}"[:200]))
+            rows.append(row(op, case, dtype, name, "all", error=f"{type(e).__name__}: {e}"[:200]))
             continue
-        rows += [_row(op, case, dtype, name, p, ms[p], work[p], unit, ref_ms[p]) for p in ms]
+        rows += [row(op, case, dtype, name, p, ms[p], work[p], unit, ref_ms[p]) for p in ms]
     return rows
 
 
@@ -118,17 +123,17 @@ def _fwd_bwd(fn, inputs, grads):
     return outs + list(torch.autograd.grad(outs, leaves, grads[: len(outs)]))
 
 
-def _correctness(ctx, op, case, fn, ref, inputs64, names, dtype=torch.float32):
+def correctness(ctx, op, case, fn, ref, inputs64, names, dtype=torch.float32):
     """Max abs error of the Triton backend (inputs in `dtype`) against the float64 reference, for each output and
     gradient."""
     if not (ctx.gpu or ctx.interpreted):
-        return [_row(op, case, dtype, "triton", "check", error="Triton interpreter unavailable")]
+        return [row(op, case, dtype, "triton", "check", error="Triton interpreter unavailable")]
     dev = ctx.device
     n_out = len(_as_list(ref(*inputs64)))
     grads64 = [torch.randn_like(o) for o in _as_list(ref(*inputs64))]
     expected = _fwd_bwd(ref, inputs64, grads64)
     actual = _fwd_bwd(fn, [t.to(dev, dtype) for t in inputs64], [g.to(dev, dtype) for g in grads64[:n_out]])
-    return [_row(op, case, dtype, "triton", "check", max_abs_err=_max_errors(actual, expected, names))]
+    return [row(op, case, dtype, "triton", "check", max_abs_err=_max_errors(actual, expected, names))]
 
 
 def _parse(argv):
@@ -138,18 +143,20 @@ def _parse(argv):
         if not eq or key not in args:
             raise ValueError(f"bench kernels: expected op=..., out=... or quick=..., got {a!r}")
         args[key] = value
-    ops = list(REGISTRY) if args["op"] == "all" else args["op"].split(",")
-    unknown = [o for o in ops if o not in REGISTRY]
+    known = list(benchmarks())
+    ops = known if args["op"] == "all" else args["op"].split(",")
+    unknown = [o for o in ops if o not in known]
     if unknown:
-        raise ValueError(f"bench kernels: unknown op {unknown}; choose from {sorted(REGISTRY)} or all")
+        raise ValueError(f"bench kernels: unknown op {unknown}; choose from {sorted(known)} or all")
     return ops, Path(args["out"]), args["quick"] not in ("0", "false", "")
 
 
 def _use_interpreter():
-    """Without a GPU, run the Triton kernels through the interpreter (only possible before they are imported)."""
+    """Without a GPU, run the Triton kernels through the interpreter (only possible before Triton is imported: its
+    own @triton.jit helpers are defined then)."""
     if torch.cuda.is_available():
         return False
-    if not any(m.startswith("fastvit.kernels.") for m in sys.modules):
+    if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "1"
     from fastvit.kernels import attention
 
@@ -175,7 +182,7 @@ def main(argv: list[str]) -> int:
     }
     by_op = {}
     for op in ops:  # the JSON is rewritten after every op, so a run cut short keeps what it measured
-        by_op[op] = REGISTRY[op](ctx)
+        by_op[op] = importlib.import_module(f"fastvit.benchmarks.{op}").bench(ctx)
         by_op[op] += compiled_rows(ctx, op)
         report["rows"] += by_op[op]
         report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -188,17 +195,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-# bench op -> the kernel modules it launches (fastvit.kernels.<module>)
-KERNEL_MODULES = {
-    "attention": ["attention"],
-    "layer_norm": ["layer_norm"],
-    "swiglu": ["swiglu"],
-    "dino_loss": ["prototype_cross_entropy", "sinkhorn"],
-    "clip_loss": ["clip_loss"],
-    "mae_loss": ["mae_loss"],
-}
-
-
 def compiled_rows(ctx, op):
     """On a GPU, one row per kernel binary the op's benchmark compiled: registers, spills (from the driver) and
     shared memory (from the compiled metadata), beside the timings. The CPU runs the interpreter: no binaries (the
@@ -208,7 +204,7 @@ def compiled_rows(ctx, op):
     import triton
 
     rows = []
-    for module in KERNEL_MODULES.get(op, []):
+    for module in benchmarks()[op]:
         try:
             mod = importlib.import_module(f"fastvit.kernels.{module}")
         except ImportError:
@@ -218,17 +214,17 @@ def compiled_rows(ctx, op):
                 continue
             for kernel_cache, *_ in list(fn.device_caches.values()):
                 for compiled in kernel_cache.values():
-                    rows.append(_compiled_row(op, fn, compiled))
+                    rows.append(_compiledrow(op, fn, compiled))
     return rows
 
 
-def _compiled_row(op, fn, compiled):
+def _compiledrow(op, fn, compiled):
     compiled._init_handles()  # loads the binary: the driver reports registers and spills
     meta = compiled.metadata
     constants = getattr(getattr(compiled, "src", None), "constants", {}) or {}
     blocks = "x".join(str(v) for k, v in sorted(constants.items()) if isinstance(v, int) and not isinstance(v, bool))
     case = f"{fn.__name__} {blocks} w{meta.num_warps}s{meta.num_stages}"
-    return _row(
+    return row(
         op,
         case,
         "",
@@ -269,7 +265,7 @@ def _plot(op, rows, path):
     """Horizontal bar chart of throughput, one bar per (case, backend, pass), drawn with Pillow."""
     from PIL import Image, ImageDraw
 
-    rows = rows or [{**_row(op, "no timed rows", "", "", ""), "value": 0.0}]
+    rows = rows or [{**row(op, "no timed rows", "", "", ""), "value": 0.0}]
     bar_h, label_w, bar_w = 16, 470, 420
     img = Image.new("RGB", (label_w + bar_w + 150, 40 + bar_h * len(rows)), "white")
     draw = ImageDraw.Draw(img)
@@ -288,19 +284,16 @@ def _plot(op, rows, path):
     img.save(path)
 
 
-# ---- the ops --------------------------------------------------------------------------------------------
-
-# name -> (width, heads); head dims 64, 64, 128
-VIT_WIDTHS = {"vit_l": (1024, 16), "vit_g": (1536, 24), "vit_7b": (4096, 32)}
+# ---- shared by the ops' benchmarks ------------------------------------------------------------------------
 
 
-def _backends(ctx, module):
+def timed_backends(ctx, registration):
     """fastvit backends to time: all available ones on a GPU; on a CPU only "torch" (the interpreter is not timed)."""
-    found = importlib.import_module(module).available(ctx.device)
+    found = registration.available(ctx.device)
     return found if ctx.gpu else [b for b in found if b == "torch"]
 
 
-def _shapes(ctx):
+def shapes(ctx):
     """[(label, width, heads, tokens per sequence)] timed on this device."""
     if not ctx.gpu:
         return [("cpu_vit_s", 384, 6, 197)]
@@ -308,306 +301,9 @@ def _shapes(ctx):
     return [(name, *VIT_WIDTHS[name], n) for name in names for n in ((257,) if ctx.quick else (257, 50))]
 
 
-def _total_tokens(ctx):
+def total_tokens(ctx):
     return (16384 if ctx.quick else 65536) if ctx.gpu else 4 * 197
 
 
-def _dtype(ctx):
+def bench_dtype(ctx):
     return torch.bfloat16 if ctx.gpu else torch.float32
-
-
-def bench_attention(ctx):
-    from fastvit.kernels.attention import attention_ref
-
-    from fastvit.ops import attention
-
-    cu = torch.tensor([0, 257, 307], dtype=torch.int32, device=ctx.device)
-    check_dt = _dtype(ctx)  # fp32 on a CPU; bf16 on a GPU, where the Triton kernels take fp16 / bf16 only
-    rows = _correctness(
-        ctx,
-        "attention",
-        "dense 1x2x197x64",
-        lambda q, k, v: attention(q, k, v, backend="triton"),
-        attention_ref,
-        [torch.randn(1, 2, 197, 64, dtype=torch.float64) for _ in range(3)],
-        ["out", "dq", "dk", "dv"],
-        check_dt,
-    )
-    rows += _correctness(
-        ctx,
-        "attention",
-        "packed 257+50 x1x80",
-        lambda q, k, v: attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend="triton"),
-        lambda q, k, v: attention_ref(q, k, v, None, cu.cpu()),
-        [torch.randn(307, 1, 80, dtype=torch.float64) for _ in range(3)],
-        ["out", "dq", "dk", "dv"],
-        check_dt,
-    )
-    backends, dt = _backends(ctx, "fastvit.ops.attention"), _dtype(ctx)
-    for label, width, heads, n in _shapes(ctx):
-        rows += _attention_case(ctx, label, width, heads, n, backends, dt)
-    for name in (["vit_l"] if ctx.quick else list(VIT_WIDTHS)) if ctx.gpu else []:
-        rows += _multicrop_case(ctx, name, backends, dt)
-    return rows
-
-
-def _attention_flops(heads, D, lengths_and_counts):
-    fwd = sum(4 * count * heads * n * n * D for n, count in lengths_and_counts)
-    return {"fwd": fwd, "bwd": 2.5 * fwd, "fwd+bwd": 3.5 * fwd}  # backward: 5 of the 7 matmuls
-
-
-def _attention_case(ctx, label, width, heads, n, backends, dt):
-    """Dense (B, H, n, D) attention in the model's layout (q, k, v views of (B, n, H, D) memory)."""
-    from fastvit.ops import attention
-
-    B, D = max(_total_tokens(ctx) // n, 1), width // heads
-    q, k, v = (
-        torch.randn(B, n, heads, D, device=ctx.device, dtype=dt).transpose(1, 2).requires_grad_() for _ in range(3)
-    )
-    return _bench_backends(
-        ctx,
-        "attention",
-        f"{label} {B}x{heads}x{n}x{D}",
-        dt,
-        [q, k, v],
-        lambda: F.scaled_dot_product_attention(q, k, v),
-        lambda b: attention(q, k, v, backend=b),
-        backends,
-        _attention_flops(heads, D, [(n, B)]),
-        "TFLOP/s",
-    )
-
-
-def _multicrop_case(ctx, name, backends, dt):
-    """The packed multi-crop student batch (2 x 257 + 8 x 50 tokens per image) in one launch, against
-    one SDPA call per resolution (the reference) and two dense fastvit triton calls."""
-    from fastvit.ops import attention
-
-    width, heads = VIT_WIDTHS[name]
-    D, imgs = width // heads, max(_total_tokens(ctx) // (2 * 257 + 8 * 50), 1)
-    G, L = 2 * imgs, 8 * imgs  # global and local crops
-    cu = torch.tensor(
-        [0, *range(257, G * 257 + 1, 257), *range(G * 257 + 50, G * 257 + L * 50 + 1, 50)],
-        dtype=torch.int32,
-        device=ctx.device,
-    )
-    q, k, v = (
-        torch.randn(G * 257 + L * 50, heads, D, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(3)
-    )
-
-    def per_resolution(fn):
-        split = lambda t: (
-            t[: G * 257].view(G, 257, heads, D).transpose(1, 2),
-            t[G * 257 :].view(L, 50, heads, D).transpose(1, 2),
-        )
-        return [fn(*parts) for parts in zip(split(q), split(k), split(v))]
-
-    def fastvit_fn(b):
-        if b == "triton per-resolution":
-            return per_resolution(lambda *t: attention(*t, backend="triton"))
-        return attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend=b)
-
-    variants = backends + ["triton per-resolution"] * ("triton" in backends)
-    return _bench_backends(
-        ctx,
-        "attention",
-        f"{name} multicrop {imgs}img x{heads}x{D}",
-        dt,
-        [q, k, v],
-        lambda: per_resolution(F.scaled_dot_product_attention),
-        fastvit_fn,
-        variants,
-        _attention_flops(heads, D, [(257, G), (50, L)]),
-        "TFLOP/s",
-    )
-
-
-def bench_layer_norm(ctx):
-    from fastvit.kernels.layer_norm import add_layer_norm_ref, layer_norm_ref
-
-    from fastvit.ops import add_layer_norm, layer_norm
-
-    x64, r64, w64, b64 = (torch.randn(s, dtype=torch.float64) for s in ((8, 1023), (8, 1023), (1023,), (1023,)))
-    rows = _correctness(
-        ctx,
-        "layer_norm",
-        "8x1023",
-        lambda x, w, b: layer_norm(x, w, b, backend="triton"),
-        lambda x, w, b: layer_norm_ref(x, w, b, 1e-6),
-        [x64, w64, b64],
-        ["y", "dx", "dw", "db"],
-    )
-    rows += _correctness(
-        ctx,
-        "add_layer_norm",
-        "8x1023",
-        lambda x, r, w, b: add_layer_norm(x, r, w, b, backend="triton"),
-        lambda x, r, w, b: add_layer_norm_ref(x, r, w, b, 1e-6),
-        [x64, r64, w64, b64],
-        ["y", "s", "dx", "dr", "dw", "db"],
-    )
-    backends, dt = _backends(ctx, "fastvit.ops.layer_norm"), _dtype(ctx)
-    for label, width, _, _ in {shape[1]: shape for shape in _shapes(ctx)}.values():
-        rows += _layer_norm_case(ctx, label, width, backends, dt)
-    return rows
-
-
-def _layer_norm_case(ctx, label, width, backends, dt):
-    from fastvit.kernels.layer_norm import add_layer_norm_ref
-
-    from fastvit.ops import add_layer_norm, layer_norm
-
-    M = _total_tokens(ctx)
-    x, r = (torch.randn(M, width, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(2))
-    w, b = (torch.randn(width, device=ctx.device, dtype=dt, requires_grad=True) for _ in range(2))
-    nbytes = M * width * x.element_size()  # one (M, width) tensor; the ideal traffic counts whole tensors
-    rows = _bench_backends(
-        ctx,
-        "layer_norm",
-        f"{label} {M}x{width}",
-        dt,
-        [x, w, b],
-        lambda: F.layer_norm(x, (width,), w, b, 1e-6),
-        lambda be: layer_norm(x, w, b, backend=be),
-        backends,
-        {"fwd": 2 * nbytes, "bwd": 3 * nbytes, "fwd+bwd": 5 * nbytes},
-        "GB/s",
-    )
-    return rows + _bench_backends(
-        ctx,
-        "add_layer_norm",
-        f"{label} {M}x{width}",
-        dt,
-        [x, r, w, b],
-        lambda: add_layer_norm_ref(x, r, w, b, 1e-6),
-        lambda be: add_layer_norm(x, r, w, b, backend=be),
-        backends,
-        {"fwd": 4 * nbytes, "bwd": 4 * nbytes, "fwd+bwd": 8 * nbytes},
-        "GB/s",
-    )
-
-
-def bench_swiglu(ctx):
-    from fastvit.kernels.swiglu import swiglu_ref
-
-    from fastvit.ops import swiglu
-
-    rows = _correctness(
-        ctx,
-        "swiglu",
-        "8x2x341",
-        lambda x: swiglu(x, backend="triton"),
-        swiglu_ref,
-        [torch.randn(8, 2 * 341, dtype=torch.float64)],
-        ["y", "dx"],
-    )
-    backends, dt = _backends(ctx, "fastvit.ops.swiglu"), _dtype(ctx)
-    for label, width, _, _ in {shape[1]: shape for shape in _shapes(ctx)}.values():
-        rows += _swiglu_case(ctx, label, width, backends, dt)
-    return rows
-
-
-def _swiglu_case(ctx, label, width, backends, dt):
-    from fastvit.kernels.swiglu import swiglu_ref
-
-    from fastvit.ops import swiglu
-
-    M, h = _total_tokens(ctx), round(width * 8 / 3 / 64) * 64  # h: the SwiGLU hidden width of a ViT this wide
-    x = torch.randn(M, 2 * h, device=ctx.device, dtype=dt, requires_grad=True)
-    nbytes = M * h * x.element_size()
-    return _bench_backends(
-        ctx,
-        "swiglu",
-        f"{label} {M}x2x{h}",
-        dt,
-        [x],
-        lambda: swiglu_ref(x),
-        lambda be: swiglu(x, backend=be),
-        backends,
-        {"fwd": 3 * nbytes, "bwd": 5 * nbytes, "fwd+bwd": 8 * nbytes},
-        "GB/s",
-    )
-
-
-def bench_mae_loss(ctx):
-    """The Web-MAE pixel loss (patchify + per-patch normalisation + masked MSE and its gradient) at ViT-L/14 224 px
-    shapes (256 patches of 588 values, 75% masked), against the patchify-then-MSE reference."""
-    from fastvit.kernels.mae_loss import mae_loss_ref
-
-    from fastvit.ops import mae_loss
-
-    p = 14
-    img64, mask64 = torch.randn(2, 3, 56, 56, dtype=torch.float64), (torch.rand(2, 16) < 0.75).double()
-    img32, mask32 = img64.float().to(ctx.device), mask64.float().to(ctx.device)
-    rows = _correctness(
-        ctx,
-        "mae_loss",
-        "2x3x56x56 p14",
-        lambda pred: mae_loss(pred, img32, mask32, p, backend="triton"),
-        lambda pred: mae_loss_ref(pred, img64, mask64, p),
-        [torch.randn(2, 16, 3 * p * p, dtype=torch.float64)],
-        ["loss", "dpred"],
-    )
-    B, side = (256, 224) if ctx.gpu else (2, 112)  # a CPU times the torch reference only: a small batch
-    N, dt = (side // p) ** 2, _dtype(ctx)
-    images = torch.randn(B, 3, side, side, device=ctx.device, dtype=dt)
-    pred = torch.randn(B, N, 3 * p * p, device=ctx.device, dtype=dt, requires_grad=True)
-    mask = (torch.rand(B, N, device=ctx.device) < 0.75).to(dt)
-    nbytes = images.numel() * images.element_size() + pred.numel() * pred.element_size()
-    return rows + _bench_backends(
-        ctx,
-        "mae_loss",
-        f"vit_l/14 {B}x{N}x{3 * p * p}",
-        dt,
-        [pred],
-        lambda: mae_loss_ref(pred, images, mask, p),
-        lambda be: mae_loss(pred, images, mask, p, backend=be),
-        _backends(ctx, "fastvit.ops.mae_loss"),
-        {"fwd": nbytes, "bwd": 2 * nbytes, "fwd+bwd": 3 * nbytes},
-        "GB/s",
-    )
-
-
-register("attention", bench_attention)
-register("layer_norm", bench_layer_norm)
-register("swiglu", bench_swiglu)
-register("mae_loss", bench_mae_loss)
-
-
-def bench_dino_loss(ctx):
-    """Peak memory and time of the Web-DINO losses: fused Triton vs chunked torch vs plain torch (dino_loss.py)."""
-    from fastvit.benchmarks.dino_loss import bench_dino_loss as run
-
-    rows = []
-    for r in run(ctx.device, ctx.quick):
-        backend = r["name"].split("/")[1]
-        case = f"B={r['B']} K={r['K'] // 1024}k {r['peak_bytes'] / 2**20:.0f}MiB"
-        if "memory_ratio" in r:
-            case += f" {r['memory_ratio']:.2f}x"
-        keys = (
-            "peak_bytes",
-            "leaf_grad_bytes",
-            "memory_ratio",
-            "memory_ratio_without_leaf_grads",
-            "loss_abs_err",
-            "grad_max_rel_err",
-            "student_cls",
-            "teacher_cls",
-            "masked_patches",
-        )
-        extra = {k: r[k] for k in keys if k in r}
-        rows.append(_row("dino_loss", case, torch.float32, backend, "fwd+bwd", ms=r["seconds"] * 1e3, **extra))
-    return rows
-
-
-register("dino_loss", bench_dino_loss)
-
-
-def bench_clip_loss(ctx):
-    """Peak memory and time of the contrastive losses, plain torch vs the chunked op (benchmarks/clip_loss.py)."""
-    from fastvit.benchmarks.clip_loss import bench_clip_loss as run
-
-    return run(ctx)
-
-
-register("clip_loss", bench_clip_loss)

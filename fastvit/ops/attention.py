@@ -22,24 +22,19 @@ import torch.nn.functional as F
 
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "flash_attn", "torch")
 
-
-def triton_usable(device):
-    try:  # a plain import (not importlib) so torch.compile can trace it
-        from fastvit.kernels import attention as kernels
-    except ImportError:
-        kernels = None
-    return backend_lib.triton_runs(kernels, device)
-
-
-def flash_attn_usable(device):
+def _flash_attn_usable(device):
     return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
 
 
-def available(device):
-    """Backends (besides "auto") usable for tensors on `device`."""
-    return ["triton"] * triton_usable(device) + ["flash_attn"] * flash_attn_usable(device) + ["torch"]
+REGISTRATION = backend_lib.Registration(
+    ops=("attention",),
+    kernels=("attention",),
+    backends=("auto", "triton", "flash_attn", "torch"),
+    bench="attention",
+    external={"flash_attn": _flash_attn_usable},
+)
+BACKENDS = REGISTRATION.backends  # the names model.attn_backend accepts
 
 
 def _resolve(backend, q):
@@ -47,7 +42,7 @@ def _resolve(backend, q):
         # The Triton kernels take fp16 / bf16 on a GPU: fp32 tl.dot lowers to FMAs that spill in every tile
         # (kernels/attention.py), so fp32 runs through SDPA there.
         return "torch"
-    be = backend_lib.resolve("attention", backend, q, BACKENDS, available(q.device))
+    be = REGISTRATION.resolve("attention", backend, q)
     if be == "flash_attn" and q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention backend 'flash_attn' needs fp16 or bf16 inputs, got {q.dtype}")
     return be
@@ -261,7 +256,8 @@ _attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(q, k, v, *, cu_seqlens=None, max_seqlen=None, scale=None, backend="auto"):
-    """Non-causal softmax attention.
+    """Non-causal softmax attention. The layout is validated here for every backend; the Triton kernels' own
+    limits (dtypes, head dims) in kernels/attention.py.
 
     Dense: q, k, v (B, H, N, D) -> (B, H, N, D). Packed: (T, H, D) with int32 cu_seqlens (S+1,)
     -> (T, H, D), each sequence attending only to itself; max_seqlen (the longest sequence) is

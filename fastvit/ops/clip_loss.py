@@ -14,25 +14,11 @@ import torch
 
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "torch")
+REGISTRATION = backend_lib.Registration(
+    ops=("clip_loss",), kernels=("clip_loss",), backends=("auto", "triton", "torch"), bench="clip_loss"
+)
 KINDS = ("infonce", "siglip")
 CHUNK_ELEMENTS = 1 << 22  # default chunk: C * B <= 4M fp32 logits (16 MiB)
-
-
-def triton_usable(device):
-    try:  # a plain import (not importlib) so torch.compile can trace it
-        from fastvit.kernels import clip_loss as kernels
-    except ImportError:
-        kernels = None
-    return backend_lib.triton_runs(kernels, device)
-
-
-def available(device):
-    return (["triton"] if triton_usable(device) else []) + ["torch"]
-
-
-def _resolve(backend, x):
-    return backend_lib.resolve("clip_loss", backend, x, BACKENDS, available(x.device))
 
 
 @torch.library.custom_op("fastvit::clip_loss_chunked", mutates_args=())
@@ -118,5 +104,5 @@ def clip_loss(q_bD, k_BD, logit_scale, *, offset=0, kind="infonce", logit_bias=N
     scale = as_tensor(logit_scale)
     bias = as_tensor(logit_bias if logit_bias is not None else 0.0)
     chunk = chunk_rows if chunk_rows > 0 else max(1, CHUNK_ELEMENTS // max(B, 1))
-    be = _resolve(backend, q_bD)
+    be = REGISTRATION.resolve("clip_loss", backend, q_bD)
     return _clip_loss_chunked(q_bD, k_BD, scale, bias, int(offset), kind == "siglip", int(chunk), be)[0]

@@ -16,20 +16,6 @@ import torch
 
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "apex", "torch")
-
-
-def triton_usable(device):
-    try:  # a plain import (not importlib) so torch.compile can trace it
-        from fastvit.kernels import layer_norm as kernels
-    except ImportError:
-        kernels = None
-    return backend_lib.triton_runs(kernels, device)
-
-
-def apex_usable(device):
-    return device.type == "cuda" and importlib.util.find_spec("apex") is not None and _apex() is not None
-
 
 def _apex():
     try:
@@ -39,9 +25,17 @@ def _apex():
     return fused_layer_norm_cuda
 
 
-def available(device):
-    """Backends (besides "auto") usable for tensors on `device`."""
-    return ["triton"] * triton_usable(device) + ["apex"] * apex_usable(device) + ["torch"]
+def _apex_usable(device):
+    return device.type == "cuda" and importlib.util.find_spec("apex") is not None and _apex() is not None
+
+
+REGISTRATION = backend_lib.Registration(
+    ops=("layer_norm", "add_layer_norm"),
+    kernels=("layer_norm",),
+    backends=("auto", "triton", "apex", "torch"),
+    bench="layer_norm",
+    external={"apex": _apex_usable},
+)
 
 
 def _resolve(backend, x):
@@ -50,7 +44,7 @@ def _resolve(backend, x):
 
         if x.shape[-1] > MAX_WIDTH:
             return "torch"  # the Triton kernels keep a whole row in registers: wider rows would spill
-    return backend_lib.resolve("layer_norm", backend, x, BACKENDS, available(x.device))
+    return REGISTRATION.resolve("layer_norm", backend, x)
 
 
 def _stat_dtype(x):

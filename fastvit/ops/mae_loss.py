@@ -11,23 +11,9 @@ import torch
 
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "torch")
-
-
-def triton_usable(device):
-    try:  # a plain import (not importlib) so torch.compile can trace it
-        from fastvit.kernels import mae_loss as kernels
-    except ImportError:
-        kernels = None
-    return backend_lib.triton_runs(kernels, device)
-
-
-def available(device):
-    return (["triton"] if triton_usable(device) else []) + ["torch"]
-
-
-def _resolve(backend, x):
-    return backend_lib.resolve("mae_loss", backend, x, BACKENDS, available(x.device))
+REGISTRATION = backend_lib.Registration(
+    ops=("mae_loss",), kernels=("mae_loss",), backends=("auto", "triton", "torch"), bench="mae_loss"
+)
 
 
 def _diff_torch(pred, images, p, norm_pix, eps):
@@ -106,6 +92,6 @@ def mae_loss(pred_BNP, images_B3HW, mask_BN, patch_size, *, norm_pix=True, eps=1
             f"{tuple(images_B3HW.shape)}, {tuple(mask_BN.shape)}"
         )
     mask_f = mask_BN.to(torch.float64 if pred_BNP.dtype == torch.float64 else torch.float32)
-    be = _resolve(backend, pred_BNP)
+    be = REGISTRATION.resolve("mae_loss", backend, pred_BNP)
     per_patch = _mae_patch_loss(pred_BNP, images_B3HW, mask_f, int(patch_size), bool(norm_pix), float(eps), be)
     return per_patch.sum() / mask_f.sum().clamp(min=1)

@@ -14,7 +14,6 @@ prototypes g * normalize(V) to the heads' g and V); the teacher is constant.
 
 import torch
 
-from fastvit.kernels import prototype_cross_entropy as _k
 from fastvit.ops import backend as backend_lib
 from fastvit.ops.prototype_targets import (
     DEFAULT_CHUNK,
@@ -24,12 +23,13 @@ from fastvit.ops.prototype_targets import (
     operand_dtype,
 )
 
-BACKENDS = ("auto", "triton", "torch")
-
-
-def available(device):
-    """Backends (besides "auto") usable for tensors on `device`."""
-    return (["triton"] if backend_lib.triton_runs(_k, device) else []) + ["torch"]
+REGISTRATION = backend_lib.Registration(
+    ops=("prototype_cross_entropy",),
+    kernels=("prototype_cross_entropy",),
+    backends=("auto", "triton", "torch"),
+    bench="dino_loss",
+)
+BACKENDS = REGISTRATION.backends  # the names WebDINOObjective(backend=) accepts
 
 
 def _chunks(xs2, ws, xt2, wt, a, b2, inv_ts, inv_tt, chunk):
@@ -99,8 +99,10 @@ def _fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.autocast(xs.device.type, enabled=False):  # the op picks its own dtypes (see matmul_operands)
         if backend == "triton":
+            from fastvit.kernels.prototype_cross_entropy import prototype_cross_entropy_fwd_triton
+
             student, teacher = _rounded(xs, ws), _rounded(xt, wt)
-            cross, lse, psum = _k.prototype_cross_entropy_fwd_triton(*student, *teacher, a, b, s_temp, t_inv)
+            cross, lse, psum = prototype_cross_entropy_fwd_triton(*student, *teacher, a, b, s_temp, t_inv)
         else:
             cross, lse, psum = _fwd_torch(xs, ws, xt, wt, a, b, 1.0 / s_temp, t_inv, chunk)
         ce = psum[None] * lse[:, None] - cross  # [S, T, B]
@@ -135,8 +137,10 @@ def _bwd_op(
         coef = (g.float()[:, :, None] * row_w).contiguous()  # [S, T, B]
         csum = (coef * psum[None]).sum(1)  # [S, B]
         if backend == "triton":
+            from fastvit.kernels.prototype_cross_entropy import prototype_cross_entropy_bwd_triton
+
             student, teacher = _rounded(xs, ws), _rounded(xt, wt)
-            gxs, gws = _k.prototype_cross_entropy_bwd_triton(*student, *teacher, a, b, lse, coef, csum, s_temp, t_inv)
+            gxs, gws = prototype_cross_entropy_bwd_triton(*student, *teacher, a, b, lse, coef, csum, s_temp, t_inv)
         else:
             gxs, gws = _bwd_torch(xs, ws, xt, wt, a, b, lse, coef, csum, 1.0 / s_temp, t_inv, chunk)
         return gxs.to(xs.dtype), gws.to(ws.dtype)
@@ -191,9 +195,7 @@ def prototype_cross_entropy(
         raise ValueError(f"targets must be a TeacherTargets, got {type(targets).__name__}")
     if chunk < 1 or not student_temp > 0:
         raise ValueError(f"prototype_cross_entropy needs chunk >= 1 and student_temp > 0, got {chunk}, {student_temp}")
-    be = backend_lib.resolve(
-        "prototype_cross_entropy", backend, student_features, BACKENDS, available(student_features.device)
-    )
+    be = REGISTRATION.resolve("prototype_cross_entropy", backend, student_features)
     B = student_features.shape[1] if student_features.dim() == 3 else 0
     if row_weight is None:
         row_weight = torch.full((B,), 1.0 / max(B, 1), device=student_features.device)

@@ -12,16 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fastvit.kernels import sinkhorn as _k
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "torch")
+REGISTRATION = backend_lib.Registration(
+    ops=("sinkhorn_knopp",), kernels=("sinkhorn",), backends=("auto", "triton", "torch"), bench="dino_loss"
+)
 DEFAULT_CHUNK = 8192  # prototypes per block of the torch passes: bounds their fp32 temporaries to [rows, 8192]
-
-
-def available(device):
-    """Backends (besides "auto") usable for tensors on `device`."""
-    return (["triton"] if backend_lib.triton_runs(_k, device) else []) + ["torch"]
 
 
 def matmul_operands(x, w):
@@ -78,8 +74,10 @@ def prototype_lse(
     """dim=0: out[k] = logsumexp_r(x[r] . w[k] / temp + bias[r]); dim=1: out[r] = logsumexp_k(... + bias[k])."""
     with torch.autocast(x.device.type, enabled=False):  # the op picks its own dtypes (see matmul_operands)
         if backend == "triton":
+            from fastvit.kernels import sinkhorn as kernels
+
             dt = operand_dtype(x, w)
-            fn = _k.sinkhorn_prototype_lse_triton if dim == 0 else _k.sinkhorn_row_lse_triton
+            fn = kernels.sinkhorn_prototype_lse_triton if dim == 0 else kernels.sinkhorn_row_lse_triton
             return fn(x.to(dt), w.to(dt), bias.float(), temp)
         return _lse_torch(*matmul_operands(x, w), bias, 1.0 / temp, dim, chunk)
 
@@ -122,15 +120,11 @@ def check_teacher(features, prototypes, temp):
         raise ValueError(f"teacher temperature must be positive, got {temp}")
 
 
-def resolve_backend(op, backend, features):
-    return backend_lib.resolve(op, backend, features, BACKENDS, available(features.device))
-
-
 @torch.no_grad()
 def softmax_center_targets(features, prototypes, center, temp, *, chunk=DEFAULT_CHUNK, backend="auto"):
     """softmax((t - center) / temp) in factored form: a = -center / temp, b = -logsumexp_k((t - center) / temp)."""
     check_teacher(features, prototypes, temp)
-    be = resolve_backend("softmax_center_targets", backend, features)
+    be = REGISTRATION.resolve("softmax_center_targets", backend, features)
     features, W = autocast_operands(features.detach(), prototypes.detach())
     x = features.reshape(-1, features.shape[-1])
     a = -center.detach().float().reshape(-1) / temp

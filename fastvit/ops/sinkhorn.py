@@ -18,17 +18,15 @@ import torch
 import torch.distributed as dist
 
 from fastvit.ops.prototype_targets import (
-    BACKENDS,
     DEFAULT_CHUNK,
+    REGISTRATION,
     TeacherTargets,
     autocast_operands,
-    available,
     check_teacher,
     prototype_lse,
-    resolve_backend,
 )
 
-__all__ = ["BACKENDS", "available", "all_reduce_", "global_row_count", "sinkhorn_knopp"]
+__all__ = ["all_reduce_", "global_row_count", "sinkhorn_knopp"]
 
 
 def dist_active(group=None):
@@ -80,7 +78,7 @@ def sinkhorn_knopp(
         raise ValueError(f"sinkhorn_knopp needs n_iters >= 1, got {n_iters}")
     if chunk < 1:
         raise ValueError(f"sinkhorn_knopp needs chunk >= 1, got {chunk}")
-    be = resolve_backend("sinkhorn_knopp", backend, features)
+    be = REGISTRATION.resolve("sinkhorn_knopp", backend, features)
     features, W = autocast_operands(features.detach(), prototypes.detach())
     x = features.reshape(-1, features.shape[-1])  # [R, D]
     R, K = x.shape[0], W.shape[0]

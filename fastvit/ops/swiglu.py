@@ -11,24 +11,9 @@ import torch.nn.functional as F
 
 from fastvit.ops import backend as backend_lib
 
-BACKENDS = ("auto", "triton", "torch")
-
-
-def triton_usable(device):
-    try:  # a plain import (not importlib) so torch.compile can trace it
-        from fastvit.kernels import swiglu as kernels
-    except ImportError:
-        kernels = None
-    return backend_lib.triton_runs(kernels, device)
-
-
-def available(device):
-    """Backends (besides "auto") usable for tensors on `device`."""
-    return (["triton"] if triton_usable(device) else []) + ["torch"]
-
-
-def _resolve(backend, x):
-    return backend_lib.resolve("swiglu", backend, x, BACKENDS, available(x.device))
+REGISTRATION = backend_lib.Registration(
+    ops=("swiglu",), kernels=("swiglu",), backends=("auto", "triton", "torch"), bench="swiglu"
+)
 
 
 @torch.library.custom_op("fastvit::swiglu", mutates_args=())
@@ -84,4 +69,4 @@ def swiglu(x, *, backend="auto"):
     """SiLU-gated linear unit on a fused [gate | value] last dimension: (..., 2h) -> (..., h)."""
     if x.dim() == 0 or x.shape[-1] % 2:
         raise ValueError(f"swiglu expects an even last dimension [..., 2h], got {tuple(x.shape)}")
-    return torch.ops.fastvit.swiglu(x, _resolve(backend, x))
+    return torch.ops.fastvit.swiglu(x, REGISTRATION.resolve("swiglu", backend, x))

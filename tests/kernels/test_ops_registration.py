@@ -1,10 +1,16 @@
-"""torch.library.opcheck on every fastvit custom op of this family, and a torch.compile'd block using them."""
+"""torch.library.opcheck on every fastvit custom op of this family, a torch.compile'd block using them, and the
+kernel registrations (every kernel declared once, with its backends and its benchmark)."""
+
+import importlib
 
 import pytest
 import torch
+from fastvit.benchmarks.kernels import benchmarks
+from fastvit.kernels import aot
 from torch import nn
 
-from fastvit.ops import add_layer_norm, attention, available_backends, layer_norm, swiglu
+import fastvit.ops
+from fastvit.ops import add_layer_norm, attention, available_backends, layer_norm, registrations, swiglu
 from fastvit.testing import assert_close
 
 BACKENDS = ["torch", "triton"]
@@ -93,6 +99,28 @@ def test_compiled_block_matches_eager(backend):
 
 def test_available_backends_lists_every_op():
     found = available_backends()
+    assert list(found) == [op for reg in registrations() for op in reg.ops]
     for op in ("attention", "layer_norm", "add_layer_norm", "swiglu"):
         assert "torch" in found[op]
     assert "triton" in found["attention"]  # CUDA, or the interpreter the test suite runs under
+
+
+def test_every_kernel_module_is_registered_once():
+    """A kernels/<op>.py with a Triton kernel that no op module's REGISTRATION claims (or two claim) fails here."""
+    declared = [k for reg in registrations() for k in reg.kernels]
+    assert sorted(declared) == sorted(aot.OPS), f"kernel modules {aot.OPS}, declared {declared}"
+
+
+@pytest.mark.parametrize("reg", registrations(), ids=lambda reg: "+".join(reg.ops))
+def test_registration_is_complete(reg):
+    """The declaration names importable kernels, public ops, its backends and a benchmark `bench kernels` runs."""
+    for name in reg.kernels:
+        module = importlib.import_module(f"fastvit.kernels.{name}")
+        assert module.INTERPRETED and module.launch_variants  # tests/conftest.py sets TRITON_INTERPRET=1
+    for op in reg.ops:
+        assert op in fastvit.ops.__all__ and callable(getattr(fastvit.ops, op))
+    assert reg.backends[0] == "auto" and {"triton", "torch"} <= set(reg.backends)
+    assert set(reg.external) == set(reg.backends) - {"auto", "triton", "torch"}
+    assert reg.available(torch.device("cpu")) == ["triton", "torch"]  # the interpreter runs the kernels here
+    assert reg.bench in benchmarks() and set(reg.kernels) <= set(benchmarks()[reg.bench])
+    assert callable(importlib.import_module(f"fastvit.benchmarks.{reg.bench}").bench)
