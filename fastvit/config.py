@@ -378,7 +378,7 @@ def validate(cfg):
     validate_eval(cfg)
     if cfg.train.seed < 0:
         raise UserError(f"train.seed={cfg.train.seed} is out of range: it must be 0 or more")
-    for key in ("global_crops_size", "local_crops_size"):
+    for key in ("global_crops_size", "local_crops_size") if cfg.data.n_local_crops else ("global_crops_size",):
         if getattr(cfg.data, key) < cfg.model.patch_size:
             raise UserError(
                 f"data.{key}={getattr(cfg.data, key)} is out of range: a crop must hold at least one "
