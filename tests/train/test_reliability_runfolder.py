@@ -12,9 +12,12 @@ import sys
 import time
 
 import pytest
+import torch
 from tiny import tiny_args, tiny_config
 
 from fastvit.cli import main as cli
+from fastvit.errors import UserError
+from fastvit.testing import run_ranks
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
 from fastvit.train.runlock import RunLock
@@ -38,6 +41,26 @@ def test_a_second_trainer_is_refused_naming_the_holder(tmp_path, capsys):
         line = _one_line(capsys)
     assert "in use by another trainer" in line and f"host {socket.gethostname()} pid {os.getpid()}" in line
     assert sorted(p.name for p in run.iterdir()) == ["train.lock"]  # nothing else written
+
+
+def _train_rank(rank, world_size, out):
+    torch.set_num_threads(1)
+    try:
+        train(tiny_config(out, "train.steps=1", "objective.koleo_weight=0"))
+    except UserError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.multirank
+def test_under_two_ranks_rank_0_takes_the_lock_and_every_rank_stops_on_a_refusal(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):
+        refusals = run_ranks(_train_rank, 2, str(run))
+    assert "in use by another trainer" in refusals[0] and "rank 0 could not lock" in refusals[1]
+    assert sorted(p.name for p in run.iterdir()) == ["train.lock"]
+    assert run_ranks(_train_rank, 2, str(run)) == [None, None]  # free: the two ranks train
+    assert ckpt.latest_checkpoint(run).name == "step_1"
 
 
 def test_the_lock_of_a_killed_trainer_is_released_by_the_kernel(tmp_path, capsys):
