@@ -61,12 +61,14 @@ class _quiet:
 
 
 def update_json(path, key, value):
-    """Sets `key` of the JSON object in `path` (a new object when the file is missing or unreadable), atomically."""
+    """Sets `key` of the JSON object in `path` (a new object when the file is missing, unreadable or a symbolic
+    link), atomically."""
     import json
 
     path = Path(path)
-    try:
-        previous = json.loads(path.read_text())
+    try:  # O_NOFOLLOW: a link in the file's place is replaced by the new file, never read through
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            previous = json.loads(f.read())
     except (OSError, ValueError):
         previous = {}
     if not isinstance(previous, dict):

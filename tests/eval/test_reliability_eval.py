@@ -119,3 +119,15 @@ def test_eval_on_a_folder_it_cannot_write_prints_its_result(tiny_run, tmp_path, 
     out, err = capsys.readouterr()
     assert json.loads(out)["unit"] == "percent"
     assert len(err.strip().splitlines()) == 1 and "eval.json not updated" in err
+
+
+def test_an_eval_json_linked_out_is_replaced_not_read(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"secret": "TOP-SECRET"}))
+    (run / "eval.json").unlink(missing_ok=True)
+    (run / "eval.json").symlink_to(secret)
+    assert cli(["eval", "knn", str(run)]) == 0
+    capsys.readouterr()
+    assert not (run / "eval.json").is_symlink() and "TOP-SECRET" not in (run / "eval.json").read_text()
+    assert json.loads(secret.read_text()) == {"secret": "TOP-SECRET"}
