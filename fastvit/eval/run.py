@@ -37,6 +37,9 @@ def is_main_process():
 def resolve_checkpoint(path):
     """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
     path = Path(path)
+    for config in (path / "config.yaml", path.parent.parent / "config.yaml"):
+        if config.is_symlink():
+            raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
     if (path / "config.yaml").is_file():
         latest = ckpt.latest_checkpoint(path)
         if latest is None:

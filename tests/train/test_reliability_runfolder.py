@@ -127,6 +127,16 @@ def test_latest_linked_out_is_refused_without_reading_it(tiny_run, tmp_path, cap
     assert "symbolic link" in _one_line(capsys)
 
 
+def test_eval_of_a_config_linked_out_is_refused(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    outside = tmp_path / "outside.yaml"
+    (run / "config.yaml").rename(outside)
+    (run / "config.yaml").symlink_to(outside)
+    for target in (run, ckpt.latest_checkpoint(run)):
+        assert cli(["eval", "knn", str(target)]) == 2
+        assert "config.yaml is a symbolic link" in _one_line(capsys)
+
+
 @pytest.mark.parametrize("entry", ["/etc/hostname", "../../config.yaml", "sub/x"])
 def test_a_manifest_entry_out_of_the_checkpoint_is_refused(tiny_run, tmp_path, capsys, entry):
     run = shutil.copytree(tiny_run, tmp_path / "run")
