@@ -152,3 +152,15 @@ def test_sigint_during_start_up_is_one_line(tmp_path, capsys, monkeypatch):
     assert cli(["train", *tiny_args(tmp_path / "run")]) == 130
     assert _one_line(capsys) == "fastvit train: interrupted by SIGINT"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/shards"])
+def test_make_shards_into_a_file_is_one_line(tmp_path, capsys, out):
+    from PIL import Image
+
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "src" / "a" / "x.png")
+    (tmp_path / "notes.txt").write_text("keep")
+    assert cli(["data", "make-shards", str(tmp_path / "src"), str(tmp_path / out)]) == 2
+    assert "a file is where a folder is needed" in _one_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "keep"
