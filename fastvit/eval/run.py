@@ -37,9 +37,9 @@ def is_main_process():
 def resolve_checkpoint(path):
     """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
     path = Path(path)
-    for config in (path / "config.yaml", path.parent.parent / "config.yaml"):
-        if config.is_symlink():
-            raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
+    config = path.parent.parent / "config.yaml" if path.name.startswith("step_") else path / "config.yaml"
+    if config.is_symlink():
+        raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
     if (path / "config.yaml").is_file():
         latest = ckpt.latest_checkpoint(path)
         if latest is None:
@@ -145,10 +145,9 @@ def _record(path, kind, result):
     try:
         update_json(path, kind, result)
     except OSError as e:
-        message = os_error_message(e)
-        if message is None:
+        if os_error_message(e) is None:
             raise
-        print(f"fastvit eval: warning: {path} not updated: {message.split(':')[0]}", file=sys.stderr, flush=True)
+        print(f"fastvit eval: warning: {path} not updated ({e.strerror})", file=sys.stderr, flush=True)
 
 
 def main(argv):
