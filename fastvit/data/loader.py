@@ -171,7 +171,7 @@ class Loader:
         if batch_size < 1 or batch_size > sampler.per_rank:
             raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
         self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
-        self.num_workers = capped_workers(num_workers)
+        self.num_workers = capped_workers(num_workers, report=sampler.rank == 0)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.skipped_total = 0
         self.batches_per_epoch = sampler.per_rank // batch_size
@@ -236,17 +236,21 @@ def _die_with_parent() -> None:
 WORKER_MEMORY = 1 << 30
 
 
-def capped_workers(num_workers: int) -> int:
-    """data.num_workers, capped at the CPUs this process may use and at what the available memory holds
-    (one line on stderr when capped): more workers than cores decode no faster, and each one costs memory."""
+def capped_workers(num_workers: int, report: bool = True) -> int:
+    """data.num_workers, capped at this rank's share (torchrun's LOCAL_WORLD_SIZE ranks per node) of the CPUs the
+    process may use and of the available memory, with one line on stderr when capped (if `report`): more workers
+    than cores decode no faster, and each one costs memory."""
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit, why = cpus, f"{cpus} CPU cores"
+    limit, why = max(1, cpus // ranks), f"{cpus} CPU cores for {ranks} rank(s)"
     available = _available_memory()
-    if available is not None and available // WORKER_MEMORY < limit:
-        limit, why = max(1, available // WORKER_MEMORY), f"{available / 2**30:.1f} GiB of available memory"
+    if available is not None and available // (WORKER_MEMORY * ranks) < limit:
+        limit = max(1, available // (WORKER_MEMORY * ranks))
+        why = f"{available / 2**30:.1f} GiB of available memory for {ranks} rank(s), 1 GiB per worker"
     if num_workers <= limit:
         return num_workers
-    print(f"fastvit: data.num_workers={num_workers} capped to {limit} ({why})", file=sys.stderr, flush=True)
+    if report:
+        print(f"fastvit: data.num_workers={num_workers} capped to {limit} ({why})", file=sys.stderr, flush=True)
     return limit
 
 

@@ -31,6 +31,12 @@ def test_num_workers_is_capped_by_the_cores_with_one_line(capsys):
     assert line.startswith(f"fastvit: data.num_workers=1000 capped to {got} (")
 
 
+def test_num_workers_share_the_node_between_its_ranks(monkeypatch, capsys):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1000")  # more ranks than cores: one worker each, no more
+    assert capped_workers(8, report=False) == 1
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "override, words",
     [
