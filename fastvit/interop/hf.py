@@ -183,7 +183,8 @@ def hf_config_dict(cfg: ViTConfig):
 def _check_positive(key, value, kind):
     """ValueError unless a config.json field is a positive number of the right kind (not null, not 1e9 as text)."""
     if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < 2**31:
-        raise ValueError(f"config.json: {key}={value!r} is not a positive number; fix the file")
+        what = "integer" if kind is int else "number"
+        raise ValueError(f"config.json: {key}={value!r} is not a positive {what} below 2^31; fix the file")
 
 
 def config_from_hf(hf_cfg, name="custom"):

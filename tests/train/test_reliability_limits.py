@@ -84,8 +84,9 @@ def hf_folder(tmp_path_factory):
     "key, value, words",
     [
         ("hidden_size", 10**9, "hidden_size=1000000000"),
-        ("hidden_size", -5, "hidden_size=-5 is not a positive number"),
-        ("hidden_size", None, "hidden_size=None is not a positive number"),
+        ("hidden_size", 1e9, "hidden_size=1000000000.0 is not a positive integer"),
+        ("hidden_size", -5, "hidden_size=-5 is not a positive integer"),
+        ("hidden_size", None, "hidden_size=None is not a positive integer"),
         ("num_hidden_layers", 10**6, "num_hidden_layers=1000000"),
     ],
 )
