@@ -156,12 +156,12 @@ def test_a_malformed_manifest_is_one_line_and_later_saves_work(tiny_run, tmp_pat
     step = ckpt.latest_checkpoint(run)
     manifest = json.loads((step / ckpt.MANIFEST).read_text())
     (step / ckpt.MANIFEST).write_text(json.dumps({**manifest, **bad}))
-    assert cli(["train", *tiny_args(run, "train.steps=3")]) == 2
+    assert cli(["train", *tiny_args(run, "train.steps=1")]) == 2
     assert "manifest.json is malformed" in _one_line(capsys)
     (run / "checkpoints" / "latest").unlink()  # as the message says: start afresh
-    assert cli(["train", *tiny_args(run, "train.steps=3")]) == 0
+    assert cli(["train", *tiny_args(run, "train.steps=0")]) == 0  # saves again over the malformed one
     assert not list((run / "checkpoints").glob("*.tmp"))
-    assert ckpt.latest_checkpoint(run).name == "step_3"
+    assert ckpt.verify_checkpoint(ckpt.latest_checkpoint(run)) is None
 
 
 def test_a_step_folder_linked_out_is_replaced_not_followed(tmp_path):
@@ -179,7 +179,7 @@ def test_a_step_folder_linked_out_is_replaced_not_followed(tmp_path):
 def test_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        run = train(tiny_config(tmp_path / "run", "train.steps=3"))
+        run = train(tiny_config(tmp_path / "run", "train.steps=1", "train.checkpoint_every=0"))
     finally:
         os.umask(old)
     step = ckpt.latest_checkpoint(run)
