@@ -109,6 +109,9 @@ def main(argv=None):
     except StopRequested as e:  # SIGTERM / SIGINT: the checkpoint is written; exit non-zero, as preempted
         print(f"fastvit {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # SIGINT before training installed its handler (start-up) or in another command
+        print(f"fastvit {args.command}: interrupted by SIGINT", file=sys.stderr)
+        return 130
     except ValueError as e:
         # What a user can get wrong (a config key, a path, a shape, a data or checkpoint file: UserError and the
         # ValueErrors of argument checks) ends in one clear line; other exceptions are bugs and keep a traceback.

@@ -10,6 +10,7 @@ closest valid key.
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,20 +197,20 @@ def _coerce(key, value, tp):
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ValueError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+            raise ValueError(f"{key}={_show(value)} is not one of {', '.join(map(repr, choices))}")
         return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{key} expects a list of {len(args)} values like [0.1, 0.5], got {value!r}")
+            raise ValueError(f"{key} expects a list of {len(args)} values like [0.1, 0.5], got {_show(value)}")
         return tuple(_coerce(key, v, a) for v, a in zip(value, args))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} expects true or false, got {value!r}")
+            raise ValueError(f"{key} expects true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key} expects an integer, got {value!r}")
+            raise ValueError(f"{key} expects an integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -218,13 +219,30 @@ def _coerce(key, value, tp):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{key} expects a number, got {value!r}")
+            raise ValueError(f"{key} expects a number, got {_show(value)}")
         return float(value)
     if tp is str:
         if value is None or isinstance(value, list | dict):
-            raise ValueError(f"{key} expects a string, got {value!r}")
+            raise ValueError(f"{key} expects a string, got {_show(value)}")
         return str(value)
     raise AssertionError(f"unsupported config annotation {tp} for {key}")
+
+
+def _show(value):
+    """A bounded repr for messages: a value built by YAML aliases can be huge (or deeply shared)."""
+    return reprlib.repr(value)
+
+
+# More aliases than a config needs is a "billion laughs" document: refused before it is built.
+MAX_YAML_ALIASES = 100
+
+
+def safe_yaml(text, origin):
+    """yaml.safe_load of `text`, refusing more than MAX_YAML_ALIASES aliases (UserError naming `origin`)."""
+    aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+    if aliases > MAX_YAML_ALIASES:
+        raise UserError(f"{origin} uses {aliases} YAML aliases (at most {MAX_YAML_ALIASES}); write the values out")
+    return yaml.safe_load(text)
 
 
 def _unknown_key(key, keys):
@@ -251,7 +269,7 @@ def apply_overrides(cfg, overrides):
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. train.steps=100)")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_yaml(raw, f"override {key}") if raw != "" else ""
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: cannot parse the value ({e})") from e
         set_key(cfg, key.strip(), value)
@@ -292,7 +310,7 @@ def recipe_path(recipe):
 def _read_yaml(path):
     """The YAML document of a recipe or config file; UserError naming the file and line when it does not parse."""
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        return safe_yaml(Path(path).read_text(), str(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -329,19 +347,43 @@ _MINIMUMS = (
     ("train.max_bad_steps", 1, ""),
     ("train.eval_every", 0, "0 disables"),
     ("eval.knn_k", 1, ""),
+    ("eval.linear_epochs", 1, ""),
     ("eval.batch_size", 1, ""),
     ("eval.max_images", 0, "0 takes all images"),
 )
 
 
-def validate(cfg):
-    """UserError naming the first key whose value is out of range; returns cfg."""
+def _check_minimums(cfg, sections):
     for key, low, meaning in _MINIMUMS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value < low:
+        if section in sections and value < low:
             hint = f" ({meaning})" if meaning else ""
             raise UserError(f"{key}={value} is out of range: it must be {low} or more{hint}")
+
+
+def validate_eval(cfg):
+    """UserError naming the first eval.* key out of range (also checked by `fastvit eval`); returns cfg."""
+    _check_minimums(cfg, ("eval",))
+    for key in ("knn_temperature", "linear_lr"):
+        value = getattr(cfg.eval, key)
+        if not value > 0 or value == float("inf"):
+            raise UserError(f"eval.{key}={value} is out of range: it must be a finite number above 0")
+    return cfg
+
+
+def validate(cfg):
+    """UserError naming the first key whose value is out of range; returns cfg."""
+    _check_minimums(cfg, ("model", "data", "optim", "parallel", "train"))
+    validate_eval(cfg)
+    if cfg.train.seed < 0:
+        raise UserError(f"train.seed={cfg.train.seed} is out of range: it must be 0 or more")
+    for key in ("global_crops_size", "local_crops_size") if cfg.data.n_local_crops else ("global_crops_size",):
+        if getattr(cfg.data, key) < cfg.model.patch_size:
+            raise UserError(
+                f"data.{key}={getattr(cfg.data, key)} is out of range: a crop must hold at least one "
+                f"model.patch_size={cfg.model.patch_size} patch"
+            )
     if cfg.parallel.dp != -1 and cfg.parallel.dp < 1:
         raise UserError(f"parallel.dp={cfg.parallel.dp} is out of range: it must be 1 or more, or -1 (what is left)")
     if cfg.train.max_grad_norm_jump < 0 or 0 < cfg.train.max_grad_norm_jump <= 1:

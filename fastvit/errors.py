@@ -8,6 +8,9 @@ import errno
 
 # OSError numbers that mean the machine, not fastvit, is at fault: the user frees space or fixes permissions.
 USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+# A path whose kind is wrong: a file where a folder is needed (an output folder named like an existing file) or
+# the reverse.
+PATH_KIND_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
 
 
 class UserError(ValueError):
@@ -24,6 +27,8 @@ class StopRequested(Exception):
 
 def os_error_message(e):
     """One line for an OSError a user can fix (disk full, read-only, permissions), or None for other errors."""
+    if isinstance(e, OSError) and e.errno in PATH_KIND_ERRORS and e.filename:
+        return f"{e.strerror}: {e.filename}: a file is where a folder is needed, or the reverse; name another path"
     if not isinstance(e, OSError) or e.errno not in USER_OS_ERRORS:
         return None
     where = f" writing {e.filename}" if e.filename else ""

@@ -12,6 +12,7 @@ def write_atomic(path, data):
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; a new file gets what open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -22,6 +23,19 @@ def write_atomic(path, data):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def process_umask():
+    """The process's umask, read without changing it where /proc tells it (os.umask alone sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder):
@@ -47,12 +61,14 @@ class _quiet:
 
 
 def update_json(path, key, value):
-    """Sets `key` of the JSON object in `path` (a new object when the file is missing or unreadable), atomically."""
+    """Sets `key` of the JSON object in `path` (a new object when the file is missing, unreadable or a symbolic
+    link), atomically."""
     import json
 
     path = Path(path)
-    try:
-        previous = json.loads(path.read_text())
+    try:  # O_NOFOLLOW: a link in the file's place is replaced by the new file, never read through
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            previous = json.loads(f.read())
     except (OSError, ValueError):
         previous = {}
     if not isinstance(previous, dict):

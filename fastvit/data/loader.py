@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ class Loader:
         if batch_size < 1 or batch_size > sampler.per_rank:
             raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
         self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
-        self.num_workers = num_workers
+        self.num_workers = capped_workers(num_workers, report=sampler.rank == 0)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.skipped_total = 0
         self.batches_per_epoch = sampler.per_rank // batch_size
@@ -209,6 +210,7 @@ def exit_with_process(pid: int, worker_id: int = 0) -> None:
     A forkserver's workers are the forkserver's children, so torch's own check (has the parent changed?) never
     fires after a SIGKILL of the trainer. A pidfd becomes readable when the process exits (Linux >= 5.3); without
     one the thread polls the pid once a second."""
+    _die_with_parent()  # the forkserver: it exits when the trainer does
     try:
         fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -216,6 +218,52 @@ def exit_with_process(pid: int, worker_id: int = 0) -> None:
         if not _alive(pid):
             os._exit(1)
     threading.Thread(target=_exit_after, args=(pid, fd), name="fastvit-trainer-watch", daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when its parent thread ends (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent ended before the request took hold
+        os._exit(1)
+
+
+# Memory a worker needs (its imports, a decoded image, prefetched batches) before another one is worth starting.
+WORKER_MEMORY = 1 << 30
+
+
+def capped_workers(num_workers: int, report: bool = True) -> int:
+    """data.num_workers, capped at this rank's share (torchrun's LOCAL_WORLD_SIZE ranks per node) of the CPUs the
+    process may use and of the available memory, with one line on stderr when capped (if `report`): more workers
+    than cores decode no faster, and each one costs memory."""
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit, why = max(1, cpus // ranks), f"{cpus} CPU cores for {ranks} rank(s)"
+    available = _available_memory()
+    if available is not None and available // (WORKER_MEMORY * ranks) < limit:
+        limit = max(1, available // (WORKER_MEMORY * ranks))
+        why = f"{available / 2**30:.1f} GiB of available memory for {ranks} rank(s), 1 GiB per worker"
+    if num_workers <= limit:
+        return num_workers
+    if report:
+        print(f"fastvit: data.num_workers={num_workers} capped to {limit} ({why})", file=sys.stderr, flush=True)
+    return limit
+
+
+def _available_memory():
+    """MemAvailable of /proc/meminfo in bytes, or None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _alive(pid: int) -> bool:

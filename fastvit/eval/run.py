@@ -7,14 +7,18 @@ scores), the source, how many images were read, how they were chosen (`eval.max_
 class-balanced, fastvit/eval/subset.py) and which classes they hold.
 """
 
+import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fastvit.config import apply_overrides, read_config
+from fastvit.config import apply_overrides, read_config, validate_eval
 from fastvit.data import source_from_spec
+from fastvit.errors import UserError, os_error_message
+from fastvit.eval.classes import check_class_folders, shared_labels
 from fastvit.eval.features import extract_features
 from fastvit.eval.knn import knn_accuracy
 from fastvit.eval.linear import linear_probe_accuracy
@@ -33,6 +37,9 @@ def is_main_process():
 def resolve_checkpoint(path):
     """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
     path = Path(path)
+    config = path.parent.parent / "config.yaml" if path.name.startswith("step_") else path / "config.yaml"
+    if config.is_symlink():
+        raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
     if (path / "config.yaml").is_file():
         latest = ckpt.latest_checkpoint(path)
         if latest is None:
@@ -61,10 +68,17 @@ def random_backbone(cfg):
     return backbone
 
 
-def split_features(backbone, cfg, spec, split, device="cpu"):
+def eval_source(cfg, spec, split):
+    """The labelled source of one evaluation side; UserError when a class folder of it cannot be read."""
+    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    check_class_folders(source)
+    return source
+
+
+def split_features(backbone, cfg, spec, split, device="cpu", source=None):
     """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`."""
     e = cfg.eval
-    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    source = source or eval_source(cfg, spec, split)
     indices, how = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
     kw = {"mode": e.features, "batch_size": e.batch_size, "indices": indices, "device": device}
     x, y = extract_features(backbone, source, cfg.data.global_crops_size, **kw)
@@ -78,9 +92,14 @@ def score_with_info(backbone, cfg, kind, device="cpu"):
     e = cfg.eval
     if not cfg.data.val_source:
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=imagefolder:DIR")
+    train_spec = e.train_source or cfg.data.source
+    train_src, val_src = eval_source(cfg, train_spec, "train"), eval_source(cfg, cfg.data.val_source, "val")
     backbone = backbone.to(device)
-    train_x, train_y, train_info = split_features(backbone, cfg, e.train_source or cfg.data.source, "train", device)
-    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device)
+    train_x, train_y, train_info = split_features(backbone, cfg, train_spec, "train", device, train_src)
+    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device, val_src)
+    train_y, val_y, missing = shared_labels(train_src, train_y, val_src, val_y)  # by class name, not position
+    if missing:
+        val_info["classes_not_in_train"] = missing  # their images count as misses
     if kind == "knn":
         top1 = knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)
     else:
@@ -116,8 +135,19 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
         if compare_random_init:
             result["top1_random_init"] = result["top1_random_init_pct"] = score(random_backbone(cfg), cfg, kind, device)
         result.update(sides)
-        update_json(Path(run_dir) / "eval.json", kind, result)  # atomic: a crash leaves the old file
+        _record(Path(run_dir) / "eval.json", kind, result)
     return result
+
+
+def _record(path, kind, result):
+    """Writes `result` into eval.json (atomically: a crash leaves the old file); a folder the user cannot write
+    (read-only, another user's) gets a one-line warning, and the result is still printed."""
+    try:
+        update_json(path, kind, result)
+    except OSError as e:
+        if os_error_message(e) is None:
+            raise
+        print(f"fastvit eval: warning: {path} not updated ({e.strerror})", file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -129,6 +159,12 @@ def main(argv):
         raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT [key=value ...]")
     kind, target, overrides = argv[0], argv[1], argv[2:]
     run_dir, checkpoint = resolve_checkpoint(target)
-    cfg = apply_overrides(read_config(run_dir / "config.yaml"), overrides)
+    saved = read_config(run_dir / "config.yaml")
+    cfg = validate_eval(apply_overrides(copy.deepcopy(saved), overrides))
+    conflicts = ckpt.resume_conflicts(saved, cfg)
+    if conflicts:
+        raise UserError(
+            f"{', '.join(conflicts)}: the checkpoint holds the saved model; drop these overrides to evaluate it"
+        )
     print(json.dumps(evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)))
     return 0

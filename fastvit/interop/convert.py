@@ -13,9 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from fastvit.errors import one_line
 from fastvit.interop.hf import config_from_hf, detect_layout, hf_config_dict, hf_to_native, native_to_hf
 from fastvit.interop.io import load_state_file, save_state_file
-from fastvit.interop.native import check_state, infer_config, normalize_native
+from fastvit.interop.native import check_state, depth_of, infer_config, normalize_native
 from fastvit.models.vit import VisionTransformer, vit_config
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -29,9 +30,19 @@ def _read(src):
     cfg_path = src / "config.json"
     for name in _HF_WEIGHTS:
         if (src / name).is_file():
-            hf_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+            hf_cfg = _read_hf_config(cfg_path) if cfg_path.is_file() else None
             return load_state_file(src / name), hf_cfg
     raise ValueError(f"folder {str(src)!r} holds none of {_HF_WEIGHTS}")
+
+
+def _read_hf_config(path):
+    try:
+        hf_cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}); fix or remove it") from None
+    if not isinstance(hf_cfg, dict):
+        raise ValueError(f"{path} holds a {type(hf_cfg).__name__}, not a JSON object")
+    return hf_cfg
 
 
 def _is_hf(state):
@@ -46,6 +57,17 @@ def _expected_shapes(cfg):
     return {k: tuple(v.shape) for k, v in VisionTransformer(cfg, device="meta").state_dict().items()}
 
 
+def _check_against_weights(cfg, native):
+    """ValueError when config.json's width or depth is not what the weights hold."""
+    cls = native.get("cls_token")
+    width = cls.shape[-1] if cls is not None else None
+    if (width, depth_of(native)) != (cfg.width, cfg.depth):
+        raise ValueError(
+            f"config.json says hidden_size={cfg.width}, num_hidden_layers={cfg.depth} but the weights hold "
+            f"width {width}, {depth_of(native)} blocks; fix config.json"
+        )
+
+
 def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"):
     """Converts SRC to DST; returns (source kind, target kind, ViTConfig)."""
     state, hf_cfg = _read(src)
@@ -53,6 +75,7 @@ def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"
     native = hf_to_native(state) if kind == "hf" else normalize_native(state, prefix)
     if hf_cfg is not None:
         cfg = config_from_hf(hf_cfg, name=model or "custom")
+        _check_against_weights(cfg, native)  # before a model of config.json's size is built
     else:
         cfg = infer_config(native, name=model, heads=heads)
     if model is not None:  # the checkpoint must fit the chosen row, at the checkpoint's resolution
@@ -61,6 +84,8 @@ def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"
     to = to or ("native" if kind == "hf" else "hf")
     if to == "hf":
         dst = Path(dst)
+        if dst.exists() and not dst.is_dir():
+            raise ValueError(f"{dst} is a file; --to hf writes a folder: name a new or existing folder")
         dst.mkdir(parents=True, exist_ok=True)
         save_state_file(native_to_hf(native, layout), dst / "model.safetensors")
         (dst / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
@@ -86,7 +111,7 @@ def main(argv: list[str]) -> int:
     try:
         kind, to, cfg = convert(args.src, args.dst, args.to, args.model, args.heads, args.prefix, args.layout)
     except ValueError as e:
-        print(f"fastvit convert: error: {e}", file=sys.stderr)
-        return 1
+        print(f"fastvit convert: error: {one_line(e)}", file=sys.stderr)
+        return 2
     print(f"converted {kind} -> {to}: {cfg.name} width {cfg.width} depth {cfg.depth} heads {cfg.heads} -> {args.dst}")
     return 0

@@ -180,9 +180,19 @@ def hf_config_dict(cfg: ViTConfig):
     }
 
 
+def _check_positive(key, value, kind):
+    """ValueError unless a config.json field is a positive number of the right kind (not null, not 1e9 as text)."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < 2**31:
+        what = "integer" if kind is int else "number"
+        raise ValueError(f"config.json: {key}={value!r} is not a positive {what} below 2^31; fix the file")
+
+
 def config_from_hf(hf_cfg, name="custom"):
     """A ViTConfig from Dinov2Config fields (dict or config object); pos-embed resampling as HF does it."""
     get = hf_cfg.get if isinstance(hf_cfg, dict) else lambda k, d=None: getattr(hf_cfg, k, d)
+    for key, default in (("hidden_size", None), ("num_hidden_layers", None), ("num_attention_heads", None)):
+        _check_positive(key, get(key, default), int)
+    _check_positive("mlp_ratio", get("mlp_ratio", 4), int | float)
     if not get("use_swiglu_ffn", False) and get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"unsupported hidden_act {get('hidden_act')!r}; fastvit's GELU MLP is exact-erf 'gelu'")
     width, ratio = get("hidden_size"), get("mlp_ratio", 4)

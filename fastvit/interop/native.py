@@ -41,7 +41,7 @@ def normalize_native(state, prefix=None):
     return out
 
 
-def _depth(state):
+def depth_of(state):
     ids = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     if ids != set(range(len(ids))):
         raise ValueError(f"block indices are not contiguous from 0: {sorted(ids)}")
@@ -52,7 +52,7 @@ def infer_config(state, name=None, heads=None):
     """A ViTConfig matching a normalised native state dict. Heads cannot be read from weights: they come
     from `heads`, the size-table row `name`, or the unique row with this width and depth."""
     width = state["cls_token"].shape[-1]
-    depth = _depth(state)
+    depth = depth_of(state)
     patch = state["patch_embed.proj.weight"].shape[-1]
     grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
     swiglu = "blocks.0.mlp.w12.weight" in state

@@ -350,6 +350,8 @@ def main(argv):
     for item in argv:
         key, _, value = item.partition("=")
         if key == "gpus":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"gpus={value} is out of range: give the number of GPUs, 1 or more (e.g. gpus=8)")
             gpus = int(value)
         elif key == "gpu":
             gpu_name = value.lower()

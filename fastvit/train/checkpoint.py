@@ -75,13 +75,41 @@ def _file_entry(file):
     return {"size": file.stat().st_size, "sha256": _sha256(file)}
 
 
-def read_manifest(path):
-    """The manifest of a checkpoint folder, or None (written before manifests, or unreadable)."""
+def _manifest_problem(manifest):
+    """None when `manifest` has the form _write_manifest gives it, else what is wrong: its entries must be plain
+    file names of the checkpoint folder (never a path out of it), its order and step integers."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "it is not an object with a files map"
+    for key in ("order", "step"):
+        if key in manifest and (isinstance(manifest[key], bool) or not isinstance(manifest[key], int)):
+            return f"its {key} is {manifest[key]!r}, not an integer"
+    for name, entry in manifest["files"].items():
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            return f"entry {name[:60]!r} is not a plain file name"
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or not isinstance(entry.get("sha256"), str):
+            return f"entry {name!r} has no size and sha256"
+    return None
+
+
+def _read_manifest(path):
+    """(manifest or None, what is wrong with it or None) of a checkpoint folder."""
+    file = Path(path) / MANIFEST
+    if file.is_symlink():
+        return None, f"{MANIFEST} is a symbolic link"
     try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:
+        return None, f"{MANIFEST} is unreadable ({type(e).__name__})"
+    problem = _manifest_problem(manifest)
+    return (None, f"{MANIFEST} is malformed: {problem}") if problem else (manifest, None)
+
+
+def read_manifest(path):
+    """The manifest of a checkpoint folder, or None (written before manifests, unreadable or malformed)."""
+    return _read_manifest(path)[0]
 
 
 def verify_checkpoint(path, share=(0, 1)):
@@ -90,16 +118,20 @@ def verify_checkpoint(path, share=(0, 1)):
     share=(i, n): check only every n-th file from the i-th (ranks split the reading). A checkpoint
     without a manifest (written before they existed) is checked for its .metadata only."""
     path = Path(path)
+    if path.is_symlink():
+        return "the folder is a symbolic link"
     if not path.is_dir():
         return "the folder does not exist"
-    manifest = read_manifest(path)
+    manifest, problem = _read_manifest(path)
     if manifest is None:
-        if (path / MANIFEST).exists():
-            return f"{MANIFEST} is unreadable"
+        if problem:
+            return problem
         return None if (path / ".metadata").is_file() else ".metadata is missing"
     i, n = share
     for name, entry in sorted(manifest["files"].items())[i::n]:
         file = path / name
+        if file.is_symlink():
+            return f"{name} is a symbolic link"
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != entry["size"]:
@@ -132,7 +164,7 @@ def _checkpoints(root):
     out = []
     for p in root.glob("step_*"):
         m = _STEP_DIR.fullmatch(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and not p.is_symlink():
             manifest = read_manifest(p)
             order = manifest.get("order", -1) if manifest else -1
             out.append((order, int(m.group(1)), p, manifest))
@@ -142,8 +174,13 @@ def _checkpoints(root):
 def _pointer_target(root):
     """The folder `latest` names (which may not exist), or None without a pointer; UserError when it is garbage."""
     pointer = root / "latest"
-    if not pointer.is_file():
+    for p in (root, pointer):
+        if p.is_symlink():
+            raise UserError(f"{p} is a symbolic link; a run folder's files are its own: delete it to start afresh")
+    if not pointer.exists():
         return None
+    if not pointer.is_file():
+        raise UserError(f"{pointer} is not a file; delete it to start afresh")
     try:
         name = pointer.read_text().strip()
     except (OSError, UnicodeDecodeError) as e:
@@ -168,6 +205,8 @@ def latest_checkpoint(run_dir, verify=True):
     if path is None or not verify:
         if path is not None and not path.is_dir():
             raise UserError(f"{root / 'latest'} names {path.name}, which does not exist; delete it to start afresh")
+        if path is not None and path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; a run folder's checkpoints are its own: delete it")
         return path
     problem = _verify_all_ranks(path)
     if problem is None:
@@ -243,7 +282,7 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
     tmp = root / f"step_{step}.tmp"
     try:
         if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             tmp.mkdir(parents=True)
         _barrier()
         with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
@@ -258,7 +297,7 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
         if _rank() == 0:
             run, order = _run_and_order(root)
             _write_manifest(tmp, step, run, order)
-            shutil.rmtree(final, ignore_errors=True)
+            _remove(final)
             os.replace(tmp, final)
             write_atomic(root / "latest", final.name + "\n")
             _prune(root, keep, final, run)
@@ -272,6 +311,14 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
         ) from None
     _barrier()
     return final
+
+
+def _remove(path):
+    """Deletes a step folder, or the link or file in its place (never what a link points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(root, keep, just_written, run):

@@ -6,12 +6,12 @@ and what follows the optimizer step (the EMA teacher update); one step is fastvi
 which `fastvit bench step` runs too.
 """
 
+import contextlib
 import math
 import random
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from fastvit.parallel.tp import canonical_state
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
+from fastvit.train.runlock import RunLock, check_run_folder
 from fastvit.train.step import autocast_for, precision, to_device, train_step
 from fastvit.train.tasks import TASKS, build_task, pipelined
 
@@ -42,6 +43,11 @@ def per_rank_batch(cfg, dp):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (dp * accum):
         raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
+    if b // (dp * accum) < 2 and cfg.objective.name == "web_dino" and cfg.objective.koleo_weight:
+        raise UserError(
+            f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; KoLeo compares the "
+            "images of one: use 2 or more per rank, or objective.koleo_weight=0"
+        )
     return b // (dp * accum)
 
 
@@ -130,14 +136,38 @@ def train(cfg):
     """Runs (or resumes) the training described by `cfg`; returns the run folder."""
     if not cfg.data.source:
         raise ValueError("data.source is empty: set it, e.g. data.source=imagefolder:/data/train")
-    run_dir = Path(cfg.train.out)
+    run_dir = check_run_folder(cfg.train.out)
     ckpt.check_resume(cfg, run_dir)  # validate, then write: a refused resume leaves the folder as it was
     run = build_training(cfg)
-    if run.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    loader = run.task.build_loader(
+    loader = run.task.build_loader(  # the data source is checked here, before the run folder is made
         batch_size=run.batch_per_rank, rank=run.data_rank, world_size=run.dims.dp, device=run.device
     )
+    with _lock_on_rank0(run, run_dir):
+        return _train_locked(run, loader, run_dir)
+
+
+def _lock_on_rank0(run, run_dir):
+    """Rank 0 makes the run folder and takes its lock (fastvit/train/runlock.py); when it is refused, every rank
+    raises, so no rank goes on into the collectives of a run that will not start."""
+    lock, refused = contextlib.nullcontext(), None
+    if run.rank == 0:
+        try:
+            lock = RunLock(run_dir)
+        except UserError as e:
+            refused = e
+    if dist.is_initialized():
+        flag = torch.tensor([0.0 if refused is None else 1.0], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and refused is None:
+            refused = UserError(f"rank 0 could not lock the run folder {run_dir}; see its message")
+    if refused is not None:
+        raise refused
+    return lock
+
+
+def _train_locked(run, loader, run_dir):
+    """train() while rank 0 holds the run folder's lock: resume, write the config, step."""
+    cfg = run.cfg
     start_step = _resume(run, loader, run_dir)
     if run.rank == 0:
         write_config(cfg, run_dir / "config.yaml")

@@ -2,6 +2,7 @@
 and the terminal (a rich progress bar when attached to one, plain lines otherwise)."""
 
 import json
+import os
 import resource
 import sys
 import time
@@ -48,7 +49,7 @@ def trim_metrics(path, step):
     from fastvit.fileio import write_atomic
 
     path = Path(path)
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return
     lines = path.read_text(errors="replace").splitlines()
     kept = []
@@ -92,7 +93,9 @@ class MetricsLogger:
     def log(self, record):
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        # O_NOFOLLOW: a link put in the folder's place of metrics.jsonl is refused, never written through
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():

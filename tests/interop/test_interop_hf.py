@@ -115,8 +115,8 @@ def test_cli_teacher_checkpoint_to_hf_folder_and_back(tmp_path):
 def test_cli_rejects_mismatched_size(tmp_path, capsys):
     ours = build_vit("vit_s", width=64, depth=2, heads=4, img_size=28)
     save_state_file(ours.state_dict(), tmp_path / "tiny.safetensors")
-    assert main([str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"), "--model", "vit_s"]) == 1
+    assert main([str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"), "--model", "vit_s"]) == 2
     err = capsys.readouterr().err
     assert "'cls_token'" in err and "(1, 1, 64)" in err and "(1, 1, 384)" in err
-    assert main([str(tmp_path / "tiny.safetensors"), str(tmp_path / "out")]) == 1  # heads unknown for width 64
+    assert main([str(tmp_path / "tiny.safetensors"), str(tmp_path / "out")]) == 2  # heads unknown for width 64
     assert "heads" in capsys.readouterr().err

@@ -62,3 +62,45 @@ def test_sigkill_of_the_trainer_ends_its_loader_workers(tmp_path):
     for pid in left:  # do not leak them into the rest of the test session
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the trainer was killed: {left}"
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_workers_end_with_their_forkserver_whatever_killed_it(tmp_path):
+    """PR_SET_PDEATHSIG: a worker dies with its parent, the forkserver, even while the trainer still runs (the OOM
+    killer may pick the forkserver), within 2 s (without it: torch's own parent check, every 5 s while idle)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = tiny_args(run, "train.steps=500", "train.checkpoint_every=0", "data.num_workers=2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastvit.cli", "train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        t0 = time.time()
+        while not (run / "metrics.jsonl").is_file():
+            assert proc.poll() is None and time.time() - t0 < 120, "the run did not log a step"
+            time.sleep(0.1)
+        servers = [p for p in _children(proc.pid) if "forkserver" in _cmdline(p)]
+        assert len(servers) == 1, servers
+        workers = _children(servers[0])
+        assert len(workers) == 2, workers
+        proc.send_signal(signal.SIGSTOP)  # the trainer lives on, but cannot reap or restart anything
+        os.kill(servers[0], signal.SIGKILL)
+        deadline = time.time() + 2  # the kernel's signal is immediate; torch's own parent check runs every 5 s
+        while _alive(workers) and time.time() < deadline:
+            time.sleep(0.1)
+        left = _alive(workers)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"workers outlived their forkserver: {left}"
+    finally:
+        proc.kill()
+        proc.wait()
