@@ -25,6 +25,7 @@ from fastvit.parallel.mesh import build_mesh, resolve_dims
 from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.parallel.tp import canonical_state
 from fastvit.train import checkpoint as ckpt
+from fastvit.train.curves import draw_curves
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
@@ -186,6 +187,8 @@ def _train_locked(run, loader, run_dir):
     finally:
         stop.restore()
         log.close()
+    if run.rank == 0 and not stop.requested:
+        draw_curves(run_dir, ["loss" if k == "total" else k for k in run.task.loss_keys])
     if stop.requested:  # preempted, not finished: no end-of-run evaluation, a non-zero exit
         name = signal.Signals(stop.signum).name
         raise StopRequested(f"stopped by {name} after its checkpoint; run the same command to resume", stop.signum)
@@ -334,7 +337,10 @@ def _weights_finite(model):
 def _run_steps(run, loader, start_step, run_dir, log, stop):
     cfg, total = run.cfg, run.cfg.train.steps
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
-        _save(run, loader, run_dir, 0)  # the initial model, so any run can be evaluated
+        path = _save(run, loader, run_dir, 0)  # the initial model, so any run can be evaluated
+        if cfg.train.eval_every and cfg.data.val_source:  # where the kNN curve starts, from the same weights
+            knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
+            log.log({"step": 0, "knn_top1": knn, "knn_top1_pct": knn})
     throughput, autocast = _Throughput(run), autocast_for(cfg, run.device)
     batches = (to_device(batch, run.device) for batch in loader)
     bad_in_a_row, guard = 0, _NormGuard(cfg.train.max_grad_norm_jump)

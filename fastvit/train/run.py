@@ -3,6 +3,7 @@
 import json
 
 from fastvit.config import load_config
+from fastvit.train.curves import CURVES_FILE
 
 
 def split_recipe(argv, default="demo"):
@@ -23,5 +24,5 @@ def main(argv):
 
         result = evaluate_run(run_dir, cfg, "knn", compare_random_init=True)
         if is_main_process():
-            print(json.dumps(result))
+            print(json.dumps({**result, "curves": str(run_dir / CURVES_FILE)}))
     return 0
