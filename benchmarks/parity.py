@@ -1,7 +1,7 @@
 """Learning parity: fastvit's demo recipe against the same run written with lightly + timm.
 
     python -m fastvit.benchmarks.parity [--python PY] [--data builtin|imagefolder:TRAIN --val imagefolder:VAL]
-        [--steps 300] [--out DIR] [--eval-images 2000] [--smoke] [key=value ... (fastvit overrides)]
+        [--steps 500] [--seeds 1] [--out DIR] [--eval-images 2000] [--smoke] [key=value ... (fastvit overrides)]
 
 Both sides train on the same labelled image folder (the built-in dataset is first written out as PNG files,
 so both read the same pixels through their own loaders) for the same number of steps and batch; every value
@@ -17,7 +17,9 @@ the two sides share comes from the demo recipe with the run's overrides (recipe_
 Both sides' frozen teacher backbones (and a random initialisation of each) embed the same evaluation tensors
 (fastvit's eval transform of a seeded, class-balanced `--eval-images` subset of each split) and one kNN code
 (fastvit.eval.knn, k=20, T=0.07) scores them: top-1 in percent before / after, the gain per step and per
-minute of training wall time. Writes parity.json into --out. A side whose packages are missing is skipped
+minute of training wall time. `--seeds N` trains each side N times (train.seed 0 .. N-1; the evaluation
+tensors stay those of seed 0) and prints the mean and spread (sample standard deviation) of the gain per step and
+per minute over the seeds. Writes parity.json into --out. A side whose packages are missing is skipped
 with the reason (CI's smoke mode runs the fastvit side only unless lightly is installed there).
 """
 
@@ -120,21 +122,22 @@ def training_seconds(metrics_path, batch):
     with open(metrics_path) as f:
         for line in f:
             row = json.loads(line)
-            seconds += (row["step"] - last) * batch / row["images_per_s"]
-            last = row["step"]
+            if "images_per_s" in row:  # the step-0 kNN row of train.eval_every trained nothing
+                seconds += (row["step"] - last) * batch / row["images_per_s"]
+                last = row["step"]
     return seconds
 
 
-def run_fastvit(args, train_dir, tensors, overrides):
+def run_fastvit(args, seed, train_dir, tensors, overrides):
     """(training seconds, features before, features after): `fastvit train demo` as a subprocess."""
     from fastvit.config import read_config
     from fastvit.eval.run import load_teacher_backbone, random_backbone
     from fastvit.train import checkpoint as ckpt
 
-    run = os.path.join(args.out, "fastvit")
+    run = os.path.join(args.out, f"seed{seed}", "fastvit")
     cmd = [sys.executable, "-m", "fastvit.cli", "train", "demo", f"data.source=imagefolder:{train_dir}"]
     cmd += ["data.val_source=", f"train.steps={args.steps}", f"train.out={run}", "train.checkpoint_every=0"]
-    cmd += ["train.log_every=10", *overrides]
+    cmd += ["train.log_every=10", *overrides, f"train.seed={seed}"]
     if os.path.isdir(os.path.join(run, "checkpoints")):
         raise ValueError(f"{run} holds a previous run; pass a fresh --out")
     subprocess.run(cmd, check=True)
@@ -157,10 +160,11 @@ def lightly_ready(python):
     return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["import failed"])[-1]
 
 
-def run_lightly(args, train_dir, tensors_path):
+def run_lightly(args, seed, train_dir, tensors_path):
     """(train wall seconds, features before, features after): this file's --lightly-worker under args.python."""
-    result = os.path.join(args.out, "lightly_features.pt")
-    cmd = [args.python, os.path.abspath(__file__), "--lightly-worker", "--train-dir", train_dir]
+    os.makedirs(os.path.join(args.out, f"seed{seed}"), exist_ok=True)
+    result = os.path.join(args.out, f"seed{seed}", "lightly_features.pt")
+    cmd = [args.python, os.path.abspath(__file__), "--lightly-worker", "--train-dir", train_dir, "--seed", str(seed)]
     cmd += ["--steps", str(args.steps), "--tensors", tensors_path, "--result", result, "--workers", str(args.workers)]
     cmd += ["--hparams", json.dumps(args.hparams)]
     subprocess.run(cmd, check=True)
@@ -173,6 +177,48 @@ def score(feats, tensors):
 
     ty, vy = tensors["train_y"], tensors["val_y"]
     return {w: knn_accuracy(tr, ty, va, vy, k=20, temperature=0.07) for w, (tr, va) in feats.items()}
+
+
+def side_result(seed, seconds, top1, steps):
+    gain = top1["after"] - top1["before"]
+    return {
+        "seed": seed,
+        "train_seconds": seconds,
+        "top1_before": top1["before"],
+        "top1_after": top1["after"],
+        "gain": gain,
+        "gain_per_step": gain / max(steps, 1),
+        "gain_per_minute": gain / (seconds / 60),
+    }
+
+
+def summary(runs):
+    """Mean and spread (sample standard deviation; 0 for one run) of each number of a side's runs."""
+    out = {}
+    for key in ("train_seconds", "top1_before", "top1_after", "gain", "gain_per_step", "gain_per_minute"):
+        t = torch.tensor([r[key] for r in runs], dtype=torch.float64)
+        out[key] = t.mean().item()
+        out[f"{key}_std"] = t.std().item() if len(t) > 1 else 0.0
+    return out
+
+
+def print_report(report, steps):
+    print(f"kNN top-1 (%) on {report['val_images']} val images, fitted on {report['train_images']}; {steps} steps")
+    cols = ("before", 7), ("after", 7), ("gain", 6), ("train s", 8), ("gain/step", 10), ("gain/min", 9)
+    print(f"{'side':<9} {'seed':>4} " + " ".join(f"{c:>{w}}" for c, w in cols))
+    for name, runs in report["runs"].items():
+        for r in runs:
+            print(
+                f"{name:<9} {r['seed']:>4} {r['top1_before']:>7.1f} {r['top1_after']:>7.1f} {r['gain']:>6.1f} "
+                f"{r['train_seconds']:>8.0f} {r['gain_per_step']:>10.4f} {r['gain_per_minute']:>9.2f}"
+            )
+    print(f"mean +- std over {report['seeds']} seed(s):")
+    for name, m in report["sides"].items():
+        print(
+            f"{name:<9} gain {m['gain']:.1f} +- {m['gain_std']:.1f} points, "
+            f"per step {m['gain_per_step']:.4f} +- {m['gain_per_step_std']:.4f}, "
+            f"per minute {m['gain_per_minute']:.2f} +- {m['gain_per_minute_std']:.2f}"
+        )
 
 
 def driver(args, overrides):
@@ -196,33 +242,23 @@ def driver(args, overrides):
     tensors_path = os.path.join(args.out, "eval_tensors.pt")
     torch.save(tensors, tensors_path)
     report = {"steps": args.steps, "data": args.data, "eval_images": eval_images, "hparams": args.hparams}
-    report.update(train_images=len(tensors["train_y"]), val_images=len(tensors["val_y"]), unit="percent", sides={})
-    sides = {"fastvit": lambda: run_fastvit(args, train_dir, tensors, overrides)}
+    report.update(train_images=len(tensors["train_y"]), val_images=len(tensors["val_y"]), unit="percent")
+    report["seeds"] = args.seeds
+    sides = {"fastvit": lambda seed: run_fastvit(args, seed, train_dir, tensors, overrides)}
     reason = lightly_ready(args.python)
     if reason is None:
-        sides["lightly"] = lambda: run_lightly(args, train_dir, tensors_path)
+        sides["lightly"] = lambda seed: run_lightly(args, seed, train_dir, tensors_path)
     else:
         report["lightly_skipped"] = f"{args.python}: {reason}"
         print(f"parity: lightly side skipped ({args.python} cannot import lightly, timm, torchvision: {reason})")
-    for name, run in sides.items():
-        seconds, feats = run()
-        top1 = score(feats, tensors)
-        gain = top1["after"] - top1["before"]
-        report["sides"][name] = {
-            "train_seconds": seconds,
-            "top1_before": top1["before"],
-            "top1_after": top1["after"],
-            "gain_per_step": gain / max(args.steps, 1),
-            "gain_per_minute": gain / (seconds / 60),
-        }
-    print(f"kNN top-1 (%) on {report['val_images']} val images, fitted on {report['train_images']}; {args.steps} steps")
-    print(f"{'side':<9} {'before':>7} {'after':>7} {'gain':>6} {'train s':>8} {'gain/step':>10} {'gain/min':>9}")
-    for name, r in report["sides"].items():
-        g = r["top1_after"] - r["top1_before"]
-        print(
-            f"{name:<9} {r['top1_before']:>7.1f} {r['top1_after']:>7.1f} {g:>6.1f} {r['train_seconds']:>8.0f} "
-            f"{r['gain_per_step']:>10.4f} {r['gain_per_minute']:>9.2f}"
-        )
+    report["runs"] = {name: [] for name in sides}
+    for seed in range(args.seeds):  # one seed of both sides at a time: a cut-short run still compares them
+        for name, run in sides.items():
+            seconds, feats = run(seed)
+            top1 = score(feats, tensors)
+            report["runs"][name].append(side_result(seed, seconds, top1, args.steps))
+    report["sides"] = {name: summary(runs) for name, runs in report["runs"].items()}
+    print_report(report, args.steps)
     with open(os.path.join(args.out, "parity.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
@@ -248,7 +284,7 @@ def lightly_worker(args):
     from lightly.models.utils import random_block_mask, update_momentum
     from lightly.transforms.dino_transform import DINOTransform
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     d = json.loads(args.hparams)
     vit = timm.models.vision_transformer.VisionTransformer(
         img_size=d["img"],
@@ -362,7 +398,8 @@ def main(argv=None):
     p.add_argument("--python", default=sys.executable, help="interpreter with lightly, timm and torchvision")
     p.add_argument("--data", default="builtin", help="builtin or imagefolder:TRAIN (class sub-folders)")
     p.add_argument("--val", default="", help="imagefolder:VAL (with --data imagefolder:...)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--seeds", type=int, default=1, help="runs per side (train.seed 0 .. N-1): mean and spread")
     p.add_argument("--out", default="parity")
     p.add_argument("--eval-images", type=int, default=2000, help="per split, seeded and class-balanced (0: all)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the lightly side")
@@ -371,7 +408,8 @@ def main(argv=None):
     p.add_argument("--train-dir", help=argparse.SUPPRESS)
     p.add_argument("--tensors", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    p.add_argument("--hparams", help=argparse.SUPPRESS)  # recipe_hparams() of the driver, as JSON
+    p.add_argument("--hparams", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # recipe_hparams() of the driver, as JSON
     args, rest = p.parse_known_args(argv)
     if args.lightly_worker:
         lightly_worker(args)
