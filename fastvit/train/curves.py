@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 CURVES_FILE = "curves.png"
 KNN_KEY = "knn_top1"
 _COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
-_W, _H, _PAD = 520, 380, (58, 28, 16, 44)  # panel size; left, top, right, bottom margins
+_W, _H, _PAD = 520, 380, (64, 28, 16, 44)  # panel size; left, top, right, bottom margins
 
 
 def read_metrics(path):
@@ -61,14 +61,17 @@ def _panel(title, series, x_max, ylabel):
     d.rectangle([left, top, right, bottom], outline="black")
     d.text(((left + right) // 2 - 12, _H - 18), "step", fill="black", font=font)
     d.text((left + 4, top + 4), ylabel, fill="gray", font=font)
-    for i, (name, pts) in enumerate(series):
+    for i, (_, pts) in enumerate(series):
         colour = _COLOURS[i % len(_COLOURS)]
         xy = [(px(s), py(v)) for s, v in pts]
         if len(xy) > 1:
             d.line(xy, fill=colour, width=2)
         for x, y in xy if len(xy) < 30 else xy[-1:]:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        d.text((right - 110, top + 6 + 14 * i), name, fill=colour, font=font)
+    if series:  # the legend, over the lines
+        d.rectangle([right - 116, top + 4, right - 4, top + 8 + 14 * len(series)], fill="white", outline="gray")
+    for i, (name, _) in enumerate(series):
+        d.text((right - 110, top + 6 + 14 * i), name, fill=_COLOURS[i % len(_COLOURS)], font=font)
     return img
 
 
