@@ -1,7 +1,7 @@
 """The training loop: build, resume, step, log, checkpoint. Read top to bottom.
 
 The loop knows nothing of a particular objective: a task (the contract is fastvit/train/task.py; Web-DINO's
-is fastvit/train/web_dino.py) owns the modules, the data, the per-step schedules of the objective, the losses
+is fastvit/tasks/web_dino/task.py) owns the modules, the data, the per-step schedules of the objective, the losses
 and what follows the optimizer step (the EMA teacher update); one step is fastvit/train/step.py's train_step,
 which `fastvit bench step` runs too.
 """
@@ -28,9 +28,9 @@ from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.step import autocast_for, precision, to_device, train_step
-from fastvit.train.tasks import TASKS, build_task, pipelined
+from fastvit.train.tasks import build_task, pipelined
 
-__all__ = ["TASKS", "NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
+__all__ = ["NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
 
 
 class NonFiniteLossError(UserError, RuntimeError):

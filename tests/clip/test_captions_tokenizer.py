@@ -111,7 +111,7 @@ def test_demo_clip_context_holds_every_builtin_caption_whole():
     """The byte tokenizer cuts a caption to the context length; demo_clip's must fit the longest built-in caption
     (at 32 tokens the colour words of the longer templates were cut off)."""
     cfg = load_config("demo_clip", [])
-    tok = build_tokenizer(cfg.objective.clip_tokenizer, cfg.objective.clip_context_length)
+    tok = build_tokenizer(cfg.objective.clip.tokenizer, cfg.objective.clip.context_length)
     captions = [c for shape in CLASSES for c in class_prompts(shape)]  # every template x colour pair
     ids, eot = tok.encode_batch(captions)
     whole = torch.tensor([len(tok.tokens(c)) + 1 for c in captions])  # start token, the caption, end token

@@ -1,72 +1,12 @@
-"""The CLIP baseline task for the generic loop: ViT image tower + causal text tower, one random-resized crop
+"""CLIPTask: the CLIP baseline task for the generic loop: ViT image tower + causal text tower, one random-resized crop
 per image, captions tokenised in the main process, InfoNCE or SigLIP over the global batch. No teacher."""
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from fastvit.data.captions import captioned_source
-from fastvit.data.tokenizer import build_tokenizer
-from fastvit.models.build import build_backbone
 from fastvit.models.flops import head_flops, vit_forward_flops
-from fastvit.models.text import TextTransformer
-from fastvit.objectives.clip import CLIPObjective, LogitScale
+from fastvit.tasks.clip.model import build_clip
+from fastvit.tasks.clip.objective import CLIPObjective
+from fastvit.tasks.single_crop import single_crop_loader, single_crop_synthetic_batch
 from fastvit.train.task import StudentOnlyTask
-from fastvit.train.web_mae import single_crop_loader, single_crop_synthetic_batch
-
-
-class CLIPModel(nn.Module):
-    """backbone (ViT, CLS pooled) + visual projection, text tower, learned logit scale (+ SigLIP bias)."""
-
-    def __init__(self, backbone, text, *, embed_dim, kind="infonce", init_temperature=0.07):
-        super().__init__()
-        self.backbone = backbone
-        self.visual_proj = nn.Linear(backbone.cfg.width, embed_dim, bias=False)
-        self.text = text
-        self.logit = LogitScale(kind, init_temperature)
-
-    def init_weights(self):
-        self.backbone.init_weights()
-        nn.init.normal_(self.visual_proj.weight, std=self.backbone.cfg.width**-0.5)
-        self.text.init_weights()
-        self.logit.reset_parameters()
-
-    def encode_image(self, x_B3HW):
-        return F.normalize(self.visual_proj(self.backbone(x_B3HW)["cls"]), dim=-1)
-
-    def encode_text(self, ids_BL, eot_idx_B):
-        return F.normalize(self.text(ids_BL, eot_idx_B), dim=-1)
-
-    def forward(self, x_B3HW, ids_BL, eot_idx_B):
-        """L2-normalised image and text embeddings (B, E), the logit scale and the SigLIP bias (or None)."""
-        img, txt = self.encode_image(x_B3HW), self.encode_text(ids_BL, eot_idx_B)
-        return {"img": img, "txt": txt, "scale": self.logit(), "bias": self.logit.bias}
-
-
-def build_clip(cfg, device):
-    """(CLIPModel on `device`, initialised, the backbone's unused mask token frozen; its tokenizer)."""
-    o = cfg.objective
-    tok = build_tokenizer(o.clip_tokenizer, o.clip_context_length)
-    with torch.device("meta"):
-        text = TextTransformer(
-            vocab_size=tok.vocab_size,
-            context_length=o.clip_context_length,
-            width=o.clip_text_width,
-            depth=o.clip_text_depth,
-            heads=o.clip_text_heads,
-            embed_dim=o.clip_embed_dim,
-        )
-        model = CLIPModel(
-            build_backbone(cfg.model),
-            text,
-            embed_dim=o.clip_embed_dim,
-            kind=o.clip_loss,
-            init_temperature=o.clip_init_temperature,
-        )
-    model.to_empty(device=device)
-    model.init_weights()
-    model.backbone.mask_token.requires_grad_(False)
-    return model, tok
 
 
 def text_forward_flops(text_cfg, batch):
@@ -85,7 +25,8 @@ class CLIPTask(StudentOnlyTask):
         self.cfg, self.device = cfg, device
         self.student, self.tokenizer = build_clip(cfg, device)
         self.student_dp = self.student
-        self.objective = CLIPObjective(cfg.objective.clip_loss, backend=cfg.objective.clip_loss_backend)
+        o = cfg.objective.clip
+        self.objective = CLIPObjective(o.loss, backend=o.loss_backend)
         self.source = None
 
     def build_loader(self, *, batch_size, rank, world_size, device):
@@ -118,10 +59,10 @@ class CLIPTask(StudentOnlyTask):
         x_B3HW = batch["global_crops"]
         ids_BL, eot_B = self._tokens(batch, x_B3HW.device)
         out = self.student_dp(x_B3HW, ids_BL, eot_B)
-        return self.objective(out["img"], out["txt"], out["scale"], out["bias"])
+        return self.objective(img_bD=out["img"], txt_bD=out["txt"], logit_scale=out["scale"], logit_bias=out["bias"])
 
     def flops_per_step(self, batch_per_rank):
         c, b = self.backbone_cfg, batch_per_rank
         vision = vit_forward_flops(c, [(b, self.cfg.data.global_crops_size)])["total"]
-        vision += head_flops(b, [c.width, self.cfg.objective.clip_embed_dim])
+        vision += head_flops(b, [c.width, self.cfg.objective.clip.embed_dim])
         return 3 * (vision + text_forward_flops(self.student.text, b))

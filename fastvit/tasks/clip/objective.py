@@ -93,7 +93,7 @@ class CLIPObjective(nn.Module):
         super().__init__()
         self.kind, self.group, self.backend = kind, group, backend
 
-    def forward(self, img_bD, txt_bD, logit_scale, logit_bias=None):
+    def forward(self, *, img_bD, txt_bD, logit_scale, logit_bias=None):
         if img_bD.shape != txt_bD.shape:
             raise ValueError(
                 f"image and text embeddings must have equal shapes, got {tuple(img_bD.shape)} and {tuple(txt_bD.shape)}"
