@@ -58,8 +58,8 @@ def _add(tar, name, data):
 
 def test_caption_sources(tmp_path):
     src = captioned_source("builtin", "train")
-    payload, idx = src.read(13)
-    assert idx == 13 and payload.ndim == 3 and "ring" in src.caption(13)  # label 13 % 10 = 3
+    payload, label = src.read(13)
+    assert label == 3 and payload.ndim == 3 and "ring" in src.caption(13)  # the source's label 13 % 10 = 3
 
     (tmp_path / "imgs" / "cats").mkdir(parents=True)
     for name in ("x.png", "y.png", "z.png"):
@@ -78,7 +78,7 @@ def test_caption_sources(tmp_path):
         _add(tar, "002.png", _png(128))
     src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")
     assert [src.caption(i) for i in range(3)] == ["a black square", "white", ""]
-    assert src.read(1)[1] == 1
+    assert src.read(1)[1] == 3  # the source's label (the json's), not the sample's index
 
 
 def test_builtin_captions_name_the_colours_the_image_shows():

@@ -52,7 +52,7 @@ class CLIPTask(StudentOnlyTask):
             return batch["text_ids"], batch["text_eot"]
         if self.source is None:
             raise ValueError("CLIPTask: a batch without text_ids reads its captions from build_loader()'s source")
-        texts = [self.source.caption(int(i)) for i in batch["labels"].tolist()]  # labels: decoded sample indices
+        texts = [self.source.caption(i) for i in batch["read_indices"].tolist()]
         return tuple(t.to(device) for t in self.tokenizer.encode_batch(texts))
 
     def losses(self, batch, sched):
