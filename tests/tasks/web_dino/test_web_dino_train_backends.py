@@ -10,7 +10,7 @@ import pytest
 from fastvit.config import load_config
 from fastvit.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "train"))
 from tiny import TINY, run_metrics  # noqa: E402
 
 LOSSES = ("loss", "dino_global", "dino_local", "ibot", "koleo")
