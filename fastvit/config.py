@@ -76,19 +76,18 @@ def _objective_config_cls(objectives):
     return dataclasses.make_dataclass("ObjectiveConfig", fields, kw_only=True, namespace={"__module__": __name__})
 
 
-def __getattr__(name):
-    """fastvit.config.ObjectiveConfig: the objective section's class of the objectives registered now (pickle
-    finds it here)."""
-    if name != "ObjectiveConfig":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def objective_config_cls():
+    """The objective section's class of the objectives registered now."""
     from fastvit import tasks
 
     return _objective_config_cls(tuple(tasks.OBJECTIVES))
 
 
-def objective_config():
-    """A default objective section of the objectives registered now."""
-    return __getattr__("ObjectiveConfig")()
+def __getattr__(name):
+    """fastvit.config.ObjectiveConfig is objective_config_cls() (pickle finds the class here)."""
+    if name == "ObjectiveConfig":
+        return objective_config_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(kw_only=True)
@@ -152,7 +151,7 @@ class EvalConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: typing.Any = field(default_factory=objective_config)  # see _objective_config_cls
+    objective: typing.Any = field(default_factory=lambda: objective_config_cls()())  # see _objective_config_cls
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
