@@ -1,8 +1,8 @@
 """Image + caption sources for the CLIP baseline.
 
-`captioned_source(spec, split, captions=...)` wraps an image source so that `read(i)` returns
-(payload, i): the loader then carries, in `labels`, the index of the sample it actually decoded (also
-when it replaced an unreadable one), and `caption(i)` gives that sample's text. Captions come from
+`captioned_source(spec, split, captions=...)` wraps an image source with `caption(i)`, the text of sample i; the
+loader's `read_indices` name the samples it actually decoded (also where it replaced an unreadable one).
+Captions come from
 - builtin: derived from the class of each image (BuiltinSource.caption);
 - webdataset shards: the sample's `txt` member, else the `caption` / `text` field of its `json` member;
 - imagefolder: a captions file, `.jsonl` ({"file": relative path, "caption": text} per line) or
@@ -18,7 +18,7 @@ from fastvit.data.sources import ImageFolderSource, WebDatasetSource, source_fro
 
 
 class CaptionedSource:
-    """source + caption function; read(i) -> (payload, i)."""
+    """source + caption function; read(i) is the source's."""
 
     def __init__(self, source, caption_fn):
         self.source, self._caption = source, caption_fn
@@ -29,7 +29,7 @@ class CaptionedSource:
         return len(self.source)
 
     def read(self, i):
-        return self.source.read(i)[0], i
+        return self.source.read(i)
 
     def caption(self, i):
         return self._caption(i)

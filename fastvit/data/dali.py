@@ -16,7 +16,7 @@ import torch
 
 from fastvit.data import augment as A
 from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixel_budget
-from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch
+from fastvit.data.loader import MaskConfig, Sample, crop_table, finish_batch
 from fastvit.data.multicrop import multicrop
 from fastvit.data.sampler import ResumableSampler
 from fastvit.errors import UserError
@@ -100,15 +100,16 @@ class DaliLoader:
                 data, label = self.source.read(index)
                 check_pixel_budget(data, self.max_pixels)
                 encoded.append(np.frombuffer(data, np.uint8))
-                samples.append(Sample(None, None, label, epoch, index, 0))
+                samples.append(Sample(None, None, label, epoch, index, 0, index))
             return self._decode(encoded), samples
         except (OSError, RuntimeError, DecodeError):  # some sample is bad: find and replace it, one at a time
             encoded, samples = [None] * len(keys), [None] * len(keys)
         for b, (epoch, index) in enumerate(keys):
             for t in range(self.max_retries):
-                got = self._read_ok((index + t) % len(self.source))
+                j = (index + t) % len(self.source)
+                got = self._read_ok(j)
                 if got is not None:
-                    encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t)
+                    encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t, j)
                     break
             else:
                 raise UserError(
@@ -135,7 +136,7 @@ class DaliLoader:
             batch = finish_batch(flat, samples, self.cfg, self.seed, self.mask)
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]
-            yield add_crop_list(batch, self.cfg)
+            yield batch
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}

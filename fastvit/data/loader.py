@@ -45,6 +45,7 @@ class Sample:
     epoch: int
     index: int
     skipped: int  # unreadable samples replaced on the way to this one
+    read: int  # the index of the sample decoded: (index + skipped) % len(source)
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
@@ -78,7 +79,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
                 errors.append(f"sample {j}: {e}")
                 log.warning("skipping %s sample %d: %s", getattr(self.source, "spec", "?"), j, e)
                 continue
-            return Sample(image, params, label, epoch, index, t)
+            return Sample(image, params, label, epoch, index, t, j)
         spec = getattr(self.source, "spec", "the data source")
         raise UserError(
             f"{spec}: {self.max_retries} consecutive samples from index {index} cannot be read (last: {errors[-1]}); "
@@ -144,6 +145,7 @@ def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask
         "local_crops": local_crops,
         "labels": torch.tensor([s.label for s in samples], dtype=torch.int64),
         "indices": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "read_indices": torch.tensor([s.read for s in samples], dtype=torch.int64),
         "epochs": torch.tensor([s.epoch for s in samples], dtype=torch.int64),
         "skipped": sum(s.skipped for s in samples),
     }
@@ -151,16 +153,6 @@ def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask
         grid = (cfg.global_size // mask.patch_size,) * 2
         rng = A.sample_rng(seed, samples[0].epoch, samples[0].index, MASK_STREAM)
         batch.update(ibot_masks(rng, cfg.n_global * B, grid, ratio=mask.ratio, prob=mask.prob))
-    return batch
-
-
-def add_crop_list(batch: dict, cfg: A.MultiCropConfig) -> dict:
-    """batch['crops']: one (B, 3, S, S) view per crop index, globals then locals."""
-    B = batch["labels"].numel()
-    crops = list(batch["global_crops"].unflatten(0, (cfg.n_global, B)).unbind(0))
-    if cfg.n_local:
-        crops += list(batch["local_crops"].unflatten(0, (cfg.n_local, B)).unbind(0))
-    batch["crops"] = crops
     return batch
 
 
@@ -194,7 +186,7 @@ class Loader:
         for batch in dl:
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]
-            yield add_crop_list(batch, self.dataset.cfg)
+            yield batch
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}

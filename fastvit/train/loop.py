@@ -1,7 +1,7 @@
 """The training loop: build, resume, step, log, checkpoint. Read top to bottom.
 
 The loop knows nothing of a particular objective: a task (the contract is fastvit/train/task.py; Web-DINO's
-is fastvit/train/web_dino.py) owns the modules, the data, the per-step schedules of the objective, the losses
+is fastvit/tasks/web_dino/task.py) owns the modules, the data, the per-step schedules of the objective, the losses
 and what follows the optimizer step (the EMA teacher update); one step is fastvit/train/step.py's train_step,
 which `fastvit bench step` runs too.
 """
@@ -24,14 +24,15 @@ from fastvit.parallel.distributed import init_distributed
 from fastvit.parallel.mesh import build_mesh, resolve_dims
 from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.parallel.tp import canonical_state
+from fastvit.tasks import spec_of
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
 from fastvit.train.step import autocast_for, precision, to_device, train_step
-from fastvit.train.tasks import TASKS, build_task, pipelined
+from fastvit.train.tasks import build_task, pipelined
 
-__all__ = ["TASKS", "NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
+__all__ = ["NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -43,10 +44,11 @@ def per_rank_batch(cfg, dp):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (dp * accum):
         raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
-    if b // (dp * accum) < 2 and cfg.objective.name == "web_dino" and cfg.objective.koleo_weight:
+    least, why = spec_of(cfg.objective.name).min_batch_per_rank(getattr(cfg.objective, cfg.objective.name))
+    if b // (dp * accum) < least:
         raise UserError(
-            f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; KoLeo compares the "
-            "images of one: use 2 or more per rank, or objective.koleo_weight=0"
+            f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; "
+            f"objective.name={cfg.objective.name} needs {least} or more per rank: {why}"
         )
     return b // (dp * accum)
 

@@ -96,11 +96,12 @@ def test_a_folder_of_only_broken_files_is_one_user_error_from_a_worker(tmp_path)
 
 def test_data_max_pixels_reaches_the_loader(tmp_path):
     from fastvit.config import load_config
-    from fastvit.train.web_dino import web_dino_loader
+    from fastvit.train.tasks import build_task
 
     (tmp_path / "big.png").write_bytes(_png(np.zeros((40, 40, 3), np.uint8)))  # 1600 pixels
     (tmp_path / "small.png").write_bytes(_png(np.zeros((20, 20, 3), np.uint8)))  # 400 pixels
     cfg = load_config("demo", [f"data.source=imagefolder:{tmp_path}", "data.max_pixels=1000", "data.num_workers=0"])
-    loader = web_dino_loader(cfg, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
+    task = build_task(cfg, torch.device("cpu"))
+    loader = task.build_loader(batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
     assert loader.dataset.max_pixels == 1000
     assert [loader.dataset[(0, i)].skipped for i in range(2)] == [1, 0]  # big.png sorts first: replaced, counted
