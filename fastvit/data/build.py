@@ -1,6 +1,7 @@
 """`build_loader`: source spec + crop config -> an endless, resumable iterator of batch dicts."""
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 
@@ -8,9 +9,27 @@ from fastvit.data.augment import MultiCropConfig
 from fastvit.data.decode import DEFAULT_MAX_PIXELS
 from fastvit.data.loader import Loader, MaskConfig, MultiCropCollate, MultiCropDataset, kernel_threads
 from fastvit.data.sampler import ResumableSampler
-from fastvit.data.sources import source_from_spec
+from fastvit.data.shardio import DEFAULT_MAX_SAMPLE_BYTES
+from fastvit.data.sources import ShardSource, source_from_spec
+from fastvit.data.stream_loader import StreamLoader
 
 LOADERS = ("auto", "torch", "dali")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The data.* settings the loaders read beside the crops (defaults: fastvit.config.DataConfig's)."""
+
+    num_workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    shuffle_buffer: int = 1000
+    shard_interleave: int = 4
+    num_samples: int = 0
+
+    @classmethod
+    def of(cls, data_cfg) -> "DataOptions":
+        return cls(**{k: getattr(data_cfg, k) for k in cls.__dataclass_fields__})
 
 
 def dali_available() -> bool:
@@ -48,6 +67,7 @@ def build_loader(
     shuffle: bool = True,
     split: str = "train",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    data=None,
 ):
     """An endless iterator of batch dicts for one rank (`Loader` or `DaliLoader`).
 
@@ -56,11 +76,31 @@ def build_loader(
     Batch dict: global_crops (n_global*B, 3, Sg, Sg) and local_crops (n_local*B, 3, Sl, Sl), crop-major;
     crops (list of (B, 3, S, S) views, globals then locals); labels, indices, epochs (B,) int64;
     skipped (int; unreadable samples and images over max_pixels, replaced); with `mask`: masks (n_global*B, N)
-    bool, mask_indices (M,), mask_weights (M,), n_masked.
+    bool, mask_indices (M,), mask_weights (M,), n_masked. On shards also skipped_shards (int).
+    data: the config's DataConfig (or DataOptions); when given, its num_workers and max_pixels win.
+    `webdataset:` shards are read as a stream (StreamLoader; the DALI loader takes the same stream).
     """
     crops = crops or MultiCropConfig()
+    opts = DataOptions.of(data) if data is not None else DataOptions(num_workers=num_workers, max_pixels=max_pixels)
+    num_workers, max_pixels = opts.num_workers, opts.max_pixels
     if isinstance(source, str):
-        source = source_from_spec(source, split, seed=seed)
+        source = source_from_spec(source, split, seed=seed, max_sample_bytes=opts.max_sample_bytes)
+    if isinstance(source, ShardSource):
+        return _stream_loader(
+            source,
+            crops,
+            mask,
+            batch_size,
+            seed,
+            rank,
+            world_size,
+            loader,
+            device_id,
+            out_dtype,
+            draft,
+            pin_memory,
+            opts,
+        )
     sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
     if choose_loader(loader, source, device_id=device_id) == "dali":
         from fastvit.data.dali import DaliLoader
@@ -81,3 +121,30 @@ def build_loader(
     threads = kernel_threads(num_workers)
     collate = MultiCropCollate(crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=threads)
     return Loader(dataset, collate, sampler, batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _stream_loader(
+    source, crops, mask, batch_size, seed, rank, world_size, loader, device_id, out_dtype, draft, pin_memory, opts
+):
+    kw = {"rank": rank, "world_size": world_size, "seed": seed, "options": opts}
+    if choose_loader(loader, source, device_id=device_id) == "dali":
+        from fastvit.data.dali import DaliStreamLoader
+
+        return DaliStreamLoader(
+            source,
+            crops,
+            batch_size,
+            mask=mask,
+            device_id=device_id,
+            out_dtype=out_dtype,
+            num_threads=kernel_threads(1),
+            **kw,
+        )
+    dataset = MultiCropDataset(source, crops, seed=seed, draft=draft, max_pixels=opts.max_pixels)
+    collate = MultiCropCollate(
+        crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=kernel_threads(opts.num_workers)
+    )
+    out = StreamLoader(source, dataset, collate, batch_size, num_workers=opts.num_workers, **kw)
+    if pin_memory is not None:
+        out.pin_memory = pin_memory
+    return out

@@ -16,9 +16,11 @@ import torch
 
 from fastvit.data import augment as A
 from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixel_budget
-from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch
+from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch, load_sampler_state
 from fastvit.data.multicrop import multicrop
 from fastvit.data.sampler import ResumableSampler
+from fastvit.data.stream import copy_state
+from fastvit.data.stream_loader import StreamBatches, StreamLoader
 from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,67 @@ class DaliLoader:
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+    def load_state_dict(self, state: dict, all_ranks=None) -> None:
+        """all_ranks: unused; an image folder's position resumes on the data-parallel size it was written with."""
+        load_sampler_state(self.sampler, state)
         self.skipped_total = int(state["skipped_total"])
+
+
+class DaliStreamLoader(StreamLoader):
+    """The DALI loader over the shard stream: one slot per rank, read in the training process (the shard bytes
+    of the same stream the torch loader reads), DALI decodes, our kernel crops; state as StreamLoader's."""
+
+    def __init__(
+        self, source, cfg, batch_size, *, mask=None, device_id=None, num_threads=2, out_dtype=torch.float32, **kw
+    ):
+        super().__init__(source, None, None, batch_size, num_workers=0, **kw)
+        self.cfg, self.mask, self.device_id, self.out_dtype = cfg, mask, device_id, out_dtype
+        self.decoder = DaliLoader.__new__(DaliLoader)  # its decode and read-check helpers over this pipeline
+        self.decoder.pipe, self.decoder.device_id = _build_pipeline(batch_size, num_threads, device_id), device_id
+        self.decoder.max_pixels = kw["options"].max_pixels
+
+    def __iter__(self):
+        batches = StreamBatches(self, self.next_worker)
+        stream, samples, encoded = batches.stream(0), [], []
+        reported = (0, 0)
+        for item, state in stream.samples(self.slots[0]):
+            encoded.append(np.frombuffer(item["image"], np.uint8))
+            samples.append(Sample(None, None, item["label"], item["epoch"], item["index"], 0))
+            if len(samples) < self.batch_size:
+                continue
+            try:
+                for e in encoded:
+                    check_pixel_budget(e, self.decoder.max_pixels)
+                images = self.decoder._decode(encoded)
+            except (OSError, RuntimeError, DecodeError):  # find the bad ones, drop and count them, read on
+                keep = [k for k, s in enumerate(samples) if self._decodes(encoded[k], s)]
+                stream.damage.samples += len(samples) - len(keep)
+                encoded, samples = [encoded[k] for k in keep], [samples[k] for k in keep]
+                continue
+            for s, im in zip(samples, images):
+                s.params = A.draw_sample_params(self.cfg, *im.shape[:2], self.layout["seed"], s.epoch, s.index, 0)
+            flat = multicrop(
+                images,
+                crop_table([s.params for s in samples]),
+                mean=self.cfg.mean,
+                std=self.cfg.std,
+                blur_radius=self.cfg.blur_radius,
+                out_dtype=self.out_dtype,
+            )
+            batch = finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask)
+            now = (stream.damage.shards, stream.damage.samples)
+            batch["skipped"], batch["skipped_shards"] = now[1] - reported[1], now[0] - reported[0]
+            self.slots[0] = copy_state(state)
+            self.skipped_total += batch["skipped"]
+            self.skipped_shards += batch["skipped_shards"]
+            reported, samples, encoded = now, [], []
+            yield add_crop_list(batch, self.cfg)
+
+    def _decodes(self, encoded, sample) -> bool:
+        try:
+            check_pixel_budget(encoded, self.decoder.max_pixels)
+            self.decoder._decode([encoded])
+            return True
+        except (OSError, RuntimeError, DecodeError) as e:
+            log.warning("skipping sample %d of epoch %d: %s", sample.index, sample.epoch, str(e).splitlines()[0])
+            return False

@@ -198,9 +198,21 @@ class Loader:
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+    def load_state_dict(self, state: dict, all_ranks=None) -> None:
+        """all_ranks: unused; an image folder's position resumes on the data-parallel size it was written with."""
+        load_sampler_state(self.sampler, state)
         self.skipped_total = int(state["skipped_total"])
+
+
+def load_sampler_state(sampler: ResumableSampler, state: dict) -> None:
+    if "sampler" not in state:
+        raise ValueError("the checkpoint's data position is a shard stream's; resume with its data.source")
+    if state["sampler"]["world_size"] != sampler.world_size:
+        raise ValueError(
+            f"it was written by {state['sampler']['world_size']} data-parallel rank(s); an image folder's position "
+            f"resumes on that many (this run has {sampler.world_size}; webdataset shards can change it)"
+        )
+    sampler.load_state_dict(state["sampler"])
 
 
 def exit_with_process(pid: int, worker_id: int = 0) -> None:

@@ -64,7 +64,7 @@ def random_backbone(cfg):
 def split_features(backbone, cfg, spec, split, device="cpu"):
     """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`."""
     e = cfg.eval
-    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    source = source_from_spec(spec, split, seed=cfg.train.seed, max_images=e.max_images)  # shards: only those needed
     indices, how = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
     kw = {"mode": e.features, "batch_size": e.batch_size, "indices": indices, "device": device}
     x, y = extract_features(backbone, source, cfg.data.global_crops_size, **kw)

@@ -205,6 +205,7 @@ def web_dino_loader(cfg, *, batch_size, rank, world_size, device):
         num_workers=cfg.data.num_workers,
         max_pixels=cfg.data.max_pixels,
         device_id=device.index if device.type == "cuda" else None,
+        data=cfg.data,
     )
 
 
