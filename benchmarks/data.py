@@ -335,19 +335,29 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _open_files_and_rss() -> tuple[int, list[float]]:
-    """(files open in this process and its descendants, resident MiB of each descendant)."""
-    files, rss = 0, []
+def _open_files_and_rss() -> tuple[int, int, list[float]]:
+    """(descriptors open in this process and its descendants, how many of them are .tar shards, resident MiB of
+    each descendant)."""
+    files, shards, rss = 0, 0, []
     for p in _tree(os.getpid()):
         try:
-            files += len(os.listdir(f"/proc/{p}/fd"))
+            fds = os.listdir(f"/proc/{p}/fd")
+            files += len(fds)
+            shards += sum(_is_tar(f"/proc/{p}/fd/{fd}") for fd in fds)
             if p != os.getpid():
                 with open(f"/proc/{p}/status") as f:
                     kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
                 rss.append(kb / 1024)
         except (OSError, StopIteration):
             pass
-    return files, rss
+    return files, shards, rss
+
+
+def _is_tar(fd_path: str) -> bool:
+    try:
+        return os.readlink(fd_path).endswith(".tar")
+    except OSError:
+        return False
 
 
 def stream_report(spec: str, cfg, opts: dict, n_batches: int = 20) -> dict:
@@ -357,15 +367,21 @@ def stream_report(spec: str, cfg, opts: dict, n_batches: int = 20) -> dict:
     it = iter(build_loader(spec, batch_size=opts["batch"], crops=cfg, loader="torch", data=options))
     next(it)
     startup = time.perf_counter() - start
-    files, rss = _open_files_and_rss()
+    files, shards, rss = _open_files_and_rss()
     t0 = time.perf_counter()
     for _ in range(n_batches):
         next(it)
-        now, rss_now = _open_files_and_rss()
-        files, rss = max(files, now), rss_now or rss
+        now, shards_now, rss_now = _open_files_and_rss()
+        files, shards, rss = max(files, now), max(shards, shards_now), rss_now or rss
     rate = n_batches * opts["batch"] / (time.perf_counter() - t0)
     del it
-    return {"startup_s": startup, "open_files_max": files, "worker_rss_mib": rss, "images_per_s": rate}
+    return {
+        "startup_s": startup,
+        "open_files_max": files,
+        "open_shards_max": shards,
+        "process_rss_mib": rss,
+        "images_per_s": rate,
+    }
 
 
 def write_tiny_shards(folder: str, shards: int, per_shard: int) -> str:
@@ -385,10 +401,11 @@ def write_tiny_shards(folder: str, shards: int, per_shard: int) -> str:
 
 
 def _stream_line(what: str, r: dict) -> str:
-    rss = ", ".join(f"{m:.0f}" for m in r["worker_rss_mib"]) or "-"
+    rss = ", ".join(f"{m:.0f}" for m in r["process_rss_mib"]) or "-"
     return (
         f"stream       {what}: start-up {r['startup_s']:.2f} s to the first batch, at most {r['open_files_max']} "
-        f"open files (trainer + workers), worker RSS {rss} MiB, {r['images_per_s']:.1f} images/s"
+        f"descriptors open (trainer + child processes), {r['open_shards_max']} of them shards; RSS of the child "
+        f"processes (forkserver, workers) {rss} MiB; {r['images_per_s']:.1f} images/s"
     )
 
 

@@ -64,7 +64,6 @@ class DataConfig:
     # webdataset shards (a stream, fastvit/data/stream.py): samples mixed per loader worker, shards read at once
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
-    num_samples: int = 0  # shards: samples per epoch, only for epoch numbering in logs (0: unknown)
 
 
 @dataclass(kw_only=True)
@@ -324,7 +323,6 @@ _MINIMUMS = (
     ("data.max_sample_bytes", 1, ""),
     ("data.shuffle_buffer", 1, "1 keeps each group's interleaved order"),
     ("data.shard_interleave", 1, "1 reads one shard at a time per worker"),
-    ("data.num_samples", 0, "0: unknown"),
     ("optim.grad_accum", 1, "1 accumulates nothing"),
     ("parallel.tp", 1, ""),
     ("parallel.pp", 1, ""),

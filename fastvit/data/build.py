@@ -25,7 +25,6 @@ class DataOptions:
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
-    num_samples: int = 0
 
     @classmethod
     def of(cls, data_cfg) -> "DataOptions":

@@ -96,8 +96,6 @@ class StreamLoader:
         self.next_worker = 0
         self.skipped_total = self.skipped_shards = 0
         self.pin_memory = torch.cuda.is_available()
-        n = options.num_samples
-        self.batches_per_epoch = max(1, n // (world_size * batch_size)) if n else None
 
     def __iter__(self):
         data = StreamBatches(self, self.next_worker)
