@@ -1,5 +1,5 @@
 """The DALI loader: DALI decodes, the fused multi-crop kernel crops, with the torch loader's
-sampler, crop table and batch dict.
+sampler (image folders) or shard stream (webdataset; `DaliStreamLoader`), crop table and batch dict.
 
 Division of work (a deliberate choice): the host reads encoded bytes in sampler order and feeds
 them to a DALI pipeline (`fn.external_source` -> `fn.decoders.image`, `device="cpu"` when
@@ -39,6 +39,22 @@ def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
     return pipe
 
 
+def decode(pipe, device_id: int | None, encoded: list[np.ndarray]) -> list:
+    """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
+    pipe.feed_input("encoded", encoded)
+    (out,) = pipe.run()
+    if device_id is None:
+        return [np.asarray(out.at(i)) for i in range(len(encoded))]
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    stream = torch.cuda.current_stream(device_id)
+    images = []
+    for i in range(len(encoded)):
+        t = torch.empty(tuple(out[i].shape()), dtype=torch.uint8, device=f"cuda:{device_id}")
+        images.append(feed_ndarray(out[i], t, cuda_stream=stream))
+    return images
+
+
 class DaliLoader:
     """Endless iterator of batch dicts (same keys as `Loader`); resumable between steps."""
 
@@ -69,19 +85,7 @@ class DaliLoader:
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def _decode(self, encoded: list[np.ndarray]) -> list:
-        """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
-        self.pipe.feed_input("encoded", encoded)
-        (out,) = self.pipe.run()
-        if self.device_id is None:
-            return [np.asarray(out.at(i)) for i in range(len(encoded))]
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        stream = torch.cuda.current_stream(self.device_id)
-        images = []
-        for i in range(len(encoded)):
-            t = torch.empty(tuple(out[i].shape()), dtype=torch.uint8, device=f"cuda:{self.device_id}")
-            images.append(feed_ndarray(out[i], t, cuda_stream=stream))
-        return images
+        return decode(self.pipe, self.device_id, encoded)
 
     def _read_ok(self, j: int):
         """(encoded bytes, label) of sample j, or None when unreadable or undecodable."""
@@ -157,9 +161,7 @@ class DaliStreamLoader(StreamLoader):
     ):
         super().__init__(source, None, None, batch_size, num_workers=0, **kw)
         self.cfg, self.mask, self.device_id, self.out_dtype = cfg, mask, device_id, out_dtype
-        self.decoder = DaliLoader.__new__(DaliLoader)  # its decode and read-check helpers over this pipeline
-        self.decoder.pipe, self.decoder.device_id = _build_pipeline(batch_size, num_threads, device_id), device_id
-        self.decoder.max_pixels = kw["options"].max_pixels
+        self.pipe, self.max_pixels = _build_pipeline(batch_size, num_threads, device_id), kw["options"].max_pixels
 
     def __iter__(self):
         batches = StreamBatches(self, self.next_worker)
@@ -172,8 +174,8 @@ class DaliStreamLoader(StreamLoader):
                 continue
             try:
                 for e in encoded:
-                    check_pixel_budget(e, self.decoder.max_pixels)
-                images = self.decoder._decode(encoded)
+                    check_pixel_budget(e, self.max_pixels)
+                images = decode(self.pipe, self.device_id, encoded)
             except (OSError, RuntimeError, DecodeError):  # find the bad ones, drop and count them, read on
                 keep = [k for k, s in enumerate(samples) if self._decodes(encoded[k], s)]
                 stream.damage.samples += len(samples) - len(keep)
@@ -200,8 +202,8 @@ class DaliStreamLoader(StreamLoader):
 
     def _decodes(self, encoded, sample) -> bool:
         try:
-            check_pixel_budget(encoded, self.decoder.max_pixels)
-            self.decoder._decode([encoded])
+            check_pixel_budget(encoded, self.max_pixels)
+            decode(self.pipe, self.device_id, [encoded])
             return True
         except (OSError, RuntimeError, DecodeError) as e:
             log.warning("skipping sample %d of epoch %d: %s", sample.index, sample.epoch, str(e).splitlines()[0])

@@ -126,7 +126,7 @@ def tar_samples(path: str, damage: Damage, max_sample_bytes: int = DEFAULT_MAX_S
     """Yields (ordinal, members {ext: bytes}) of one shard in file order; ordinal counts the samples of the shard
     (skipped ones included), so it names a sample whatever was damaged around it. Damage is counted in `damage`
     with one warning naming the shard; a member declaring more than max_sample_bytes is never read."""
-    ordinal, key, members, oversize = 0, None, {}, False
+    ordinal, key, members, oversize, size = 0, None, {}, False, 0
 
     def flush():
         nonlocal ordinal
@@ -158,8 +158,9 @@ def tar_samples(path: str, damage: Damage, max_sample_bytes: int = DEFAULT_MAX_S
                         done = flush()
                         if done is not None:
                             yield done
-                        key, members, oversize = k, {}, False
-                    if m.size > max_sample_bytes:  # from the header, before reading: never allocated
+                        key, members, oversize, size = k, {}, False, 0
+                    size += m.size
+                    if size > max_sample_bytes:  # the sample's members so far, from the headers: never allocated
                         oversize = True
                         _drain(tar.extractfile(m), m)
                         continue
