@@ -209,8 +209,9 @@ def load_sampler_state(sampler: ResumableSampler, state: dict) -> None:
         raise ValueError("the checkpoint's data position is a shard stream's; resume with its data.source")
     if state["sampler"]["world_size"] != sampler.world_size:
         raise ValueError(
-            f"it was written by {state['sampler']['world_size']} data-parallel rank(s); an image folder's position "
-            f"resumes on that many (this run has {sampler.world_size}; webdataset shards can change it)"
+            f"it was written by {state['sampler']['world_size']} data-parallel rank(s); the position in an image "
+            f"folder or the builtin set resumes on that many (this run has {sampler.world_size}; on webdataset "
+            "shards it can change)"
         )
     sampler.load_state_dict(state["sampler"])
 

@@ -1,7 +1,10 @@
-"""Image folders at scale: no N-sized permutation per rank beyond FULL_PERMUTATION_MAX, compact labels."""
+"""Map-style sources: no N-sized permutation per rank beyond FULL_PERMUTATION_MAX, compact labels, a resume on
+the data-parallel size the position was written with."""
 
 import numpy as np
+import pytest
 
+from fastvit.data import MultiCropConfig, build_loader
 from fastvit.data import sampler as S
 from fastvit.data.sources import ImageFolderSource
 
@@ -27,3 +30,13 @@ def test_block_shuffle_is_a_permutation_split_over_ranks_without_an_n_sized_arra
 def test_image_folder_labels_are_one_int32_array(jpeg_folder):
     src = ImageFolderSource(str(jpeg_folder))
     assert src.labels.dtype == np.int32 and src.labels.tolist() == [k // 6 for k in range(18)]
+
+
+def test_a_map_style_position_resumes_only_on_its_data_parallel_size():
+    crops = MultiCropConfig(global_size=16, local_size=8, n_local=0)
+    two = build_loader("builtin", batch_size=2, crops=crops, rank=0, world_size=2, num_workers=0)
+    one = build_loader("builtin", batch_size=2, crops=crops, num_workers=0)
+    with pytest.raises(ValueError, match="written by 2 data-parallel rank.*resumes on that many"):
+        one.load_state_dict(two.state_dict(), all_ranks=lambda: [two.state_dict()] * 2)
+    with pytest.raises(ValueError, match="shard stream's; resume with its data.source"):
+        one.load_state_dict({"kind": "shards", "skipped_total": 0})
