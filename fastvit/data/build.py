@@ -78,6 +78,9 @@ def build_loader(
     bool, mask_indices (M,), mask_weights (M,), n_masked. On shards also skipped_shards (int).
     data: the config's DataConfig (or DataOptions); when given, its num_workers and max_pixels win.
     `webdataset:` shards are read as a stream (StreamLoader; the DALI loader takes the same stream).
+    Every loader has state_dict(), load_state_dict(state, all_ranks=None) (all_ranks: a callable giving every
+    written rank's state, for a resume on another layout) and the run's counts skipped_total (samples) and
+    skipped_shards.
     """
     crops = crops or MultiCropConfig()
     opts = DataOptions.of(data) if data is not None else DataOptions(num_workers=num_workers, max_pixels=max_pixels)

@@ -81,7 +81,7 @@ class DaliLoader:
         self.seed, self.mask, self.device_id, self.out_dtype = seed, mask, device_id, out_dtype
         self.max_retries, self.max_pixels = max_retries, max_pixels
         self.pipe = _build_pipeline(batch_size, num_threads, device_id)
-        self.skipped_total = 0
+        self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def _decode(self, encoded: list[np.ndarray]) -> list:

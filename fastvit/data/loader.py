@@ -172,7 +172,7 @@ class Loader:
         self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.skipped_total = 0
+        self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def __iter__(self):

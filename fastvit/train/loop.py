@@ -238,7 +238,7 @@ def _record(run, out, done, throughput, loader):
     """The metrics line of step `done`: loss terms averaged over the ranks and skipped data summed (read here, on
     the host; skipped_samples / skipped_shards: the run's totals), schedules, gradient norm, throughput, memory."""
     keys = run.task.loss_keys
-    counts = [out.skipped, loader.skipped_total, getattr(loader, "skipped_shards", 0)]
+    counts = [out.skipped, loader.skipped_total, loader.skipped_shards]
     skipped = torch.tensor([float(c) for c in counts], device=out.terms.device)
     values = _all_mean(torch.cat([out.terms.detach(), skipped]))
     record = {"step": done, **dict(zip(keys, values[:-3]))}
