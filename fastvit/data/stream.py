@@ -7,8 +7,8 @@ reads its shards in groups of `interleave`, mixing the samples of a group round-
 `buffer` samples seeded by the group (seed, e, first shard): when full, a random sample leaves it; at the end of
 the group it drains.
 
-Position: a slot's state is (epoch, group, samples emitted in the group) and the sample counts of the groups it
-finished this epoch and last epoch: a few KB, whatever the data size. Resuming replays the one group in flight
+Position: a slot's state is (epoch, group, samples emitted in the group) and the sample counts of the last
+HISTORY groups it finished this epoch and last epoch (older ones summed): under 1 KB, whatever the data size. Resuming replays the one group in flight
 and drops the samples already emitted (read, never decoded), so the stream continues bit for bit. Because the
 buffer is seeded per group, its RNG never needs to be saved. An `offset` (epoch, K) starts one epoch at position
 K of its permutation: a resume on another layout (dp size, workers, interleave) continues from the first shard
@@ -17,7 +17,14 @@ some slot had not finished (`rebase`).
 
 import numpy as np
 
-from fastvit.data.shardio import DEFAULT_MAX_SAMPLE_BYTES, Damage, parse_caption, parse_label, tar_samples
+from fastvit.data.shardio import (
+    DEFAULT_MAX_SAMPLE_BYTES,
+    IMAGE_EXTS,
+    Damage,
+    parse_caption,
+    parse_label,
+    tar_samples,
+)
 from fastvit.errors import UserError
 
 INDEX_BITS = 20  # a sample's index: shard id << INDEX_BITS | ordinal in the shard (per-sample seeds, logs)
@@ -27,8 +34,18 @@ def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_shards)
 
 
+HISTORY = 64  # sample counts kept of a slot's last finished groups (older ones summed): the repeat bound
+
+
 def fresh_slot(epoch: int = 0) -> dict:
-    return {"epoch": epoch, "group": 0, "emitted": 0, "done": [], "prev_done": []}
+    return {"epoch": epoch, "group": 0, "emitted": 0, "done": [], "older": 0, "prev_done": [], "prev_older": 0}
+
+
+def _finish_group(state: dict, n: int) -> None:
+    state["done"].append(n)
+    if len(state["done"]) > HISTORY:
+        state["older"] += state["done"].pop(0)
+    state.update(group=state["group"] + 1, emitted=0)
 
 
 def copy_state(state: dict) -> dict:
@@ -62,19 +79,18 @@ class ShardStream:
                 it = self._group(groups[g], state["epoch"], n)
                 sample = next(it, None)
                 if sample is None:  # nothing (left) in this group
-                    state["done"].append(n)
-                    state.update(group=g + 1, emitted=0)
+                    _finish_group(state, n)
                 while sample is not None:  # one ahead: the group's last sample moves the state to the next group
                     after, n, got = next(it, None), n + 1, True
                     if after is None:
-                        state["done"].append(n)
-                        state.update(group=g + 1, emitted=0)
+                        _finish_group(state, n)
                     else:
                         state["emitted"] = n
                     yield sample, state
                     sample = after
             empty_epochs = 0 if got or not groups else empty_epochs + 1
             state.update(epoch=state["epoch"] + 1, group=0, emitted=0, prev_done=state["done"], done=[])
+            state.update(prev_older=state["older"], older=0)
         raise UserError(
             f"loader slot {self.slot} of {self.slots} found no readable sample in its shards for two epochs (all "
             "missing or damaged, see the warnings); check the files of data.source"
@@ -108,7 +124,7 @@ class ShardStream:
         damage = Damage()
         for ordinal, members in tar_samples(self.shards[shard_id], damage, self.max_sample_bytes):
             self._count(damage)
-            image = next(members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members)
+            image = next(members[e] for e in IMAGE_EXTS if e in members)
             yield {
                 "image": image,
                 "label": parse_label(members),
@@ -134,20 +150,22 @@ def global_position(states: list[dict], slots: int, interleave: int, offset) -> 
     return epoch, start + min(firsts)
 
 
-def repeat_bound(states: list[dict], slots: int, interleave: int, offset, position: tuple[int, int]) -> int:
-    """How many samples already consumed can be read again when every slot restarts at `position`: those of
-    the groups at or after position K (and anything consumed in the next epoch)."""
+def repeat_bound(states: list[dict], layout: tuple[int, int, int], offset, position: tuple[int, int]) -> int:
+    """At most how many samples already consumed are read again when every slot restarts at `position`: those
+    of the groups whose last shard is at or after position K (and all consumed in the next epoch). layout:
+    (num_shards, slots, interleave) of the states; groups older than the kept HISTORY count whole."""
+    num_shards, slots, interleave = layout
     epoch, K = position
     start = offset[1] if epoch == offset[0] else 0
     total = 0
     for k, s in enumerate(states):
-        this = s["done"] if s["epoch"] == epoch else s["prev_done"]
-        for g, count in enumerate(this):
-            last = start + ((g + 1) * interleave - 1) * slots + k
-            if last >= K:
-                total += count
         if s["epoch"] == epoch:
-            total += s["emitted"]
-        else:
-            total += sum(s["done"]) + s["emitted"]
+            done, older, finished, total = s["done"], s["older"], s["group"], total + s["emitted"]
+        else:  # a slot already in the next epoch finished all its groups of this one
+            done, older, total = s["prev_done"], s["prev_older"], total + sum(s["done"]) + s["older"] + s["emitted"]
+            finished = -(-len(range(k, num_shards - start, slots)) // interleave)
+        first = finished - len(done)  # the group of done[0]
+        ends = [start + ((g + 1) * interleave - 1) * slots + k for g in range(first - 1, finished)]
+        total += sum(c for c, end in zip(done, ends[1:]) if end >= K)  # ends[0]: the last of the older groups
+        total += older if first > 0 and ends[0] >= K else 0
     return total

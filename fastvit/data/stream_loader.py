@@ -155,7 +155,7 @@ class StreamLoader:
         if len(old_slots) != slots:
             raise ValueError(f"the checkpoint holds {len(old_slots)} of the {slots} data positions it was written with")
         position = global_position(old_slots, slots, interleave, offset)
-        repeat = repeat_bound(old_slots, slots, interleave, offset, position)
+        repeat = repeat_bound(old_slots, (old["num_shards"], slots, interleave), offset, position)
         self.offset, self.next_worker = position, 0
         self.slots = [fresh_slot(position[0]) for _ in range(self.layout["workers"])]
         if self.layout["rank"] == 0:

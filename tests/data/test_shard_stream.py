@@ -15,7 +15,7 @@ from fastvit.data.build import DataOptions, build_loader
 from fastvit.data.shardio import Damage, shard_list, tar_samples
 from fastvit.data.shards import main as make_shards
 from fastvit.data.sources import ImageFolderSource, ShardSource
-from fastvit.data.stream import ShardStream, fresh_slot, shard_order
+from fastvit.data.stream import ShardStream, fresh_slot, global_position, repeat_bound, shard_order
 
 CROPS = A.MultiCropConfig(global_size=16, local_size=8, n_local=1)
 
@@ -69,6 +69,14 @@ def test_stream_resumes_bit_exactly_from_its_state(tmp_path):
         assert head + tail == whole
 
 
+def test_the_state_stays_small_whatever_the_number_of_shards(tmp_path):
+    shards = shard_list(write_shards(tmp_path, 80, 1))
+    stream = functools.partial(ShardStream, shards, seed=0, slot=0, slots=1, buffer=2, interleave=1)
+    head, state = ids(stream(), 75)
+    assert len(state["done"]) == 64 and state["older"] == 75 - 64 and len(str(state)) < 400
+    assert head + ids(stream(), 10, state)[0] == ids(stream(), 85)[0]
+
+
 def test_loader_resume_gives_identical_batches_with_workers(tmp_path):
     pattern = write_shards(tmp_path, 6, 5)
     first = loader(pattern, workers=2)
@@ -101,6 +109,19 @@ def test_resume_on_another_dp_size_continues_from_the_global_position(tmp_path, 
     for b in take(iter(one), 2):
         rest |= set(b["indices"].tolist())
     assert not rest & seen and len(rest) == 8  # the 2 shards nobody had read
+
+
+def test_repeat_bound_counts_the_groups_at_or_after_the_global_position():
+    # 8 shards, 2 slots, one shard per group: slot 0 finished groups 0-2 (shards 0, 2, 4 of the order; only the
+    # last 2 counts kept, as with HISTORY = 2) and emitted 1 of group 3; slot 1 finished group 0, emitted 2 of 1
+    slot0 = {**fresh_slot(), "group": 3, "emitted": 1, "done": [4, 4], "older": 4}
+    slot1 = {**fresh_slot(), "group": 1, "emitted": 2, "done": [4]}
+    position = global_position([slot0, slot1], 2, 1, (0, 0))
+    assert position == (0, 3)  # order positions 0, 1, 2 are finished; 3 (slot 1's group 1) is in flight
+    assert repeat_bound([slot0, slot1], (8, 2, 1), (0, 0), position) == 4 + 1 + 2  # shard at 4, and in flight
+    ahead = {**fresh_slot(1), "emitted": 3, "prev_done": [4, 4, 4, 4]}  # slot 0 already in epoch 1
+    assert global_position([ahead, slot1], 2, 1, (0, 0)) == (0, 3)
+    assert repeat_bound([ahead, slot1], (8, 2, 1), (0, 0), (0, 3)) == 3 + (4 + 4) + 2  # epoch 1, shards 4 and 6
 
 
 def _damaged_shards(tmp_path):
