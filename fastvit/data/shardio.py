@@ -84,6 +84,18 @@ def open_shard(path: str):
     return fsspec.open(path, "rb", **kwargs).open()
 
 
+def _remote_errors() -> tuple:
+    """What a remote read can raise besides OSError (fsspec's http client: aiohttp's payload errors)."""
+    try:
+        import aiohttp
+    except ImportError:
+        return ()
+    return (aiohttp.ClientError,)
+
+
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, *_remote_errors())
+
+
 @dataclass
 class Damage:
     """Counts of what a stream skipped: shards (missing, unreadable, truncated, broken header) and samples
@@ -141,7 +153,7 @@ def tar_samples(path: str, damage: Damage, max_sample_bytes: int = DEFAULT_MAX_S
 
     try:
         f = open_shard(path)
-    except (OSError, ValueError) as e:
+    except READ_ERRORS as e:
         damage.shards += 1
         log.warning("skipping webdataset shard %s: cannot open it (%s)", path, e)
         return
@@ -168,7 +180,7 @@ def tar_samples(path: str, damage: Damage, max_sample_bytes: int = DEFAULT_MAX_S
                     if len(data) < m.size:
                         raise tarfile.ReadError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
                     members[ext.lower()] = data
-        except (tarfile.TarError, BrokenTar, EOFError, OSError, ValueError) as e:
+        except (BrokenTar, *READ_ERRORS) as e:
             damage.shards += 1
             if key is not None and not isinstance(e, BrokenTar):  # the sample whose data the damage cut into
                 damage.samples += 1

@@ -8,11 +8,11 @@ reads its shards in groups of `interleave`, mixing the samples of a group round-
 the group it drains.
 
 Position: a slot's state is (epoch, group, samples emitted in the group) and the sample counts of the last
-HISTORY groups it finished this epoch and last epoch (older ones summed): under 1 KB, whatever the data size. Resuming replays the one group in flight
-and drops the samples already emitted (read, never decoded), so the stream continues bit for bit. Because the
-buffer is seeded per group, its RNG never needs to be saved. An `offset` (epoch, K) starts one epoch at position
-K of its permutation: a resume on another layout (dp size, workers, interleave) continues from the first shard
-some slot had not finished (`rebase`).
+HISTORY groups it finished this epoch and last epoch (older ones summed): under 1 KB, whatever the data size.
+Resuming replays the one group in flight and drops the samples already emitted (read, never decoded), so the
+stream continues bit for bit. Because the buffer is seeded per group, its RNG never needs to be saved. An
+`offset` (epoch, K) starts one epoch at position K of its permutation: a resume on another layout (dp size,
+workers, interleave) continues from the first shard some slot had not finished (StreamLoader's rebase).
 """
 
 import numpy as np
