@@ -1,16 +1,21 @@
-"""Training on webdataset shards: SIGKILL-and-resume logs the same per-step losses; a resume with another loader
-worker count continues from the global shard position with one line; a shard deleted before the resume is counted."""
+"""Training on webdataset shards: over HTTP from a loopback server; SIGKILL-and-resume logs the same per-step
+losses; a resume with another loader worker count continues from the global shard position with one line; a
+shard deleted before the resume is counted."""
 
+import functools
+import http.server
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from test_train_single import LOSS_TERMS, _run_cli, _wait_for_step, read_metrics
-from tiny import tiny_args
+from tiny import tiny_args, tiny_config
 
 from fastvit.train import checkpoint as ckpt
+from fastvit.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from shardkit import write_shards  # noqa: E402
@@ -58,3 +63,24 @@ def test_resume_with_another_worker_count_and_a_deleted_shard(tmp_path):
     assert "at most 16 sample(s) already seen can repeat" in out  # the group of 4 shards in flight
     rows = read_metrics(run)
     assert sorted(rows) == [1, 2, 3, 4, 5, 6] and rows[6]["skipped_shards"] == 1  # the deleted one, counted once
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_trains_on_shards_served_over_http_from_loopback(tmp_path):
+    write_shards(tmp_path / "shards", 4, 6)
+    handler = functools.partial(_Quiet, directory=str(tmp_path / "shards"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/shard-{{000000..000003}}.tar"
+        extra = (f"data.source=webdataset:{url}", "data.val_source=", "train.steps=2", "train.checkpoint_every=0")
+        run = train(tiny_config(tmp_path / "run", *extra))
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = read_metrics(run)
+    assert sorted(rows) == [1, 2] and rows[2]["skipped_shards"] == 0 and rows[2]["skipped_samples"] == 0
