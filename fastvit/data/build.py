@@ -87,66 +87,21 @@ def build_loader(
     num_workers, max_pixels = opts.num_workers, opts.max_pixels
     if isinstance(source, str):
         source = source_from_spec(source, split, seed=seed, max_sample_bytes=opts.max_sample_bytes)
-    if isinstance(source, ShardSource):
-        return _stream_loader(
-            source,
-            crops,
-            mask,
-            batch_size,
-            seed,
-            rank,
-            world_size,
-            loader,
-            device_id,
-            out_dtype,
-            draft,
-            pin_memory,
-            opts,
-        )
-    sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+    shards = isinstance(source, ShardSource)  # a stream (fastvit.data.stream), not a sampler over an index
+    layout = {"rank": rank, "world_size": world_size, "seed": seed}
     if choose_loader(loader, source, device_id=device_id) == "dali":
-        from fastvit.data.dali import DaliLoader
+        from fastvit.data import dali
 
-        return DaliLoader(
-            source,
-            crops,
-            sampler,
-            batch_size,
-            seed=seed,
-            mask=mask,
-            device_id=device_id,
-            num_threads=kernel_threads(1),
-            out_dtype=out_dtype,
-            max_pixels=max_pixels,
-        )
+        common = {"mask": mask, "device_id": device_id, "num_threads": kernel_threads(1), "out_dtype": out_dtype}
+        if shards:
+            return dali.DaliStreamLoader(source, crops, batch_size, options=opts, **layout, **common)
+        sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+        return dali.DaliLoader(source, crops, sampler, batch_size, seed=seed, max_pixels=max_pixels, **common)
     dataset = MultiCropDataset(source, crops, seed=seed, draft=draft, max_pixels=max_pixels)
     threads = kernel_threads(num_workers)
     collate = MultiCropCollate(crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=threads)
+    if shards:
+        kw = {"num_workers": num_workers, "pin_memory": pin_memory, "options": opts}
+        return StreamLoader(source, dataset, collate, batch_size, **kw, **layout)
+    sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
     return Loader(dataset, collate, sampler, batch_size, num_workers=num_workers, pin_memory=pin_memory)
-
-
-def _stream_loader(
-    source, crops, mask, batch_size, seed, rank, world_size, loader, device_id, out_dtype, draft, pin_memory, opts
-):
-    kw = {"rank": rank, "world_size": world_size, "seed": seed, "options": opts}
-    if choose_loader(loader, source, device_id=device_id) == "dali":
-        from fastvit.data.dali import DaliStreamLoader
-
-        return DaliStreamLoader(
-            source,
-            crops,
-            batch_size,
-            mask=mask,
-            device_id=device_id,
-            out_dtype=out_dtype,
-            num_threads=kernel_threads(1),
-            **kw,
-        )
-    dataset = MultiCropDataset(source, crops, seed=seed, draft=draft, max_pixels=opts.max_pixels)
-    collate = MultiCropCollate(
-        crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=kernel_threads(opts.num_workers)
-    )
-    out = StreamLoader(source, dataset, collate, batch_size, num_workers=opts.num_workers, **kw)
-    if pin_memory is not None:
-        out.pin_memory = pin_memory
-    return out

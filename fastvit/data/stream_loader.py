@@ -71,7 +71,9 @@ class StreamLoader:
     """Endless iterator of batch dicts over webdataset shards for one rank; resumable between steps, also on
     another data-parallel size or worker count."""
 
-    def __init__(self, source, dataset, collate, batch_size, *, rank, world_size, seed, num_workers, options):
+    def __init__(
+        self, source, dataset, collate, batch_size, *, rank, world_size, seed, num_workers, options, pin_memory=None
+    ):
         self.shards, self.dataset, self.collate, self.batch_size = source.shards, dataset, collate, batch_size
         self.num_workers = num_workers
         workers = max(1, num_workers)
@@ -95,7 +97,7 @@ class StreamLoader:
         self.slots = [fresh_slot() for _ in range(workers)]
         self.next_worker = 0
         self.skipped_total = self.skipped_shards = 0
-        self.pin_memory = torch.cuda.is_available()
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
     def __iter__(self):
         data = StreamBatches(self, self.next_worker)
