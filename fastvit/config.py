@@ -62,6 +62,10 @@ class DataConfig:
     mask_probability: float = 0.5  # share of global crops that get masked
     captions: str = ""  # CLIP: a captions file for an image folder ("" = builtin class captions / shard txt+json)
     max_pixels: int = 90_000_000  # larger images are skipped (and counted) before decoding: decompression bombs
+    max_sample_bytes: int = 64 << 20  # larger files / tar members are skipped (and counted) before reading
+    # webdataset shards (a stream, fastvit/data/stream.py): samples mixed per loader worker, shards read at once
+    shuffle_buffer: int = 1000
+    shard_interleave: int = 4
 
 
 @functools.cache
@@ -366,6 +370,9 @@ _MINIMUMS = (
     ("data.global_crops_size", 1, ""),
     ("data.local_crops_size", 1, ""),
     ("data.max_pixels", 1, ""),
+    ("data.max_sample_bytes", 1, ""),
+    ("data.shuffle_buffer", 1, "1 keeps each group's interleaved order"),
+    ("data.shard_interleave", 1, "1 reads one shard at a time per worker"),
     ("optim.grad_accum", 1, "1 accumulates nothing"),
     ("parallel.tp", 1, ""),
     ("parallel.pp", 1, ""),

@@ -165,7 +165,7 @@ class Loader:
         self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
         self.num_workers = capped_workers(num_workers, report=sampler.rank == 0)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.skipped_total = 0
+        self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def __iter__(self):
@@ -191,9 +191,22 @@ class Loader:
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+    def load_state_dict(self, state: dict, all_ranks=None) -> None:
+        """all_ranks: unused; an image folder's position resumes on the data-parallel size it was written with."""
+        load_sampler_state(self.sampler, state)
         self.skipped_total = int(state["skipped_total"])
+
+
+def load_sampler_state(sampler: ResumableSampler, state: dict) -> None:
+    if "sampler" not in state:
+        raise ValueError("the checkpoint's data position is a shard stream's; resume with its data.source")
+    if state["sampler"]["world_size"] != sampler.world_size:
+        raise ValueError(
+            f"it was written by {state['sampler']['world_size']} data-parallel rank(s); the position in an image "
+            f"folder or the builtin set resumes on that many (this run has {sampler.world_size}; on webdataset "
+            "shards it can change)"
+        )
+    sampler.load_state_dict(state["sampler"])
 
 
 def exit_with_process(pid: int, worker_id: int = 0) -> None:

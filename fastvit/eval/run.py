@@ -72,7 +72,9 @@ def random_backbone(cfg):
 
 def eval_source(cfg, spec, split):
     """The labelled source of one evaluation side; UserError when a class folder of it cannot be read."""
-    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    source = source_from_spec(
+        spec, split, seed=cfg.train.seed, max_images=cfg.eval.max_images
+    )  # shards: only those needed
     check_class_folders(source)
     return source
 

@@ -33,6 +33,7 @@ def single_crop_loader(cfg, source, *, batch_size, rank, world_size, device):
         num_workers=d.num_workers,
         max_pixels=d.max_pixels,
         device_id=device.index if device.type == "cuda" else None,
+        data=cfg.data,
     )
 
 

@@ -394,6 +394,15 @@ def load_checkpoint(path, state, extra_rank=None):
     return load_extra(extra) if extra.is_file() else None
 
 
+def load_all_extras(path):
+    """The extra states of every data-parallel rank that wrote checkpoint `path`, by rank (a resume on another
+    data-parallel size re-lays the data position over the new ranks)."""
+    files = sorted(Path(path).glob("extra_rank*.pt"), key=lambda f: int(f.stem.removeprefix("extra_rank")))
+    if not files:
+        raise UserError(f"{path} holds no data / RNG state (extra_rank*.pt); resume from an earlier checkpoint")
+    return [load_extra(f) for f in files]
+
+
 def load_module(path, module, key, prefix=""):
     """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
     alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA

@@ -62,6 +62,7 @@ def _merge(batches, n_global, n_local):
 class MergedLoader:
     def __init__(self, loaders, n_global, n_local):
         self.loaders, self.n_global, self.n_local = loaders, n_global, n_local
+        self.skipped_total = self.skipped_shards = 0  # the loader interface the training loop logs
 
     def __iter__(self):
         for batches in zip(*self.loaders):

@@ -118,6 +118,7 @@ class WebDINOTask(Task):
             num_workers=cfg.data.num_workers,
             max_pixels=cfg.data.max_pixels,
             device_id=device.index if device.type == "cuda" else None,
+            data=cfg.data,
         )
 
     def synthetic_batch(self, batch_size, device, seed=0):
