@@ -256,7 +256,7 @@ def _first_ptr(v):
 def representative(vs):
     """The CI subset: per kernel, block width (BLOCK_D) and layout (PACKED), the variant with the largest tile (the
     one most likely to spill or overflow shared memory), in bf16 where the kernel takes bf16 (fp16 compiles to the
-    same register and shared-memory shape). The full sweep (`--all`) runs in the GPU suite."""
+    same register and shared-memory shape). The full sweep (`--all`) needs no GPU: run it on CPUs."""
 
     by_fn = {}
     for v in vs:

@@ -1,11 +1,12 @@
 """Every Triton kernel compiled ahead of time for sm_80 and sm_90a, without a GPU (fastvit.kernels.aot): no compile
-error, no register spill, shared memory within the chip. The compiler needs real @triton.jit functions, and this
-process defines the kernels under TRITON_INTERPRET=1 (tests/conftest.py), so the compiles run in a subprocess
-without it. The CPU tier compiles what runs: every variant the shipped recipes' shapes launch (LayerNorm at the block
-of every recipe width, attention at the block of every recipe head dim, all autotuned tiles) and, for the other
-kernels, the representative set (per kernel and block width the largest tile, bf16); benchmarks/gpu_suite.sh and
-`python -m fastvit.kernels.aot --all` compile every launch variant (too many compiles for the CPU tier). Reports are
-cached under ~/.cache/fastvit/aot, so an unchanged kernel is compiled once per machine."""
+error, no register spill, no 32-bit product of two run-time values, shared memory within the chip. The compiler needs
+real @triton.jit functions, and this process defines the kernels under TRITON_INTERPRET=1 (tests/conftest.py), so
+the compiles run in a subprocess without it. The CPU tier compiles what runs: every variant the shipped recipes'
+shapes launch (LayerNorm at the block of every recipe width, attention at the block of every recipe head dim, all
+autotuned tiles) and, for the other kernels, the representative set (per kernel and block width the largest tile,
+bf16); benchmarks/gpu_suite.sh runs the same selection, and `python -m fastvit.kernels.aot --all` compiles every
+launch variant (too many compiles for the CPU tier). Reports are cached under ~/.cache/fastvit/aot, so an unchanged
+kernel is compiled once per machine."""
 
 import importlib
 import json
