@@ -24,27 +24,28 @@ GRACE=5
 # name cap_s mode [until]: fg checks run one after another; a bg check starts where it is listed, runs beside the
 # fg checks after it and is waited for when the fg check `until` ends
 PLAN=(
-  "gpu 8 fg"
-  "dataset 12 fg"
-  "compile 225 bg train"
+  "gpu 12 fg"
+  "dataset 15 fg"
+  "compile 220 bg train"
   "tests 100 fg"
-  "train 120 fg"
+  "train 116 fg"
   "step 60 fg"
   "kernels 100 fg"
-  "data 35 fg"
+  "data 32 fg"
   "summary 5 fg"
 )
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CPUS=$(nproc)
+PY=${PYTHON:-python3}  # the interpreter that holds torch and fastvit
 
 # the command of check $1 (OUT, REPO and START set)
 command_of() {
   case "$1" in
-    gpu) echo python -c "'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 2)'" ;;
-    dataset) echo python -m fastvit.benchmarks.gpu_suite dataset "$OUT/jpegs" 1000 500 ;;
+    gpu) echo "$PY" -c "'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 2)'" ;;
+    dataset) echo "$PY" -m fastvit.benchmarks.gpu_suite dataset "$OUT/jpegs" 1000 500 ;;
     compile)
-      echo python -m fastvit.kernels.aot --quiet --jobs $((CPUS > 6 ? CPUS - 4 : 2)) --json "$OUT/compile.json" ;;
-    tests) echo python -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "$REPO/tests" ;;
+      echo "$PY" -m fastvit.kernels.aot --quiet --jobs $((CPUS > 6 ? CPUS - 4 : 2)) --json "$OUT/compile.json" ;;
+    tests) echo "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" "$REPO/tests" ;;
     train)
       echo torchrun --standalone --nproc_per_node=1 --no-python fastvit train demo "train.out=$OUT/train" \
         train.precision=bf16 train.steps=250 train.log_every=25 train.checkpoint_every=0 data.loader=dali \
@@ -52,7 +53,7 @@ command_of() {
     step) echo fastvit bench step web_dino_vitl_h200 "out=$OUT/step" ;;
     kernels) echo fastvit bench kernels quick=1 "out=$OUT/kernels" ;;
     data) echo fastvit bench data "out=$OUT/data" ;;
-    summary) echo python -m fastvit.benchmarks.gpu_suite summary "$OUT" "$START" ;;
+    summary) echo "$PY" -m fastvit.benchmarks.gpu_suite summary "$OUT" "$START" ;;
   esac
 }
 
@@ -111,7 +112,8 @@ for entry in "${PLAN[@]}"; do
   rc=$?
   unset "BG_PID[$name]"
   if [[ "$name" == gpu && $rc -ne 0 ]]; then
-    echo "gpu_suite.sh: no CUDA GPU visible (torch.cuda.is_available() is False): nothing else was run"
+    echo "gpu_suite.sh: no usable CUDA GPU ($PY: torch.cuda.is_available() is False or torch did not import:" \
+      "$(tail -n 1 "$OUT/gpu.log")): nothing else was run"
     exit 2
   fi
   for bg in "${!BG_PID[@]}"; do  # background checks that end with this one: done by now, or out of time
