@@ -288,8 +288,9 @@ INTERPRETED = type(_pce_fwd_kernel).__name__ == "InterpretedFunction"  # defined
 # costs it fewer numpy calls (its time goes per op, not per element).
 _TILES = {  # (BLOCK_B, BLOCK_K, num_warps, DC: columns of D per dot of the logits tiles)
     "fwd": {"low": (64, 64, 8, 64), "fp32": (32, 64, 8, 64)},
-    # fp32 dX at BLOCK_D 512 (DINOv2's 384-wide bottleneck): 16 x 16 spills 100 B on sm_90a, 16 x 32 none on either
-    "dx": {"low": (32, 32, 8, 64), "fp32": (16, 16, 8, 64), "fp32.d512": (16, 32, 8, 32)},
+    # fp32 dX at BLOCK_D 512 (DINOv2's 384-wide bottleneck): 16 x 16 spills 100 B on sm_90a, 16 x 32 none on either;
+    # bf16 / fp16 dX at 512 with 64-bit row indices: DC 64 spills 12 B at 255 registers on sm_80, DC 32 holds 235
+    "dx": {"low": (32, 32, 8, 64), "low.d512": (32, 32, 8, 32), "fp32": (16, 16, 8, 64), "fp32.d512": (16, 32, 8, 32)},
     "dw": {"low": (16, 32, 8, 64), "fp32": (16, 16, 8, 32)},
 }
 _INTERPRETER_TILE = (64, 64, 4, 64)
