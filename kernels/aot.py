@@ -144,18 +144,22 @@ _TTIR_ARG = re.compile(r"(%[\w.]+): i32\b")
 _TTIR_OP = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = ([\w.]+) (.*?)(?: loc\(.*)?$")
 _TTIR_VALUE = re.compile(r"%[\w.]+")
 _I32_RESULT = re.compile(r":\s*(?:tensor<[\dx]*i32>|i32)\s*$")
+_TTIR_FOR = re.compile(r"scf\.for (%[\w.]+) = (%[\w.]+) to (%[\w.]+) step (%[\w.]+)")
 
 
 def int32_products(ttir):
     """The 32-bit integer products in a kernel's TTIR whose two factors both derive from run-time values (its int
-    arguments: sizes and strides, its program ids, values it loads): such a product, an index or a bound like
-    `M * H`, wraps past 2^31 at large sizes (SwiGLU at the 7B's width past ~196k tokens). A product with a constant
-    or a tl.arange factor (a tile offset) is bounded by the launch and is not listed. One line per product, as
-    "name: the op"."""
+    arguments: sizes and strides, its program ids, what is computed or loaded from them, loop counters with such
+    bounds): such a product, an index or a bound like `M * H`, wraps past 2^31 at large sizes (SwiGLU at the 7B's
+    width past ~196k tokens). A product with a constant or a tl.arange factor (a tile offset) is bounded by the
+    launch and is not listed. One line per product, as "name: the op"."""
     header = next((line for line in ttir.splitlines() if "tt.func" in line), "")
     runtime = set(_TTIR_ARG.findall(header))  # the int arguments (constexprs are folded in)
     found = []
     for line in ttir.splitlines():
+        loop = _TTIR_FOR.search(line)
+        if loop and any(v in runtime for v in loop.groups()[1:]):
+            runtime.add(loop.group(1))
         m = _TTIR_OP.match(line)
         if m is None:
             continue

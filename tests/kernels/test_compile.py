@@ -141,8 +141,8 @@ def test_ptxas_report_parsing_and_limits():
 
 def test_int32_products_of_runtime_values_are_reported():
     """Every compile lists the 32-bit products of two run-time values in its TTIR (aot.int32_products), a problem
-    like a spill: SwiGLU's old bound `M * H` wrapped past 2^31 elements. Products with a constant or a tl.arange
-    factor, and 64-bit ones, are bounded and pass."""
+    like a spill: SwiGLU's old bound `M * H` wrapped past 2^31 elements; a loop counter with a run-time bound times
+    a size counts too. Products with a constant or a tl.arange factor, and 64-bit ones, are bounded and pass."""
     ttir = """
   tt.func public @k(%x_ptr: !tt.ptr<bf16> {tt.divisibility = 16 : i32} loc("x_ptr"(#loc)), %M: i32 loc("M"(#loc)), \
 %H: i32 loc("H"(#loc))) attributes {noinline = false} {
@@ -159,8 +159,10 @@ def test_int32_products_of_runtime_values_are_reported():
     %M64 = arith.extsi %M : i32 to i64 loc(#loc11)
     %H64 = arith.extsi %H : i32 to i64 loc(#loc12)
     %wide = arith.muli %M64, %H64 : i64 loc(#loc13)
+    %acc = scf.for %j = %c to %M step %c iter_args(%a = %c) -> (i32)  : i32 {
+      %jH = arith.muli %j, %H : i32 loc(#loc14)
 """
     found = aot.int32_products(ttir)
-    assert [f.split(":")[0] for f in found] == ["%bound", "%offs"], found
+    assert [f.split(":")[0] for f in found] == ["%bound", "%offs", "%jH"], found
     report = aot.check(aot.Report("k", "sm_90a", registers=32, spill_bytes=0, shared_bytes=0, int32_products=found))
     assert report.problems and report.problems[0].startswith("int32 product of run-time values: %bound"), report
