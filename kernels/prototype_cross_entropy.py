@@ -41,7 +41,7 @@ def _tile_dot(
 @triton.jit
 def _targets_tile(xt_ptr, wt_ptr, a, bt_ptr, j, offs_b, mask_b, offs_k, mask_k, B, D, inv_tt, DC, UPCAST, PREC):
     """P[j, offs_b, offs_k] (fp32, 0 outside the masks)."""
-    rows = j.to(tl.int64) * B + offs_b
+    rows = B.to(tl.int64) * j + offs_b  # j is a Python int in the interpreter
     t = _tile_dot(xt_ptr, rows, mask_b, wt_ptr, offs_k, mask_k, D, DC, UPCAST, PREC)
     bt = tl.load(bt_ptr + rows, mask=mask_b, other=0.0)
     return tl.where(mask_b[:, None] & mask_k[None, :], tl.exp(t * inv_tt + a[None, :] + bt[:, None]), 0.0)
