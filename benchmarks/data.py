@@ -1,5 +1,11 @@
 """`fastvit bench data [data.source=SPEC] [images=N] [out=DIR] [workers=W] [batch=B] [repeats=R] [min_side=S]
-[max_side=S]`.
+[max_side=S] [shards=N per_shard=M]`.
+
+On `webdataset:` shards it first times the stream itself (`stream` line): start-up seconds (building the loader
+to its first batch), the most files open in the trainer and its workers together, each worker's resident
+memory, and images/s; then the backends on `images` samples read into memory. `shards=N per_shard=M` writes N
+shards of M small JPEGs into a temporary folder and reports only the stream line (the scale benchmark:
+start-up and memory per worker must not grow with M).
 
 Throughput of the whole input pipeline, decode + all crops (default: 2 x 224 + 8 x 98, the Web-DINO
 recipe), for every backend available here, on `data.source` (any source spec: `imagefolder:PATH`,
@@ -42,7 +48,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from fastvit.data import augment as A
-from fastvit.data.build import build_loader, dali_available
+from fastvit.data.build import DataOptions, build_loader, dali_available
 from fastvit.data.builtin import render
 from fastvit.data.decode import DecodeError, decode_bytes
 from fastvit.data.sampler import ResumableSampler
@@ -57,6 +63,8 @@ DEFAULTS = {
     "min_side": 480,
     "max_side": 1024,
     "data.source": "",
+    "shards": 0,
+    "per_shard": 100,
 }
 _STRINGS = ("out", "data.source")
 
@@ -68,7 +76,7 @@ def parse(argv: list[str]) -> dict:
         if not eq or key not in DEFAULTS:
             raise ValueError(f"bench data takes key=value with keys {sorted(DEFAULTS)}, got {arg!r}")
         opts[key] = value if key in _STRINGS else int(value)
-    if opts["images"] < 2 * opts["batch"] or opts["repeats"] < 1:
+    if not opts["shards"] and (opts["images"] < 2 * opts["batch"] or opts["repeats"] < 1):
         raise ValueError(f"need images >= 2 * batch and repeats >= 1, got {opts}")
     return opts
 
@@ -302,10 +310,120 @@ def bench_source(opts: dict, folder: str):
         write_jpegs(folder, opts["images"], opts["min_side"], opts["max_side"])
         what = f"{opts['images']} JPEGs {opts['min_side']}-{opts['max_side']} px (written here)"
         return source_from_spec(f"imagefolder:{folder}"), what
-    source = SampleSubset(source_from_spec(spec, "train"), opts["images"])
+    full = source_from_spec(spec, "train")
+    if spec.startswith("webdataset:"):  # the first `images` samples of the seeded shard order, in memory
+        source = full.take(opts["images"])
+    else:
+        source = SampleSubset(full, opts["images"])
     if len(source) < 2 * opts["batch"]:
         raise ValueError(f"data.source={spec!r} has {len(source)} samples; the benchmark needs 2 * batch")
     return source, f"{len(source)} samples of {spec}"
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in os.listdir(f"/proc/{p}/task") if os.path.isdir(f"/proc/{p}/task") else []:
+            try:
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _open_files_and_rss() -> tuple[int, int, list[float]]:
+    """(descriptors open in this process and its descendants, how many of them are .tar shards, resident MiB of
+    each descendant)."""
+    files, shards, rss = 0, 0, []
+    for p in _tree(os.getpid()):
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+            files += len(fds)
+            shards += sum(_is_tar(f"/proc/{p}/fd/{fd}") for fd in fds)
+            if p != os.getpid():
+                with open(f"/proc/{p}/status") as f:
+                    kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+                rss.append(kb / 1024)
+        except (OSError, StopIteration):
+            pass
+    return files, shards, rss
+
+
+def _is_tar(fd_path: str) -> bool:
+    try:
+        return os.readlink(fd_path).endswith(".tar")
+    except OSError:
+        return False
+
+
+def stream_report(spec: str, cfg, opts: dict, n_batches: int = 20) -> dict:
+    """The shard stream on its own: start-up to the first batch, open files, worker memory, images/s."""
+    options = DataOptions(num_workers=opts["workers"])
+    start = time.perf_counter()
+    it = iter(build_loader(spec, batch_size=opts["batch"], crops=cfg, loader="torch", data=options))
+    next(it)
+    startup = time.perf_counter() - start
+    files, shards, rss = _open_files_and_rss()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+        now, shards_now, rss_now = _open_files_and_rss()
+        files, shards, rss = max(files, now), max(shards, shards_now), rss_now or rss
+    rate = n_batches * opts["batch"] / (time.perf_counter() - t0)
+    del it
+    return {
+        "startup_s": startup,
+        "open_files_max": files,
+        "open_shards_max": shards,
+        "process_rss_mib": rss,
+        "images_per_s": rate,
+    }
+
+
+def write_tiny_shards(folder: str, shards: int, per_shard: int) -> str:
+    """shards x per_shard samples of one small JPEG each (the same bytes: the scale, not the images, is timed)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    Image.fromarray(render(3, np.random.default_rng(0), 64)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    for s in range(shards):
+        with tarfile.open(os.path.join(folder, f"shard-{s:06d}.tar"), "w") as tar:
+            for k in range(per_shard):
+                info = tarfile.TarInfo(f"{k:06d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return f"webdataset:{folder}/shard-{{000000..{shards - 1:06d}}}.tar"
+
+
+def _stream_line(what: str, r: dict) -> str:
+    rss = ", ".join(f"{m:.0f}" for m in r["process_rss_mib"]) or "-"
+    return (
+        f"stream       {what}: start-up {r['startup_s']:.2f} s to the first batch, at most {r['open_files_max']} "
+        f"descriptors open (trainer + child processes), {r['open_shards_max']} of them shards; RSS of the child "
+        f"processes (forkserver, workers) {rss} MiB; {r['images_per_s']:.1f} images/s"
+    )
+
+
+def scale_main(opts: dict, cfg) -> int:
+    """`shards=N per_shard=M`: write them, report the stream line, write bench_data_scale.json."""
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        spec = write_tiny_shards(folder, opts["shards"], opts["per_shard"])
+        written = time.perf_counter() - t0
+        report = stream_report(spec, cfg, opts)
+    what = f"{opts['shards']} shards x {opts['per_shard']} samples (written in {written:.0f} s)"
+    print(_stream_line(what, report))
+    os.makedirs(opts["out"], exist_ok=True)
+    path = os.path.join(opts["out"], "bench_data_scale.json")
+    with open(path, "w") as f:
+        json.dump({"options": opts, "stream": report}, f, indent=1)
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -315,6 +433,11 @@ def main(argv: list[str]) -> int:
         print(e, file=sys.stderr)
         return 2
     cfg = A.MultiCropConfig()
+    if opts["shards"]:
+        return scale_main(opts, cfg)
+    stream = None
+    if opts["data.source"].startswith("webdataset:"):
+        stream = stream_report(opts["data.source"], cfg, opts)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     base = baseline_name()
     with tempfile.TemporaryDirectory() as folder:
@@ -329,6 +452,8 @@ def main(argv: list[str]) -> int:
         f"batch {opts['batch']}, {opts['workers']} workers, {cpus} CPUs, best of {opts['repeats']}; "
         f"baseline: {base} ({label}); load average {load_start[0]:.2f} -> {load_end[0]:.2f}"
     )
+    if stream is not None:
+        print(_stream_line(opts["data.source"], stream))
     print(f"{'backend':<12} {'images/s':>10} {'crops/s':>10} {'median':>10} {'vs ' + base:>15}")
     print(f"{'decode':<12} {decode['images_per_s']:>10.1f} {'-':>10} {'-':>10} {'-':>15}")
     for r in results:
@@ -354,6 +479,7 @@ def main(argv: list[str]) -> int:
             "machine": meta,
             "decode": decode,
             "results": results,
+            "stream": stream,
         }
         json.dump(report, f, indent=1, default=list)
     print(f"wrote {path}")

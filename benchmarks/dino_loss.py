@@ -28,10 +28,10 @@ from fastvit.benchmarks.kernels import row
 from fastvit.kernels.sinkhorn import sinkhorn_knopp_ref
 
 from fastvit.models.heads import PrototypeLogits
-from fastvit.objectives.dino import WebDINOObjective
 from fastvit.objectives.koleo import koleo_loss
 from fastvit.objectives.losses import ibot_masks_weight
 from fastvit.ops.prototype_targets import REGISTRATION
+from fastvit.tasks.web_dino.objective import WebDINOObjective
 
 K_FULL = 131072
 INTERPRETER_K, INTERPRETER_K_QUICK = 1031, 131  # primes: the interpreter's check runs the kernels' masked tails
@@ -110,14 +110,14 @@ def factored_losses(x, leaves, backend):
     f = PrototypeLogits
     objective = WebDINOObjective(n_global=2, n_local=8, backend=backend)
     out = objective(
-        f(leaves["s_glob"], leaves["w_dino"]),
-        f(leaves["s_loc"], leaves["w_dino"]),
-        f(x["t_glob"], x["tw_dino"]),
-        f(leaves["s_patch"], leaves["w_ibot"]),
-        f(x["t_patch"], x["tw_ibot"]),
-        x["masks"],
-        x["cls"],
-        TEACHER_TEMP,
+        student_global=f(leaves["s_glob"], leaves["w_dino"]),
+        student_local=f(leaves["s_loc"], leaves["w_dino"]),
+        teacher_global=f(x["t_glob"], x["tw_dino"]),
+        student_patches=f(leaves["s_patch"], leaves["w_ibot"]),
+        teacher_patches=f(x["t_patch"], x["tw_ibot"]),
+        masks=x["masks"],
+        student_cls=x["cls"],
+        teacher_temp=TEACHER_TEMP,
     )
     return out["total"]
 

@@ -38,7 +38,7 @@ import torch
 def recipe_hparams(cfg):
     """What the lightly side needs of the fastvit run's config (the demo recipe with the same overrides), so both
     sides train the same model with the same crops, heads, schedules and teacher: one source for each value."""
-    m, d, o, op = cfg.model, cfg.data, cfg.objective, cfg.optim
+    m, d, o, op = cfg.model, cfg.data, cfg.objective.web_dino, cfg.optim
     return {
         "img": d.global_crops_size,
         "local": d.local_crops_size,

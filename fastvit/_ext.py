@@ -1,4 +1,5 @@
-"""Loading the compiled modules: fastvit._C (C++/OpenMP) and fastvit._C_cuda (CUDA).
+"""Loading the compiled modules: fastvit._C (C++/OpenMP), fastvit._C_cuda (CUDA) and fastvit._C_emulated (the
+CUDA kernels on a host emulation of the CUDA runtime, for the tests).
 
 Nothing is imported at `import fastvit`; callers ask for a module when they need it and get
 a clear error when it is missing.
@@ -17,6 +18,19 @@ def cpp():
         raise ImportError(
             f"fastvit._C (the C++ kernels) is not built or not loadable ({e}). "
             "Install fastvit from its source folder with `pip install -e .` so CMake compiles it."
+        ) from e
+
+
+@functools.cache
+def emulated():
+    """fastvit._C_emulated (csrc/emulation: the CUDA kernels as host C++), or an ImportError that says how to build
+    it."""
+    try:
+        return importlib.import_module("fastvit._C_emulated")
+    except ImportError as e:
+        raise ImportError(
+            f"fastvit._C_emulated is not built or not loadable ({e}). Reinstall fastvit from its source folder "
+            "with `pip install -e .` so CMake compiles it."
         ) from e
 
 

@@ -10,6 +10,7 @@ closest valid key.
 
 import dataclasses
 import difflib
+import functools
 import reprlib
 import types
 import typing
@@ -61,44 +62,37 @@ class DataConfig:
     mask_probability: float = 0.5  # share of global crops that get masked
     captions: str = ""  # CLIP: a captions file for an image folder ("" = builtin class captions / shard txt+json)
     max_pixels: int = 90_000_000  # larger images are skipped (and counted) before decoding: decompression bombs
+    max_sample_bytes: int = 64 << 20  # larger files / tar members are skipped (and counted) before reading
+    # webdataset shards (a stream, fastvit/data/stream.py): samples mixed per loader worker, shards read at once
+    shuffle_buffer: int = 1000
+    shard_interleave: int = 4
 
 
-@dataclass(kw_only=True)
-class ObjectiveConfig:
-    name: Literal["web_dino", "web_mae", "clip"] = "web_dino"
-    dino_out_dim: int = 131072
-    ibot_out_dim: int = 131072
-    head_hidden_dim: int = 2048
-    dino_bottleneck_dim: int = 384
-    ibot_bottleneck_dim: int = 256
-    centering: Literal["sinkhorn", "softmax"] = "sinkhorn"
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    teacher_temp_warmup: float = 0.04
-    teacher_temp_warmup_steps: int = 37500
-    momentum_teacher: float = 0.994
-    momentum_teacher_final: float = 1.0
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
-    loss_backend: str = "auto"  # auto | triton | torch: Web-DINO's Sinkhorn and prototype cross-entropy kernels
-    # Web-MAE (objective.name=web_mae): the encoder sees 1 - mae_mask_ratio of the patches
-    mae_mask_ratio: float = 0.75
-    mae_decoder_width: int = 512
-    mae_decoder_depth: int = 8
-    mae_decoder_heads: int = 16
-    mae_norm_pix: bool = True  # targets normalised per patch (mean / std of its pixels)
-    mae_loss_backend: str = "auto"  # auto | triton | torch (fastvit.ops.mae_loss)
-    # CLIP baseline (objective.name=clip): image tower = model.*, text tower below
-    clip_loss: Literal["infonce", "siglip"] = "infonce"
-    clip_embed_dim: int = 512
-    clip_text_width: int = 512
-    clip_text_depth: int = 12
-    clip_text_heads: int = 8
-    clip_context_length: int = 77
-    clip_tokenizer: str = ""  # "": offline byte-level tokenizer; else a Hugging Face tokenizers JSON file
-    clip_init_temperature: float = 0.07  # InfoNCE: logit scale starts at 1 / T (learned, capped at 100)
-    clip_loss_backend: str = "auto"  # auto | triton | torch (fastvit.ops.clip_loss)
+@functools.cache
+def _objective_config_cls(objectives):
+    """The dataclass of the objective section: `name` (one of the registered objectives, the first by default)
+    and one field per objective holding its own section (objective.<name>.<field>), from fastvit.tasks' registry."""
+    from fastvit.tasks import specs
+
+    registered = specs()
+    names = tuple(registered)
+    fields = [("name", Literal[names], field(default=names[0]))]
+    fields += [(n, spec.config_cls, field(default_factory=spec.config_cls)) for n, spec in registered.items()]
+    return dataclasses.make_dataclass("ObjectiveConfig", fields, kw_only=True, namespace={"__module__": __name__})
+
+
+def objective_config_cls():
+    """The objective section's class of the objectives registered now."""
+    from fastvit import tasks
+
+    return _objective_config_cls(tuple(tasks.OBJECTIVES))
+
+
+def __getattr__(name):
+    """fastvit.config.ObjectiveConfig is objective_config_cls() (pickle finds the class here)."""
+    if name == "ObjectiveConfig":
+        return objective_config_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(kw_only=True)
@@ -162,7 +156,7 @@ class EvalConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: typing.Any = field(default_factory=lambda: objective_config_cls()())  # see _objective_config_cls
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -170,9 +164,25 @@ class Config:
 
 
 def valid_keys(cfg=None):
-    """All dotted keys of the config, e.g. ['model.name', ...]."""
+    """All dotted keys of the config, e.g. ['model.name', ..., 'objective.web_mae.mask_ratio', ...]."""
     cfg = cfg if cfg is not None else Config()
-    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+    def leaves(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from leaves(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    return list(leaves(cfg, ""))
+
+
+def get_key(cfg, key):
+    """The value of the dotted `key` (e.g. "objective.web_mae.mask_ratio")."""
+    for name in key.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 def _field_types(section_obj):
@@ -251,13 +261,28 @@ def _unknown_key(key, keys):
     return ValueError(f"unknown config key {key!r}{hint}")
 
 
-def set_key(cfg, key, value):
-    """Sets the dotted `key` to `value` (a Python value), type-checked; returns cfg."""
+def old_keys():
+    """{key of a config written before the objective sections: its key now}, e.g. objective.mae_mask_ratio ->
+    objective.web_mae.mask_ratio (each objective's ObjectiveSpec.old_keys)."""
+    from fastvit.tasks import specs
+
+    return {f"objective.{old}": f"objective.{n}.{new}" for n, s in specs().items() for old, new in s.old_keys.items()}
+
+
+def set_key(cfg, key, value, *, map_old_keys=False):
+    """Sets the dotted `key` to `value` (a Python value), type-checked; returns cfg. A key of the flat objective
+    section of older versions is mapped to its new key with map_old_keys (an old run folder's config.yaml), and
+    refused with a line naming the new key otherwise."""
     keys = valid_keys(cfg)
     if key not in keys:
-        raise _unknown_key(key, keys)
-    section_name, name = key.split(".", 1)
-    section = getattr(cfg, section_name)
+        renamed = old_keys().get(key)
+        if renamed is None:
+            raise _unknown_key(key, keys)
+        if not map_old_keys:
+            raise ValueError(f"config key {key!r} is now {renamed!r}; use {renamed}=...")
+        key = renamed
+    path, _, name = key.rpartition(".")
+    section = get_key(cfg, path)
     setattr(section, name, _coerce(key, value, _field_types(section)[name]))
     return cfg
 
@@ -276,15 +301,26 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
-def apply_mapping(cfg, mapping, origin="recipe"):
-    """Applies a nested {section: {field: value}} mapping (a recipe or a saved config)."""
+def apply_mapping(cfg, mapping, origin="recipe", *, map_old_keys=False):
+    """Applies a nested {section: {field: value}} mapping (a recipe or a saved config); an objective's section
+    nests one level deeper (objective: {name: web_mae, web_mae: {mask_ratio: 0.75}})."""
     if not isinstance(mapping, dict):
         raise ValueError(f"{origin}: expected a mapping of sections, got {type(mapping).__name__}")
+
+    def apply(obj, fields, prefix):
+        if not isinstance(fields, dict):
+            raise ValueError(f"{origin}: section {prefix[:-1]!r} must be a mapping of field: value")
+        for name, value in fields.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict) and dataclasses.is_dataclass(getattr(obj, str(name), None)):
+                apply(getattr(obj, name), value, f"{key}.")
+            else:
+                set_key(cfg, key, value, map_old_keys=map_old_keys)
+
     for section, fields in mapping.items():
         if not isinstance(fields, dict):
             raise ValueError(f"{origin}: section {section!r} must be a mapping of field: value")
-        for name, value in fields.items():
-            set_key(cfg, f"{section}.{name}", value)
+        apply(getattr(cfg, str(section), None), fields, f"{section}.")
     return cfg
 
 
@@ -334,6 +370,9 @@ _MINIMUMS = (
     ("data.global_crops_size", 1, ""),
     ("data.local_crops_size", 1, ""),
     ("data.max_pixels", 1, ""),
+    ("data.max_sample_bytes", 1, ""),
+    ("data.shuffle_buffer", 1, "1 keeps each group's interleaved order"),
+    ("data.shard_interleave", 1, "1 reads one shard at a time per worker"),
     ("optim.grad_accum", 1, "1 accumulates nothing"),
     ("parallel.tp", 1, ""),
     ("parallel.pp", 1, ""),
@@ -406,9 +445,11 @@ def to_dict(cfg):
     """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
 
     def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return list(v) if isinstance(v, tuple) else v
 
-    return {s: {k: plain(v) for k, v in d.items()} for s, d in dataclasses.asdict(cfg).items()}
+    return plain(dataclasses.asdict(cfg))
 
 
 def write_config(cfg, path):
@@ -418,5 +459,6 @@ def write_config(cfg, path):
 
 def read_config(path):
     """A config written by write_config (e.g. a run folder's config.yaml); not range-checked, so a folder written
-    before the checks (e.g. with train.keep_checkpoints=0) can still be evaluated."""
-    return apply_mapping(Config(), _read_yaml(path), origin=str(path))
+    before the checks (e.g. with train.keep_checkpoints=0) can still be evaluated; the flat objective keys of
+    older versions map to their objective's section."""
+    return apply_mapping(Config(), _read_yaml(path), origin=str(path), map_old_keys=True)

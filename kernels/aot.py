@@ -71,6 +71,7 @@ class Report:
     shared_bytes: int | None = None
     seconds: float = 0.0
     error: str | None = None
+    int32_products: list[str] = field(default_factory=list)  # see int32_products()
     problems: list[str] = field(default_factory=list)
 
 
@@ -116,6 +117,7 @@ def _source(variant):
 
 def _cache_key(variant, target):
     parts = [
+        "report-v2",  # the Report fields (v2: int32_products)
         triton.__version__,
         variant.fn.cache_key,
         target,
@@ -136,6 +138,39 @@ def parse_ptxas(log):
     if regs is None or spill is None:
         raise ValueError(f"no register / spill line in the ptxas report:\n{log}")
     return int(regs.group(1)), int(spill.group(2)) + int(spill.group(3)), int(spill.group(1))
+
+
+_TTIR_ARG = re.compile(r"(%[\w.]+): i32\b")
+_TTIR_OP = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = ([\w.]+) (.*?)(?: loc\(.*)?$")
+_TTIR_VALUE = re.compile(r"%[\w.]+")
+_I32_RESULT = re.compile(r":\s*(?:tensor<[\dx]*i32>|i32)\s*$")
+_TTIR_FOR = re.compile(r"scf\.for (%[\w.]+) = (%[\w.]+) to (%[\w.]+) step (%[\w.]+)")
+
+
+def int32_products(ttir):
+    """The 32-bit integer products in a kernel's TTIR whose two factors both derive from run-time values (its int
+    arguments: sizes and strides, its program ids, what is computed or loaded from them, loop counters with such
+    bounds): such a product, an index or a bound like `M * H`, wraps past 2^31 at large sizes (SwiGLU at the 7B's
+    width past ~196k tokens). A product with a constant or a tl.arange factor (a tile offset) is bounded by the
+    launch and is not listed. One line per product, as "name: the op"."""
+    header = next((line for line in ttir.splitlines() if "tt.func" in line), "")
+    runtime = set(_TTIR_ARG.findall(header))  # the int arguments (constexprs are folded in)
+    found = []
+    for line in ttir.splitlines():
+        loop = _TTIR_FOR.search(line)
+        if loop and any(v in runtime for v in loop.groups()[1:]):
+            runtime.add(loop.group(1))
+        m = _TTIR_OP.match(line)
+        if m is None:
+            continue
+        name, op, rest = m.groups()
+        operands = _TTIR_VALUE.findall(rest.split(" : ", 1)[0])
+        if op == "tt.get_program_id" or any(o in runtime for o in operands):
+            runtime.add(name)
+        if op == "arith.muli" and len(operands) == 2 and all(o in runtime for o in operands):
+            if _I32_RESULT.search(rest):
+                found.append(f"{name}: {line.strip().split(' loc(', 1)[0]}")
+    return found
 
 
 def compile_variant(variant, target="sm_90a", cache_dir=DEFAULT_CACHE):
@@ -159,6 +194,7 @@ def compile_variant(variant, target="sm_90a", cache_dir=DEFAULT_CACHE):
             )
         report.registers, report.spill_bytes, report.stack_bytes = parse_ptxas(log.getvalue())
         report.shared_bytes = int(compiled.metadata.shared)
+        report.int32_products = int32_products(compiled.asm["ttir"])
     except Exception as e:  # a compile error is the result being reported, not a crash of the sweep
         report.error = f"{type(e).__name__}: {e}".strip()[-2000:]  # the root cause is at the end
     report.seconds = round(time.perf_counter() - t0, 2)
@@ -179,6 +215,8 @@ def check(report):
     else:
         if report.spill_bytes:
             problems.append(f"spills {report.spill_bytes} bytes ({report.registers} registers)")
+        if report.int32_products:
+            problems.append(f"int32 product of run-time values: {'; '.join(report.int32_products)}")
         limit = TARGETS[report.target][1]
         if report.shared_bytes > limit:
             problems.append(f"shared memory {report.shared_bytes} B > {limit} B")
@@ -214,27 +252,85 @@ def sweep(selection, targets=tuple(TARGETS), jobs=1, cache_dir=DEFAULT_CACHE):
         return list(pool.map(_compile_one, work, chunksize=1))
 
 
+def _first_ptr(v):
+    """The type of v's first pointer argument ("*bf16"), the kernel's data dtype."""
+    return next((t for t in v.signature.values() if t.startswith("*")), "")
+
+
 def representative(vs):
     """The CI subset: per kernel, block width (BLOCK_D) and layout (PACKED), the variant with the largest tile (the
     one most likely to spill or overflow shared memory), in bf16 where the kernel takes bf16 (fp16 compiles to the
-    same register and shared-memory shape). The full sweep (`--all`) runs in the GPU suite."""
-
-    def first_dtype(v):
-        return next((t for t in v.signature.values() if t.startswith("*")), "")
+    same register and shared-memory shape). The full sweep (`--all`) needs no GPU: run it on CPUs."""
 
     by_fn = {}
     for v in vs:
         by_fn.setdefault(v.fn, []).append(v)
     picked = []
     for members in by_fn.values():
-        if any(first_dtype(v) == "*bf16" for v in members):
-            members = [v for v in members if first_dtype(v) == "*bf16"]
+        if any(_first_ptr(v) == "*bf16" for v in members):
+            members = [v for v in members if _first_ptr(v) == "*bf16"]
         groups = {}
         for v in members:
             groups.setdefault((v.constexprs.get("BLOCK_D"), v.constexprs.get("PACKED")), []).append(v)
         for group in groups.values():
             picked.append(max(group, key=_weight))
     return picked
+
+
+def recipe_shapes():
+    """(LayerNorm widths, attention head dims) of every shipped recipe (fastvit/recipes): its backbone, and the MAE
+    decoder or CLIP text tower where its objective has one."""
+    from fastvit.config import load_config, recipe_names
+    from fastvit.models.build import backbone_config
+
+    widths, head_dims = set(), set()
+    for name in recipe_names():
+        cfg = load_config(name)
+        towers = [(backbone_config(cfg.model).width, backbone_config(cfg.model).heads)]
+        o = cfg.objective
+        if o.name == "web_mae":
+            towers.append((o.mae_decoder_width, o.mae_decoder_heads))
+        if o.name == "clip":
+            towers.append((o.clip_text_width, o.clip_text_heads))
+        for width, heads in towers:
+            widths.add(width)
+            head_dims.add(width // heads)
+    return sorted(widths), sorted(head_dims)
+
+
+def recipe_variants(vs):
+    """The variants the shipped recipes launch on a GPU, where a kernel has one per shape: LayerNorm at the block of
+    every recipe width (x in bf16 or fp32 under bf16 autocast, weights in x's dtype or fp32), attention at the block
+    of every recipe head dim (bf16; every autotuned tile). Widths above layer_norm.MAX_WIDTH run on torch."""
+    from fastvit.kernels import attention, layer_norm
+
+    widths, head_dims = recipe_shapes()
+    ln_blocks = {triton.next_power_of_2(w) for w in widths if w <= layer_norm.MAX_WIDTH}
+    att_blocks = {attention._block_d(d) for d in head_dims}
+    ln_fns = (layer_norm._ln_fwd_kernel, layer_norm._ln_bwd_kernel)
+    att_fns = (*attention._KERNELS.values(), attention._attn_bwd_delta_kernel)
+
+    picked = []
+    for v in vs:
+        if v.fn in ln_fns:
+            ok = v.constexprs["BLOCK_N"] in ln_blocks and v.signature["x_ptr"] in ("*bf16", "*fp32")
+        elif v.fn in att_fns:
+            ok = v.constexprs["BLOCK_D"] in att_blocks and _first_ptr(v) == "*bf16"
+        else:
+            ok = False
+        if ok:
+            picked.append(v)
+    return picked
+
+
+def ci_selection(vs):
+    """The CPU tier's compiles: the representative set and every recipe-shape variant, each once."""
+    seen, out = set(), []
+    for v in representative(vs) + recipe_variants(vs):
+        if v.name not in seen:
+            seen.add(v.name)
+            out.append(v)
+    return out
 
 
 def _weight(v):
@@ -265,7 +361,9 @@ def _table(reports):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastvit.kernels.aot", description=__doc__.splitlines()[0])
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
-    p.add_argument("--all", action="store_true", help="every launch variant (default: the representative set)")
+    p.add_argument(
+        "--all", action="store_true", help="every launch variant (default: the representative set + the recipe shapes)"
+    )
     p.add_argument("--match", default="", help="only variants whose name contains this")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
@@ -278,7 +376,7 @@ def main(argv=None):
         return 2
     ops = [o for o in args.ops.split(",") if o]
     vs = variants(ops)
-    vs = [v for v in (vs if args.all else representative(vs)) if args.match in v.name]
+    vs = [v for v in (vs if args.all else ci_selection(vs)) if args.match in v.name]
     op_of = {v.name: v.fn.__module__.rsplit(".", 1)[-1] for v in vs}
     t0 = time.perf_counter()
     reports = sweep([(op_of[v.name], v.name) for v in vs], args.targets.split(","), args.jobs, args.cache or None)

@@ -41,7 +41,7 @@ def _tile_dot(
 @triton.jit
 def _targets_tile(xt_ptr, wt_ptr, a, bt_ptr, j, offs_b, mask_b, offs_k, mask_k, B, D, inv_tt, DC, UPCAST, PREC):
     """P[j, offs_b, offs_k] (fp32, 0 outside the masks)."""
-    rows = (j * B + offs_b).to(tl.int64)
+    rows = B.to(tl.int64) * j + offs_b  # j is a Python int in the interpreter
     t = _tile_dot(xt_ptr, rows, mask_b, wt_ptr, offs_k, mask_k, D, DC, UPCAST, PREC)
     bt = tl.load(bt_ptr + rows, mask=mask_b, other=0.0)
     return tl.where(mask_b[:, None] & mask_k[None, :], tl.exp(t * inv_tt + a[None, :] + bt[:, None]), 0.0)
@@ -80,7 +80,7 @@ def _pce_fwd_kernel(
     mask_b = offs_b < B
     offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
     mask_k = offs_k < K
-    rows = (i * B + offs_b).to(tl.int64)
+    rows = i.to(tl.int64) * B + offs_b
     s = _tile_dot(xs_ptr, rows, mask_b, ws_ptr, offs_k, mask_k, D, DC, UPCAST, PREC) * inv_ts
     s = tl.where(mask_k[None, :], s, -1.0e30)  # every K-tile holds a valid column: exp(-1e30 - max) == 0
     m = tl.max(s, axis=1)
@@ -123,7 +123,7 @@ def _grad_logits_tile(
     PREC,
 ):
     """dL/ds for the tile: (csum * softmax(s) - sum_j coef[i, j] * P[j]) / Ts, fp32, 0 outside the masks."""
-    rows = (i * B + offs_b).to(tl.int64)
+    rows = i.to(tl.int64) * B + offs_b
     s = _tile_dot(xs_ptr, rows, mask_b, ws_ptr, offs_k, mask_k, D, DC, UPCAST, PREC) * inv_ts
     lse = tl.load(lse_ptr + rows, mask=mask_b, other=0.0)
     csum = tl.load(csum_ptr + rows, mask=mask_b, other=0.0)
@@ -131,7 +131,7 @@ def _grad_logits_tile(
     a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
     for j in range(T):
         p = _targets_tile(xt_ptr, wt_ptr, a, bt_ptr, j, offs_b, mask_b, offs_k, mask_k, B, D, inv_tt, DC, UPCAST, PREC)
-        coef = tl.load(coef_ptr + (i * T + j) * B + offs_b, mask=mask_b, other=0.0)
+        coef = tl.load(coef_ptr + (i.to(tl.int64) * T + j) * B + offs_b, mask=mask_b, other=0.0)
         g -= coef[:, None] * p
     return tl.where(mask_b[:, None] & mask_k[None, :], g * inv_ts, 0.0)
 
@@ -205,7 +205,7 @@ def _pce_bwd_dx_kernel(
             acc += tl.dot(g, w.to(tl.float32), input_precision=PREC)
         else:
             acc += tl.dot(g.to(w.dtype), w, input_precision=PREC)
-    rows = (i * B + offs_b).to(tl.int64)
+    rows = i.to(tl.int64) * B + offs_b
     out = dx_ptr + (split.to(tl.int64) * S * B + rows)[:, None] * D + offs_d[None, :]
     tl.store(out, acc, mask=mask_b[:, None] & mask_d[None, :])
 
@@ -242,7 +242,7 @@ def _pce_bwd_dw_kernel(
     mask_d = offs_d < D
     nb = tl.cdiv(B, BLOCK_B)
     acc = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
-    for rb in range(0, S * nb):
+    for rb in range(0, S.to(tl.int64) * nb):
         i = rb // nb
         offs_b = (rb % nb) * BLOCK_B + tl.arange(0, BLOCK_B)
         mask_b = offs_b < B
@@ -271,7 +271,7 @@ def _pce_bwd_dw_kernel(
             UPCAST,
             PREC,
         )
-        rows = (i * B + offs_b).to(tl.int64)
+        rows = i.to(tl.int64) * B + offs_b
         x = tl.load(xs_ptr + rows[:, None] * D + offs_d[None, :], mask=mask_b[:, None] & mask_d[None, :], other=0.0)
         if UPCAST:
             acc += tl.dot(tl.trans(g), x.to(tl.float32), input_precision=PREC)
@@ -288,8 +288,9 @@ INTERPRETED = type(_pce_fwd_kernel).__name__ == "InterpretedFunction"  # defined
 # costs it fewer numpy calls (its time goes per op, not per element).
 _TILES = {  # (BLOCK_B, BLOCK_K, num_warps, DC: columns of D per dot of the logits tiles)
     "fwd": {"low": (64, 64, 8, 64), "fp32": (32, 64, 8, 64)},
-    # fp32 dX at BLOCK_D 512 (DINOv2's 384-wide bottleneck): 16 x 16 spills 100 B on sm_90a, 16 x 32 none on either
-    "dx": {"low": (32, 32, 8, 64), "fp32": (16, 16, 8, 64), "fp32.d512": (16, 32, 8, 32)},
+    # fp32 dX at BLOCK_D 512 (DINOv2's 384-wide bottleneck): 16 x 16 spills 100 B on sm_90a, 16 x 32 none on either;
+    # bf16 / fp16 dX at 512 with 64-bit row indices: DC 64 spills 12 B at 255 registers on sm_80, DC 32 holds 235
+    "dx": {"low": (32, 32, 8, 64), "low.d512": (32, 32, 8, 32), "fp32": (16, 16, 8, 64), "fp32.d512": (16, 32, 8, 32)},
     "dw": {"low": (16, 32, 8, 64), "fp32": (16, 16, 8, 32)},
 }
 _INTERPRETER_TILE = (64, 64, 4, 64)

@@ -22,7 +22,7 @@ def _swiglu_fwd_kernel(
     BLOCK: tl.constexpr,
 ):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < M * H
+    mask = idx < M.to(tl.int64) * H  # M * H in int32 overflows past 2^31 elements (196k tokens at width 10.9k)
     row = idx // H
     col = idx % H
     gate = tl.load(x_ptr + row * stride_xm + col, mask=mask, other=0.0).to(tl.float32)
@@ -42,7 +42,7 @@ def _swiglu_bwd_kernel(
     BLOCK: tl.constexpr,
 ):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < M * H
+    mask = idx < M.to(tl.int64) * H  # M * H in int32 overflows past 2^31 elements (196k tokens at width 10.9k)
     row = idx // H
     col = idx % H
     gate = tl.load(x_ptr + row * stride_xm + col, mask=mask, other=0.0).to(tl.float32)

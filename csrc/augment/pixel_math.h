@@ -42,14 +42,7 @@ FV_HD float clamp01(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 FV_HD float min2(float a, float b) { return a < b ? a : b; }
 FV_HD float max2(float a, float b) { return a > b ? a : b; }
 
-FV_HD float floor_of(float x) { return floorf(x); }
-FV_HD double floor_of(double x) { return floor(x); }
-FV_HD float ceil_of(float x) { return ceilf(x); }
-FV_HD double ceil_of(double x) { return ceil(x); }
-
 // Keys cubic convolution with a = -0.5 (the antialiased-resize convention of PIL and torch).
-// R: float on the GPU (per thread), double on the CPU (once per crop): tap positions near
-// x = 1000 px carry float32 rounding of ~6e-5 px, visible on sharp images.
 template <class R>
 FV_HD R cubic(R x) {
   const R a = R(-0.5);
@@ -61,27 +54,45 @@ FV_HD R cubic(R x) {
 
 // Taps of output index i when the span [start, start + len) of an axis with n_in pixels is
 // resampled to n_out pixels: input indices [*lo, *hi), weight of tap j is
-// cubic((j + 0.5 - *center) / *stretch) (normalised by the sum over the taps).
-template <class R>
-FV_HD void resample_taps(int i, R start, R len, int n_out, int n_in, int* lo, int* hi, R* center, R* stretch) {
-  const R scale = len / static_cast<R>(n_out);
-  *stretch = scale > R(1) ? scale : R(1);
-  *center = start + (static_cast<R>(i) + R(0.5)) * scale;
-  const R support = R(2) * *stretch;
-  int bound_lo = static_cast<int>(floor_of(start));
-  int bound_hi = static_cast<int>(ceil_of(start + len));
+// cubic((j + 0.5 - *center) / *stretch) (normalised by the sum over the taps). Positions are in
+// double on both paths: in float32, tap positions near x = 1000 px carry rounding of ~6e-5 px,
+// which put a float CUDA kernel 2.3e-4 away from the C++ path on sharp images.
+FV_HD void resample_taps(int i, double start, double len, int n_out, int n_in, int* lo, int* hi, double* center,
+                         double* stretch) {
+  const double scale = len / n_out;
+  *stretch = scale > 1.0 ? scale : 1.0;
+  *center = start + (i + 0.5) * scale;
+  const double support = 2.0 * *stretch;
+  int bound_lo = static_cast<int>(floor(start));
+  int bound_hi = static_cast<int>(ceil(start + len));
   bound_lo = bound_lo < 0 ? 0 : bound_lo;
   bound_hi = bound_hi > n_in ? n_in : bound_hi;
-  int a = static_cast<int>(floor_of(*center - support));
-  int b = static_cast<int>(ceil_of(*center + support));
+  int a = static_cast<int>(floor(*center - support));
+  int b = static_cast<int>(ceil(*center + support));
   *lo = a < bound_lo ? bound_lo : a;
   *hi = b > bound_hi ? bound_hi : b;
 }
 
-template <class R>
-FV_HD R tap_weight(int j, R center, R stretch) {
-  return cubic((static_cast<R>(j) + R(0.5) - center) / stretch);
+FV_HD double tap_weight(int j, double center, double stretch) { return cubic((j + 0.5 - center) / stretch); }
+
+// The taps of one output index for a kernel that weighs them in float (one GPU thread per output):
+// positions in double as above, then each tap's argument as a float offset from the first tap's,
+// cubic(first + (j - lo) * step): small numbers, exact to ~1e-7 wherever the crop sits in the image.
+struct AxisTaps {
+  int lo, hi;
+  float first, step;
+};
+
+FV_HD AxisTaps axis_taps(int i, double start, double len, int n_out, int n_in) {
+  AxisTaps t;
+  double center, stretch;
+  resample_taps(i, start, len, n_out, n_in, &t.lo, &t.hi, &center, &stretch);
+  t.first = static_cast<float>((t.lo + 0.5 - center) / stretch);
+  t.step = static_cast<float>(1.0 / stretch);
+  return t;
 }
+
+FV_HD float axis_tap_weight(const AxisTaps& t, int j) { return cubic(t.first + static_cast<float>(j - t.lo) * t.step); }
 
 FV_HD float gray(float r, float g, float b) { return 0.299f * r + 0.587f * g + 0.114f * b; }
 

@@ -1,6 +1,7 @@
 """`build_loader`: source spec + crop config -> an endless, resumable iterator of batch dicts."""
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 
@@ -8,9 +9,26 @@ from fastvit.data.augment import MultiCropConfig
 from fastvit.data.decode import DEFAULT_MAX_PIXELS
 from fastvit.data.loader import Loader, MaskConfig, MultiCropCollate, MultiCropDataset, kernel_threads
 from fastvit.data.sampler import ResumableSampler
-from fastvit.data.sources import source_from_spec
+from fastvit.data.shardio import DEFAULT_MAX_SAMPLE_BYTES
+from fastvit.data.sources import ShardSource, source_from_spec
+from fastvit.data.stream_loader import StreamLoader
 
 LOADERS = ("auto", "torch", "dali")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The data.* settings the loaders read beside the crops (defaults: fastvit.config.DataConfig's)."""
+
+    num_workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    shuffle_buffer: int = 1000
+    shard_interleave: int = 4
+
+    @classmethod
+    def of(cls, data_cfg) -> "DataOptions":
+        return cls(**{k: getattr(data_cfg, k) for k in cls.__dataclass_fields__})
 
 
 def dali_available() -> bool:
@@ -48,6 +66,7 @@ def build_loader(
     shuffle: bool = True,
     split: str = "train",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    data=None,
 ):
     """An endless iterator of batch dicts for one rank (`Loader` or `DaliLoader`).
 
@@ -56,28 +75,33 @@ def build_loader(
     Batch dict: global_crops (n_global*B, 3, Sg, Sg) and local_crops (n_local*B, 3, Sl, Sl), crop-major;
     crops (list of (B, 3, S, S) views, globals then locals); labels, indices, epochs (B,) int64;
     skipped (int; unreadable samples and images over max_pixels, replaced); with `mask`: masks (n_global*B, N)
-    bool, mask_indices (M,), mask_weights (M,), n_masked.
+    bool, mask_indices (M,), mask_weights (M,), n_masked. On shards also skipped_shards (int).
+    data: the config's DataConfig (or DataOptions); when given, its num_workers and max_pixels win.
+    `webdataset:` shards are read as a stream (StreamLoader; the DALI loader takes the same stream).
+    Every loader has state_dict(), load_state_dict(state, all_ranks=None) (all_ranks: a callable giving every
+    written rank's state, for a resume on another layout) and the run's counts skipped_total (samples) and
+    skipped_shards.
     """
     crops = crops or MultiCropConfig()
+    opts = DataOptions.of(data) if data is not None else DataOptions(num_workers=num_workers, max_pixels=max_pixels)
+    num_workers, max_pixels = opts.num_workers, opts.max_pixels
     if isinstance(source, str):
-        source = source_from_spec(source, split, seed=seed)
-    sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+        source = source_from_spec(source, split, seed=seed, max_sample_bytes=opts.max_sample_bytes)
+    shards = isinstance(source, ShardSource)  # a stream (fastvit.data.stream), not a sampler over an index
+    layout = {"rank": rank, "world_size": world_size, "seed": seed}
     if choose_loader(loader, source, device_id=device_id) == "dali":
-        from fastvit.data.dali import DaliLoader
+        from fastvit.data import dali
 
-        return DaliLoader(
-            source,
-            crops,
-            sampler,
-            batch_size,
-            seed=seed,
-            mask=mask,
-            device_id=device_id,
-            num_threads=kernel_threads(1),
-            out_dtype=out_dtype,
-            max_pixels=max_pixels,
-        )
+        common = {"mask": mask, "device_id": device_id, "num_threads": kernel_threads(1), "out_dtype": out_dtype}
+        if shards:
+            return dali.DaliStreamLoader(source, crops, batch_size, options=opts, **layout, **common)
+        sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
+        return dali.DaliLoader(source, crops, sampler, batch_size, seed=seed, max_pixels=max_pixels, **common)
     dataset = MultiCropDataset(source, crops, seed=seed, draft=draft, max_pixels=max_pixels)
     threads = kernel_threads(num_workers)
     collate = MultiCropCollate(crops, seed=seed, mask=mask, out_dtype=out_dtype, num_threads=threads)
+    if shards:
+        kw = {"num_workers": num_workers, "pin_memory": pin_memory, "options": opts}
+        return StreamLoader(source, dataset, collate, batch_size, **kw, **layout)
+    sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
     return Loader(dataset, collate, sampler, batch_size, num_workers=num_workers, pin_memory=pin_memory)

@@ -1,24 +1,22 @@
 """Image + caption sources for the CLIP baseline.
 
-`captioned_source(spec, split, captions=...)` wraps an image source so that `read(i)` returns
-(payload, i): the loader then carries, in `labels`, the index of the sample it actually decoded (also
-when it replaced an unreadable one), and `caption(i)` gives that sample's text. Captions come from
+`captioned_source(spec, split, captions=...)` wraps an image source with `caption(i)`, the text of sample i; the
+loader's `read_indices` name the samples it actually decoded (also where it replaced an unreadable one).
+Captions come from
 - builtin: derived from the class of each image (BuiltinSource.caption);
 - webdataset shards: the sample's `txt` member, else the `caption` / `text` field of its `json` member;
 - imagefolder: a captions file, `.jsonl` ({"file": relative path, "caption": text} per line) or
   tab-separated lines `relative/path.jpg<TAB>caption`; only images with a caption are used.
 """
 
-import functools
 import json
 import os
-import tarfile
 
-from fastvit.data.sources import ImageFolderSource, WebDatasetSource, source_from_spec
+from fastvit.data.sources import ImageFolderSource, ShardSource, source_from_spec
 
 
 class CaptionedSource:
-    """source + caption function; read(i) -> (payload, i)."""
+    """source + caption function; read(i) is the source's."""
 
     def __init__(self, source, caption_fn):
         self.source, self._caption = source, caption_fn
@@ -29,7 +27,7 @@ class CaptionedSource:
         return len(self.source)
 
     def read(self, i):
-        return self.source.read(i)[0], i
+        return self.source.read(i)
 
     def caption(self, i):
         return self._caption(i)
@@ -62,44 +60,9 @@ def folder_with_captions(root, captions_path):
     keep = [k for k, f in enumerate(src.files) if os.path.relpath(f, root) in table]
     if not keep:
         raise ValueError(f"none of the {len(src.files)} images under {root} has a caption in {captions_path}")
-    src.files, src.labels = [src.files[k] for k in keep], [src.labels[k] for k in keep]
+    src.files, src.labels = [src.files[k] for k in keep], src.labels[keep]
     texts = [table[os.path.relpath(f, root)] for f in src.files]
     return CaptionedSource(src, texts.__getitem__)
-
-
-def webdataset_captions(src: WebDatasetSource):
-    """Caption member (offset, size, ext) per sample of a WebDatasetSource, found by a second header pass."""
-    by_image = {}
-    for s, path in enumerate(src.shards):
-        groups = {}
-        try:
-            with tarfile.open(path, "r:") as tar:
-                for m in tar:
-                    if m.isfile():
-                        d, base = os.path.split(m.name)
-                        key, _, ext = base.partition(".")
-                        groups.setdefault(os.path.join(d, key), {})[ext.lower()] = (m.offset_data, m.size)
-        except (tarfile.TarError, EOFError, OSError):
-            pass  # the source already logged the damage and kept the members before it
-        for members in groups.values():
-            text = next(((*members[e], e) for e in ("txt", "json") if e in members), None)
-            for img in members.values():
-                by_image[(s, img[0])] = text
-    return [by_image.get((s, off)) for s, off, _, _ in src.samples]
-
-
-def _shard_caption(src, members, i):
-    m = members[i]
-    if m is None:
-        return ""
-    raw = src._pread(src.samples[i][0], m[0], m[1]).decode("utf-8", errors="replace")
-    if m[2] == "txt":
-        return raw.strip()
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return ""
-    return str(meta.get("caption", meta.get("text", ""))) if isinstance(meta, dict) else ""
 
 
 def captioned_source(spec, split="train", *, seed=0, captions=""):
@@ -112,7 +75,6 @@ def captioned_source(spec, split="train", *, seed=0, captions=""):
     if captions:
         raise ValueError(f"data.captions is only read for imagefolder sources, got data.source={spec!r}")
     src = source_from_spec(spec, split, seed=seed)
-    if isinstance(src, WebDatasetSource):
-        members = webdataset_captions(src)
-        return CaptionedSource(src, functools.partial(_shard_caption, src, members))
+    if isinstance(src, ShardSource):  # the samples and captions held in memory (see ShardSource)
+        src = src.take(0)
     return CaptionedSource(src, src.caption)

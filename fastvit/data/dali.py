@@ -1,5 +1,5 @@
 """The DALI loader: DALI decodes, the fused multi-crop kernel crops, with the torch loader's
-sampler, crop table and batch dict.
+sampler (image folders) or shard stream (webdataset; `DaliStreamLoader`), crop table and batch dict.
 
 Division of work (a deliberate choice): the host reads encoded bytes in sampler order and feeds
 them to a DALI pipeline (`fn.external_source` -> `fn.decoders.image`, `device="cpu"` when
@@ -16,9 +16,11 @@ import torch
 
 from fastvit.data import augment as A
 from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixel_budget
-from fastvit.data.loader import MaskConfig, Sample, add_crop_list, crop_table, finish_batch
+from fastvit.data.loader import MaskConfig, Sample, crop_table, finish_batch, load_sampler_state
 from fastvit.data.multicrop import multicrop
 from fastvit.data.sampler import ResumableSampler
+from fastvit.data.stream import copy_state
+from fastvit.data.stream_loader import StreamBatches, StreamLoader
 from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,22 @@ def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
     pipe = decode_pipeline()
     pipe.build()
     return pipe
+
+
+def decode(pipe, device_id: int | None, encoded: list[np.ndarray]) -> list:
+    """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
+    pipe.feed_input("encoded", encoded)
+    (out,) = pipe.run()
+    if device_id is None:
+        return [np.asarray(out.at(i)) for i in range(len(encoded))]
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    stream = torch.cuda.current_stream(device_id)
+    images = []
+    for i in range(len(encoded)):
+        t = torch.empty(tuple(out[i].shape()), dtype=torch.uint8, device=f"cuda:{device_id}")
+        images.append(feed_ndarray(out[i], t, cuda_stream=stream))
+    return images
 
 
 class DaliLoader:
@@ -63,23 +81,11 @@ class DaliLoader:
         self.seed, self.mask, self.device_id, self.out_dtype = seed, mask, device_id, out_dtype
         self.max_retries, self.max_pixels = max_retries, max_pixels
         self.pipe = _build_pipeline(batch_size, num_threads, device_id)
-        self.skipped_total = 0
+        self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def _decode(self, encoded: list[np.ndarray]) -> list:
-        """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
-        self.pipe.feed_input("encoded", encoded)
-        (out,) = self.pipe.run()
-        if self.device_id is None:
-            return [np.asarray(out.at(i)) for i in range(len(encoded))]
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        stream = torch.cuda.current_stream(self.device_id)
-        images = []
-        for i in range(len(encoded)):
-            t = torch.empty(tuple(out[i].shape()), dtype=torch.uint8, device=f"cuda:{self.device_id}")
-            images.append(feed_ndarray(out[i], t, cuda_stream=stream))
-        return images
+        return decode(self.pipe, self.device_id, encoded)
 
     def _read_ok(self, j: int):
         """(encoded bytes, label) of sample j, or None when unreadable or undecodable."""
@@ -100,15 +106,16 @@ class DaliLoader:
                 data, label = self.source.read(index)
                 check_pixel_budget(data, self.max_pixels)
                 encoded.append(np.frombuffer(data, np.uint8))
-                samples.append(Sample(None, None, label, epoch, index, 0))
+                samples.append(Sample(None, None, label, epoch, index, 0, index))
             return self._decode(encoded), samples
         except (OSError, RuntimeError, DecodeError):  # some sample is bad: find and replace it, one at a time
             encoded, samples = [None] * len(keys), [None] * len(keys)
         for b, (epoch, index) in enumerate(keys):
             for t in range(self.max_retries):
-                got = self._read_ok((index + t) % len(self.source))
+                j = (index + t) % len(self.source)
+                got = self._read_ok(j)
                 if got is not None:
-                    encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t)
+                    encoded[b], samples[b] = got[0], Sample(None, None, got[1], epoch, index, t, j)
                     break
             else:
                 raise UserError(
@@ -135,11 +142,70 @@ class DaliLoader:
             batch = finish_batch(flat, samples, self.cfg, self.seed, self.mask)
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]
-            yield add_crop_list(batch, self.cfg)
+            yield batch
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+    def load_state_dict(self, state: dict, all_ranks=None) -> None:
+        """all_ranks: unused; an image folder's position resumes on the data-parallel size it was written with."""
+        load_sampler_state(self.sampler, state)
         self.skipped_total = int(state["skipped_total"])
+
+
+class DaliStreamLoader(StreamLoader):
+    """The DALI loader over the shard stream: one slot per rank, read in the training process (the shard bytes
+    of the same stream the torch loader reads), DALI decodes, our kernel crops; state as StreamLoader's."""
+
+    def __init__(
+        self, source, cfg, batch_size, *, mask=None, device_id=None, num_threads=2, out_dtype=torch.float32, **kw
+    ):
+        super().__init__(source, None, None, batch_size, num_workers=0, **kw)
+        self.cfg, self.mask, self.device_id, self.out_dtype = cfg, mask, device_id, out_dtype
+        self.pipe, self.max_pixels = _build_pipeline(batch_size, num_threads, device_id), kw["options"].max_pixels
+
+    def __iter__(self):
+        batches = StreamBatches(self, self.next_worker)
+        stream, samples, encoded = batches.stream(0), [], []
+        reported = (0, 0)
+        for item, state in stream.samples(self.slots[0]):
+            encoded.append(np.frombuffer(item["image"], np.uint8))
+            samples.append(Sample(None, None, item["label"], item["epoch"], item["index"], 0, item["index"]))
+            if len(samples) < self.batch_size:
+                continue
+            try:
+                for e in encoded:
+                    check_pixel_budget(e, self.max_pixels)
+                images = decode(self.pipe, self.device_id, encoded)
+            except (OSError, RuntimeError, DecodeError):  # find the bad ones, drop and count them, read on
+                keep = [k for k, s in enumerate(samples) if self._decodes(encoded[k], s)]
+                stream.damage.samples += len(samples) - len(keep)
+                encoded, samples = [encoded[k] for k in keep], [samples[k] for k in keep]
+                continue
+            for s, im in zip(samples, images):
+                s.params = A.draw_sample_params(self.cfg, *im.shape[:2], self.layout["seed"], s.epoch, s.index, 0)
+            flat = multicrop(
+                images,
+                crop_table([s.params for s in samples]),
+                mean=self.cfg.mean,
+                std=self.cfg.std,
+                blur_radius=self.cfg.blur_radius,
+                out_dtype=self.out_dtype,
+            )
+            batch = finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask)
+            now = (stream.damage.shards, stream.damage.samples)
+            batch["skipped"], batch["skipped_shards"] = now[1] - reported[1], now[0] - reported[0]
+            self.slots[0] = copy_state(state)
+            self.skipped_total += batch["skipped"]
+            self.skipped_shards += batch["skipped_shards"]
+            reported, samples, encoded = now, [], []
+            yield batch
+
+    def _decodes(self, encoded, sample) -> bool:
+        try:
+            check_pixel_budget(encoded, self.max_pixels)
+            decode(self.pipe, self.device_id, [encoded])
+            return True
+        except (OSError, RuntimeError, DecodeError) as e:
+            log.warning("skipping sample %d of epoch %d: %s", sample.index, sample.epoch, str(e).splitlines()[0])
+            return False

@@ -45,6 +45,7 @@ class Sample:
     epoch: int
     index: int
     skipped: int  # unreadable samples replaced on the way to this one
+    read: int  # the index of the sample decoded: (index + skipped) % len(source)
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
@@ -78,7 +79,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
                 errors.append(f"sample {j}: {e}")
                 log.warning("skipping %s sample %d: %s", getattr(self.source, "spec", "?"), j, e)
                 continue
-            return Sample(image, params, label, epoch, index, t)
+            return Sample(image, params, label, epoch, index, t, j)
         spec = getattr(self.source, "spec", "the data source")
         raise UserError(
             f"{spec}: {self.max_retries} consecutive samples from index {index} cannot be read (last: {errors[-1]}); "
@@ -144,6 +145,7 @@ def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask
         "local_crops": local_crops,
         "labels": torch.tensor([s.label for s in samples], dtype=torch.int64),
         "indices": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "read_indices": torch.tensor([s.read for s in samples], dtype=torch.int64),
         "epochs": torch.tensor([s.epoch for s in samples], dtype=torch.int64),
         "skipped": sum(s.skipped for s in samples),
     }
@@ -151,16 +153,6 @@ def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask
         grid = (cfg.global_size // mask.patch_size,) * 2
         rng = A.sample_rng(seed, samples[0].epoch, samples[0].index, MASK_STREAM)
         batch.update(ibot_masks(rng, cfg.n_global * B, grid, ratio=mask.ratio, prob=mask.prob))
-    return batch
-
-
-def add_crop_list(batch: dict, cfg: A.MultiCropConfig) -> dict:
-    """batch['crops']: one (B, 3, S, S) view per crop index, globals then locals."""
-    B = batch["labels"].numel()
-    crops = list(batch["global_crops"].unflatten(0, (cfg.n_global, B)).unbind(0))
-    if cfg.n_local:
-        crops += list(batch["local_crops"].unflatten(0, (cfg.n_local, B)).unbind(0))
-    batch["crops"] = crops
     return batch
 
 
@@ -173,7 +165,7 @@ class Loader:
         self.dataset, self.collate, self.sampler, self.batch_size = dataset, collate, sampler, batch_size
         self.num_workers = capped_workers(num_workers, report=sampler.rank == 0)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.skipped_total = 0
+        self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
 
     def __iter__(self):
@@ -194,14 +186,27 @@ class Loader:
         for batch in dl:
             self.sampler.advance(self.batch_size)
             self.skipped_total += batch["skipped"]
-            yield add_crop_list(batch, self.dataset.cfg)
+            yield batch
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+    def load_state_dict(self, state: dict, all_ranks=None) -> None:
+        """all_ranks: unused; an image folder's position resumes on the data-parallel size it was written with."""
+        load_sampler_state(self.sampler, state)
         self.skipped_total = int(state["skipped_total"])
+
+
+def load_sampler_state(sampler: ResumableSampler, state: dict) -> None:
+    if "sampler" not in state:
+        raise ValueError("the checkpoint's data position is a shard stream's; resume with its data.source")
+    if state["sampler"]["world_size"] != sampler.world_size:
+        raise ValueError(
+            f"it was written by {state['sampler']['world_size']} data-parallel rank(s); the position in an image "
+            f"folder or the builtin set resumes on that many (this run has {sampler.world_size}; on webdataset "
+            "shards it can change)"
+        )
+    sampler.load_state_dict(state["sampler"])
 
 
 def exit_with_process(pid: int, worker_id: int = 0) -> None:

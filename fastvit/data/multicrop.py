@@ -172,15 +172,23 @@ def multicrop(
     if backend == "torch":
         crops = multicrop_ref(images, params, mean=mean, std=std, blur_radius=blur_radius)
         return torch.cat([c.reshape(-1) for c in crops]).to(out_dtype)
+    if flat_u8.device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs CUDA images, got {flat_u8.device}")
+    stream = torch.cuda.current_stream(flat_u8.device).cuda_stream
+    module = _ext.require_cuda()
+    return launch_kernels(module, flat_u8, offsets, shapes, params, mean, std, blur_radius, out_dtype, stream)
+
+
+def launch_kernels(module, flat_u8, offsets, shapes, params, mean, std, blur_radius, out_dtype, stream=0):
+    """The flat output of the CUDA kernels' `module.multicrop` (fastvit._C_cuda, or fastvit._C_emulated on CPU
+    tensors) over packed images (pack_images) and a checked crop table, with its buffers on the images' device."""
     device = flat_u8.device
-    if device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs CUDA images, got {device}")
     out_off, total = crop_offsets(params)
     out = torch.empty(total, dtype=out_dtype, device=device)
     params_t = torch.from_numpy(params).to(device)
     out_off_t = torch.from_numpy(out_off).to(device)
     workspace = torch.empty(2 * total, dtype=torch.float32, device=device)
-    _ext.require_cuda().multicrop(
+    module.multicrop(
         flat_u8.data_ptr(),
         offsets.data_ptr(),
         shapes.data_ptr(),
@@ -195,7 +203,7 @@ def multicrop(
         std,
         blur_radius,
         workspace.data_ptr(),
-        torch.cuda.current_stream(device).cuda_stream,
+        stream,
     )
     return out
 

@@ -20,8 +20,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(src: str, out_dir: str, per_shard: int = 1000) -> list[str]:
-    """Write the shards; returns their paths."""
+def write_shards(src: str, out_dir: str, per_shard: int = 1000, skipped: list | None = None) -> list[str]:
+    """Write the shards; returns their paths. Files that cannot be read (not a regular file, e.g. a FIFO, or
+    over data.max_sample_bytes' default) are left out and appended to `skipped`."""
     if per_shard < 1:
         raise ValueError(f"--per-shard must be >= 1, got {per_shard}")
     source = ImageFolderSource(src)
@@ -29,16 +30,29 @@ def write_shards(src: str, out_dir: str, per_shard: int = 1000) -> list[str]:
     paths = []
     for start in range(0, len(source), per_shard):
         path = os.path.join(out_dir, f"shard-{start // per_shard:06d}.tar")
-        with tarfile.open(path + ".tmp", "w") as tar:
-            for i in range(start, min(start + per_shard, len(source))):
-                data, label = source.read(i)
-                ext = source.files[i].rsplit(".", 1)[-1].lower()
-                _add(tar, f"{i:09d}.{ext}", data)
-                if label >= 0:
-                    _add(tar, f"{i:09d}.cls", str(label).encode())
+        try:
+            with tarfile.open(path + ".tmp", "w") as tar:
+                for i in range(start, min(start + per_shard, len(source))):
+                    _add_sample(tar, source, i, skipped)
+        except BaseException:
+            os.remove(path + ".tmp")
+            raise
         os.replace(path + ".tmp", path)
         paths.append(path)
     return paths
+
+
+def _add_sample(tar, source, i: int, skipped: list | None) -> None:
+    try:
+        data, label = source.read(i)
+    except OSError as e:
+        if skipped is not None:
+            skipped.append(f"{source.files[i]} ({e})")
+        return
+    ext = source.files[i].rsplit(".", 1)[-1].lower()
+    _add(tar, f"{i:09d}.{ext}", data)
+    if label >= 0:
+        _add(tar, f"{i:09d}.cls", str(label).encode())
 
 
 def main(argv: list[str]) -> int:
@@ -47,10 +61,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", metavar="OUT_DIR")
     parser.add_argument("--per-shard", type=int, default=1000, help="samples per tar shard (default 1000)")
     args = parser.parse_args(argv)
+    skipped = []
     try:
-        paths = write_shards(args.src, args.out, args.per_shard)
+        paths = write_shards(args.src, args.out, args.per_shard, skipped)
     except ValueError as e:
         parser.error(str(e))
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) that cannot be read, first: {skipped[0]}")
     last = len(paths) - 1
     name = f"shard-{{000000..{last:06d}}}.tar" if last else "shard-000000.tar"
     pattern = os.path.join(args.out, name)

@@ -2,42 +2,57 @@
 
 A source has `len()`, `read(i) -> (payload, label)` (payload: encoded bytes, or an already
 decoded uint8 HWC array for `builtin`; label -1 when unlabelled), `num_classes` (None when
-unknown), `spec`, and `index_skipped` (members dropped while indexing, e.g. a truncated tar).
+unknown), `spec`, and `index_skipped` (damaged shards and samples met while reading them into memory).
+`webdataset:` shards are a stream for training (`ShardSource`, fastvit.data.stream).
 """
 
-import glob
-import itertools
-import json
 import logging
 import os
-import re
-import tarfile
+
+import numpy as np
 
 from fastvit.data.builtin import BuiltinSource
+from fastvit.data.shardio import (
+    DEFAULT_MAX_SAMPLE_BYTES,
+    IMAGE_EXTS,
+    Damage,
+    is_url,
+    open_regular,
+    parse_caption,
+    parse_label,
+    shard_list,
+    tar_samples,
+)
+from fastvit.data.stream import shard_order
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SPEC_FORMS = "builtin[:train|:val], imagefolder:PATH, webdataset:PATTERN (e.g. /data/shard-{000000..000099}.tar)"
 
 
 class ImageFolderSource:
-    """`imagefolder:PATH`: class sub-folders give labels (sorted names); a flat folder is unlabelled."""
+    """`imagefolder:PATH`: class sub-folders give labels (sorted names); a flat folder is unlabelled.
 
-    def __init__(self, root: str):
+    Memory: the file list and one int32 label per file. Only regular files are read (a FIFO, a device, a link to
+    one is refused before anything blocks on it) and only up to max_sample_bytes (from the stat, before reading);
+    the loader skips and counts what is refused."""
+
+    def __init__(self, root: str, *, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES):
         if not os.path.isdir(root):
             raise ValueError(f"data source imagefolder:{root}: no such folder")
         self.root, self.spec, self.index_skipped = root, f"imagefolder:{root}", 0
+        self.max_sample_bytes = max_sample_bytes
         subdirs = sorted(d.name for d in os.scandir(root) if d.is_dir())
         per_class = [(d, _image_files(os.path.join(root, d))) for d in subdirs]
         per_class = [(d, files) for d, files in per_class if files]
         if per_class:
             self.classes = [d for d, _ in per_class]
             self.files = [f for _, files in per_class for f in files]
-            self.labels = [k for k, (_, files) in enumerate(per_class) for _ in files]
+            counts = [len(files) for _, files in per_class]
+            self.labels = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         else:
             self.classes, self.files = [], _image_files(root)
-            self.labels = [-1] * len(self.files)
+            self.labels = np.full(len(self.files), -1, dtype=np.int32)
         self.num_classes = len(self.classes) or None
         if not self.files:
             raise ValueError(f"data source imagefolder:{root}: no image files (looked for .{', .'.join(IMAGE_EXTS)})")
@@ -46,8 +61,14 @@ class ImageFolderSource:
         return len(self.files)
 
     def read(self, i: int) -> tuple[bytes, int]:
-        with open(self.files[i], "rb") as f:
-            return f.read(), self.labels[i]
+        with open_regular(self.files[i]) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > self.max_sample_bytes:
+                raise OSError(f"{self.files[i]} has {size} bytes, over data.max_sample_bytes={self.max_sample_bytes}")
+            data = f.read(self.max_sample_bytes + 1)  # the file may have grown since the stat
+            if len(data) > self.max_sample_bytes:
+                raise OSError(f"{self.files[i]} has grown over data.max_sample_bytes={self.max_sample_bytes}")
+            return data, int(self.labels[i])
 
 
 def _image_files(folder: str) -> list[str]:
@@ -58,101 +79,84 @@ def _image_files(folder: str) -> list[str]:
     return out
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Shell-style expansion of `{000..099}` (zero-padded ranges) and `{a,b}` lists, left to right."""
-    parts = re.split(r"(\{[^{}]*\})", pattern)
-    choices = []
-    for part in parts:
-        m = re.fullmatch(r"\{(\d+)\.\.(\d+)\}", part)
-        if m:
-            lo, hi = m.groups()
-            choices.append([str(k).zfill(len(lo)) for k in range(int(lo), int(hi) + 1)])
-        elif part.startswith("{") and part.endswith("}") and "," in part:
-            choices.append(part[1:-1].split(","))
-        else:
-            choices.append([part])
-    return ["".join(c) for c in itertools.product(*choices)]
+class ShardSource:
+    """`webdataset:PATTERN`: tar shards, read as a stream (fastvit.data.stream); nothing is opened here. A sample
+    is the members sharing a key; its image the jpg/jpeg/png/webp member, its label the `cls` member or the
+    `label` / `cls` field of a `json` member, its caption the `txt` member or the `caption` / `text` field.
+
+    Map-style use (`len`, `read(i)`; evaluation, the CLIP captions) reads `take(n)`: the samples of the first
+    shards of a seeded shard order, held in memory; only the shards needed for n samples are read."""
+
+    def __init__(self, pattern: str, *, seed: int = 0, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES):
+        self.spec, self.shards, self.num_classes = f"webdataset:{pattern}", shard_list(pattern), None
+        ends = [p for p in {self.shards[0], self.shards[-1]} if not is_url(p)]
+        if ends and not any(os.path.exists(p) for p in ends):  # two stats, not a walk: a pattern naming nothing
+            raise ValueError(f"data source {self.spec}: no shard matches the pattern (neither {ends[0]} nor the last)")
+        self.seed, self.max_sample_bytes, self._all = seed, max_sample_bytes, None
+
+    def take(self, n: int = 0) -> "MemorySource":
+        """The first n samples (0: all) of the shards in the seeded order of epoch 0, read in that order."""
+        damage, samples = Damage(), []
+        for s in shard_order(len(self.shards), self.seed, 0):
+            for _, members in tar_samples(self.shards[int(s)], damage, self.max_sample_bytes):
+                image = next(members[e] for e in IMAGE_EXTS if e in members)
+                samples.append((image, parse_label(members), parse_caption(members)))
+                if n and len(samples) == n:
+                    return MemorySource(self.spec, samples, damage)
+        if not samples:
+            raise ValueError(f"data source {self.spec}: {len(self.shards)} shard(s) but no readable sample")
+        return MemorySource(self.spec, samples, damage)
+
+    def _memory(self) -> "MemorySource":
+        if self._all is None:
+            self._all = self.take(0)
+        return self._all
+
+    def __len__(self) -> int:
+        return len(self._memory())
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        return self._memory().read(i)
+
+    def caption(self, i: int) -> str:
+        return self._memory().caption(i)
+
+    @property
+    def index_skipped(self) -> int:
+        return self._memory().index_skipped
 
 
-class WebDatasetSource:
-    """`webdataset:PATTERN`: tar shards; a sample is the members sharing a key (path up to the
-    first dot of the basename); its image is the jpg/jpeg/png/webp member, its label the `cls`
-    member (an integer) or the `label`/`cls` field of a `json` member."""
+class MemorySource:
+    """Samples read from shards, held in memory: (image bytes, label, caption or None) each."""
 
-    def __init__(self, pattern: str):
-        self.spec, self.index_skipped = f"webdataset:{pattern}", 0
-        self.shards = [p for p in expand_braces(pattern) for p in sorted(glob.glob(p))]
-        if not self.shards:
-            raise ValueError(f"data source webdataset:{pattern}: no shard matches the pattern")
-        self.samples = []  # (shard, image offset, image size, label member (offset, size, ext) or None)
-        for s, path in enumerate(self.shards):
-            self._index(s, path)
-        if not self.samples:
-            raise ValueError(f"data source webdataset:{pattern}: {len(self.shards)} shard(s) but no image members")
-        self.num_classes = None
-        self._fds, self._pid = {}, None
-
-    def _index(self, s: int, path: str) -> None:
-        size = os.path.getsize(path)
-        groups: dict[str, dict] = {}
-        try:
-            with tarfile.open(path, "r:") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    d, base = os.path.split(m.name)
-                    key, _, ext = base.partition(".")
-                    groups.setdefault(os.path.join(d, key), {})[ext.lower()] = (m.offset_data, m.size)
-                    if m.offset_data + m.size > size:  # kept as a sample: reading it fails, so it is counted
-                        raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
-        except (tarfile.TarError, EOFError, OSError) as e:
-            self.index_skipped += 1
-            log.warning("webdataset shard %s is damaged (%s); using the members before the damage", path, e)
-        for members in groups.values():
-            img = next((members[e] for e in IMAGE_EXTS if e in members), None)
-            if img is None:
-                continue
-            lab = next(((*members[e], e) for e in ("cls", "json") if e in members), None)
-            self.samples.append((s, img[0], img[1], lab))
+    def __init__(self, spec: str, samples: list, damage: Damage):
+        self.spec, self.samples, self.num_classes = spec, samples, None
+        self.index_skipped = damage.shards + damage.samples
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_fds": {}, "_pid": None}
-
-    def _pread(self, s: int, offset: int, size: int) -> bytes:
-        if self._pid != os.getpid():  # descriptors do not survive into forked workers
-            self._fds, self._pid = {}, os.getpid()
-        if s not in self._fds:
-            self._fds[s] = os.open(self.shards[s], os.O_RDONLY)
-        return os.pread(self._fds[s], size, offset)
-
     def read(self, i: int) -> tuple[bytes, int]:
-        s, off, size, lab = self.samples[i]
-        data = self._pread(s, off, size)
-        if len(data) < size:  # a member cut off by a truncated shard
-            raise OSError(f"{self.shards[s]}: image member at byte {off} is truncated ({len(data)} of {size} bytes)")
-        return data, self._label(s, lab)
+        return self.samples[i][0], self.samples[i][1]
 
-    def _label(self, s: int, lab) -> int:
-        if lab is None:
-            return -1
-        raw = self._pread(s, lab[0], lab[1])
-        try:
-            if lab[2] == "cls":
-                return int(raw.decode().strip())
-            meta = json.loads(raw)
-            value = meta.get("label", meta.get("cls", -1)) if isinstance(meta, dict) else -1
-            return int(value) if isinstance(value, int) else -1
-        except (ValueError, UnicodeDecodeError):
-            return -1
+    def caption(self, i: int) -> str:
+        return self.samples[i][2] or ""
 
 
-def source_from_spec(spec: str, split: str = "train", *, seed: int = 0, builtin_size: int = 64, builtin_n=None):
+def source_from_spec(
+    spec: str,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    builtin_size: int = 64,
+    builtin_n=None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    max_images: int | None = None,
+):
     """A source from `builtin[:train|:val]`, `imagefolder:PATH` or `webdataset:PATTERN`.
 
-    split picks the builtin stream when the spec names none; folders and shards are their own split.
+    split picks the builtin stream when the spec names none; folders and shards are their own split. max_images
+    (evaluation): for shards, the in-memory `take(max_images)` (0: all), reading only the shards it needs.
     """
     kind, _, arg = spec.partition(":")
     if kind == "builtin":
@@ -160,7 +164,8 @@ def source_from_spec(spec: str, split: str = "train", *, seed: int = 0, builtin_
     if kind in ("imagefolder", "webdataset") and not arg:
         raise ValueError(f"data source {spec!r} needs a path after the colon; valid forms: {SPEC_FORMS}")
     if kind == "imagefolder":
-        return ImageFolderSource(os.path.expanduser(arg))
+        return ImageFolderSource(os.path.expanduser(arg), max_sample_bytes=max_sample_bytes)
     if kind == "webdataset":
-        return WebDatasetSource(os.path.expanduser(arg))
+        source = ShardSource(arg, seed=seed, max_sample_bytes=max_sample_bytes)
+        return source if max_images is None else source.take(max_images)
     raise ValueError(f"unknown data source {spec!r}; valid forms: {SPEC_FORMS}")

@@ -36,8 +36,8 @@ class HFTokenizer:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise ValueError(
-                f"objective.clip_tokenizer={path!r} needs the `tokenizers` package (pip install tokenizers); "
-                "leave clip_tokenizer empty for the built-in byte-level tokenizer"
+                f"objective.clip.tokenizer={path!r} needs the `tokenizers` package (pip install tokenizers); "
+                "leave objective.clip.tokenizer empty for the built-in byte-level tokenizer"
             ) from e
         try:
             self.tok = Tokenizer.from_file(str(path))

@@ -25,6 +25,8 @@ from fastvit.eval.linear import linear_probe_accuracy
 from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.fileio import update_json
 from fastvit.models.build import build_backbone
+from fastvit.tasks import spec_of
+from fastvit.tasks.spec import eval_command
 from fastvit.train import checkpoint as ckpt
 
 KINDS = ("knn", "linear")
@@ -51,12 +53,12 @@ def resolve_checkpoint(path):
 
 
 def load_teacher_backbone(cfg, checkpoint_path):
-    """The teacher backbone of a DCP checkpoint (the EMA teacher is what DINO evaluates); runs without a
-    teacher (Web-MAE, CLIP) give their student's backbone."""
+    """The backbone of the module that the objective's spec evaluates (eval_module: the EMA teacher where it has
+    one, else the student) of a DCP checkpoint."""
     backbone = build_backbone(cfg.model)
     backbone.to_empty(device="cpu")
     backbone.init_weights()
-    key = "teacher" if cfg.objective.name == "web_dino" else "student"
+    key = spec_of(cfg.objective.name).eval_module
     return ckpt.load_module(checkpoint_path, backbone, key, "backbone.")
 
 
@@ -70,7 +72,9 @@ def random_backbone(cfg):
 
 def eval_source(cfg, spec, split):
     """The labelled source of one evaluation side; UserError when a class folder of it cannot be read."""
-    source = source_from_spec(spec, split, seed=cfg.train.seed)
+    source = source_from_spec(
+        spec, split, seed=cfg.train.seed, max_images=cfg.eval.max_images
+    )  # shards: only those needed
     check_class_folders(source)
     return source
 
@@ -151,10 +155,9 @@ def _record(path, kind, result):
 
 
 def main(argv):
-    if argv and argv[0] == "zeroshot":  # CLIP runs: fastvit/eval/zeroshot.py
-        from fastvit.eval.zeroshot import main as zeroshot_main
-
-        return zeroshot_main(argv[1:])
+    command = eval_command(argv[0]) if argv else None
+    if command is not None:  # an objective's own evaluation (ObjectiveSpec.eval_commands), e.g. CLIP's zeroshot
+        return command(argv[1:])
     if len(argv) < 2 or argv[0] not in KINDS:
         raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT [key=value ...]")
     kind, target, overrides = argv[0], argv[1], argv[2:]

@@ -1,4 +1,4 @@
-"""DINO / iBOT / KoLeo pieces (DINOv2 semantics, dinov2/loss) and the Web-DINO objective.
+"""DINO / iBOT / KoLeo pieces (DINOv2 semantics, dinov2/loss), shared by the objectives that use them.
 
 The losses run on factored head outputs (PrototypeLogits): Sinkhorn-Knopp or softmax-centred targets
 (fastvit.ops.sinkhorn, fastvit.ops.prototype_targets) and the fused prototype cross-entropy
@@ -8,7 +8,6 @@ The losses run on factored head outputs (PrototypeLogits): Sinkhorn-Knopp or sof
 from fastvit.objectives.centering import Centering, softmax_center
 from fastvit.objectives.koleo import koleo_loss
 from fastvit.objectives.losses import ibot_masks_weight
-from fastvit.objectives.web_dino import WebDINOObjective
 from fastvit.ops.sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "koleo_loss",
     "ibot_masks_weight",
     "Centering",
-    "WebDINOObjective",
 ]

@@ -1,7 +1,7 @@
 """iBOT's per-patch weights (DINOv2 semantics, dinov2/loss/ibot_patch_loss.py).
 
 The DINO and iBOT cross-entropies themselves run on the factored fused op fastvit.ops.prototype_cross_entropy
-(see fastvit.objectives.web_dino); the float64 references of the tests materialise the logits instead.
+(see the Web-DINO objective); the float64 references of the tests materialise the logits instead.
 """
 
 

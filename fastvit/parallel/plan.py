@@ -261,7 +261,7 @@ def plan(cfg, gpus, gpu_name, batch):
     gpu = GPU_TABLE[gpu_name]
     vit = backbone_config(cfg.model)
     layouts = candidates(vit, gpus, batch, sequence_parallel=cfg.model.drop_path == 0)
-    rows = [evaluate(vit, cfg.data, cfg.objective, lay, batch, gpu) for lay in layouts]
+    rows = [evaluate(vit, cfg.data, cfg.objective.web_dino, lay, batch, gpu) for lay in layouts]
     if not rows:
         raise ValueError(f"no dp x tp x pp layout of {gpus} GPUs divides batch {batch} and fits {vit.name}")
     budget = HBM_USABLE * gpu.hbm * GB
@@ -374,7 +374,7 @@ def verify_rows(cfg, vit, rows, top=3, tol=0.02):
     prints one `verified` line each; 1 when a static memory column is off by more than tol, else 0."""
     from fastvit.parallel.dry_run import verify_layout
 
-    n_head = head_params(vit.width, cfg.objective)
+    n_head = head_params(vit.width, cfg.objective.web_dino)
     failed = []
     for r in rows[:top]:
         line, problems = verify_layout(cfg, r["layout"], static_memory(vit, n_head, r["layout"]), tol)

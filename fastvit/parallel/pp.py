@@ -1,26 +1,25 @@
 """Pipeline parallelism with torch.distributed.pipelining: the ViT's blocks split into equal stages.
 
 A ViTStage holds blocks [a, b) of a VisionTransformer under their global index (blocks.<i>.*), plus the token
-embedding on the first stage and the final norm and a head on the last, all under the full model's parameter
-names, so checkpoints move freely between pipeline layouts. Stage s lives on pp rank s % pp (looped
-placement: rank r holds stages r, r + pp, ... when interleaved).
+embedding on the first stage and the final norm on the last, all under the full model's parameter names, so
+checkpoints move freely between pipeline layouts; a task's stage module wraps it and says what runs through it
+(Web-DINO's packed multi-crop tokens and heads). Stage s lives on pp rank s % pp (looped placement: rank r holds
+stages r, r + pp, ... when interleaved).
 
-Per step (dense (B, 3, H, W) images; microbatches split the batch):
+Per step (microbatches split the batch):
 
-    stages = pipeline_stages(student_vit, mesh, head=student_head)           # [(stage_index, ViTStage)]
-    t_stages = pipeline_stages(teacher_vit, mesh, head=teacher_head)
+    ids = stage_ids(mesh.rank("pp"), dims.pp, dims.virtual_stages)      # this rank's stages, blocks stage_blocks()
     # ... parallelize_vit(stage, mesh, cfg.parallel) on each stage module (TP / checkpointing / FSDP) ...
     student = build_schedule(stages, mesh, n_micro, loss_fn=loss_fn, kind="1f1b")   # a Pipeline; or "interleaved"
     teacher = build_schedule(t_stages, mesh, n_micro)                               # forward only
     target = teacher_forward(teacher, images)        # teacher outputs on the last stage, no grad
-    loss = pipeline_step(student, images, target, mesh)    # backward done; mean loss on every rank
+    student.step(images, target=target, losses=[])   # forward and backward of every microbatch
 
 loss_fn(output, target) runs on the last stage per microbatch and returns that microbatch's mean loss; the
 schedule scales the gradients by 1 / n_microbatches, so they equal those of the whole-batch mean.
 """
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
@@ -43,11 +42,8 @@ def stage_ids(pp_rank, pp, virtual_stages=1):
 
 
 class ViTStage(nn.Module):
-    """One pipeline stage of a ViT: [embed] -> blocks[a:b] -> [final norm -> CLS -> head].
-
-    The first stage takes images (B, 3, H, W); the others take tokens (B, L, D). The last stage returns
-    head(cls) (B, out) (the CLS features (B, D) when head is None); the others return tokens (B, L, D).
-    """
+    """The parameters of one pipeline stage of a ViT: [embed] -> blocks[a:b] -> [final norm], with the model's own
+    token preparation (patch_tokens, with_prefix); the task's stage module runs them."""
 
     # token preparation is the model's own code, run on the parameters registered here
     _grid_of = VisionTransformer._grid_of
@@ -55,7 +51,7 @@ class ViTStage(nn.Module):
     patch_tokens = VisionTransformer.patch_tokens
     with_prefix = VisionTransformer.with_prefix
 
-    def __init__(self, vit, blocks, *, first, last, head=None):
+    def __init__(self, vit, blocks, *, first, last):
         super().__init__()
         self.cfg = vit.cfg
         self.is_first, self.is_last = first, last
@@ -67,25 +63,6 @@ class ViTStage(nn.Module):
         self.blocks = nn.ModuleDict({str(i): vit.blocks[i] for i in blocks})
         if last:
             self.norm = vit.norm
-            self.head = head if head is not None else nn.Identity()
-
-    def forward(self, x):
-        if self.is_first:
-            x = self.with_prefix(*self.patch_tokens(x))  # (B, 3, H, W) -> (B, L, D)
-        for block in self.blocks.values():
-            x = block(x)
-        if self.is_last:
-            return self.head(self.norm(x)[:, 0])
-        return x
-
-
-def pipeline_stages(vit, mesh, head=None):
-    """[(stage_index, ViTStage)] of this rank's stages; `vit` may live on the meta device."""
-    dims = mesh.dims
-    ranges = stage_blocks(vit.cfg.depth, dims.n_stages)
-    ids = stage_ids(mesh.rank("pp"), dims.pp, dims.virtual_stages)
-    last = dims.n_stages - 1
-    return [(s, ViTStage(vit, ranges[s], first=s == 0, last=s == last, head=head if s == last else None)) for s in ids]
 
 
 class Pipeline:
@@ -156,24 +133,3 @@ def teacher_forward(pipeline, *inputs):
     with torch.no_grad():
         out = pipeline.eval(*(inputs if pipeline.is_first else ()))
     return out if pipeline.is_last else None
-
-
-def pipeline_step(pipeline, x, target, mesh):
-    """Forward and backward of one batch; returns the mean loss (a 0-d tensor) on every rank.
-
-    x is read on the rank of the first stage and target on the rank of the last; the loss is averaged over
-    microbatches there, sent to every pp rank and averaged over the dp axis (equal local batches)."""
-    first, last = pipeline.is_first, pipeline.is_last
-    losses = []
-    args = (x,) if first else ()
-    pipeline.step(*args, target=target if last else None, losses=losses if last else None)
-    if last:
-        loss = torch.stack([v.detach().float() for v in losses]).mean()
-    else:
-        loss = torch.zeros((), device=pipeline.device)
-    if mesh.dims.pp > 1:
-        dist.all_reduce(loss, group=mesh.pp.get_group())  # only the last stage's rank holds a non-zero value
-    if mesh.dims.dp > 1:
-        dist.all_reduce(loss, group=mesh.dp.get_group())
-        loss /= mesh.dims.dp
-    return loss

@@ -277,14 +277,3 @@ def canonical_state(state):
                 t.to_local().copy_(g.redistribute(t.device_mesh, t.placements).to_local())
 
     return out, finish
-
-
-def gather_canonical(t, fqn):
-    """The full tensor of parameter (or gradient / moment) `t` named `fqn`, in the model's own row order."""
-    full = t.full_tensor() if isinstance(t, DTensor) else t
-    parts = fused_parts(fqn)
-    if parts and isinstance(t, DTensor):
-        tp_i = _tp_axis(t)
-        if tp_i is not None:
-            full = to_part_major(full, parts, t.device_mesh.size(tp_i))
-    return full

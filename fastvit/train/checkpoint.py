@@ -394,6 +394,15 @@ def load_checkpoint(path, state, extra_rank=None):
     return load_extra(extra) if extra.is_file() else None
 
 
+def load_all_extras(path):
+    """The extra states of every data-parallel rank that wrote checkpoint `path`, by rank (a resume on another
+    data-parallel size re-lays the data position over the new ranks)."""
+    files = sorted(Path(path).glob("extra_rank*.pt"), key=lambda f: int(f.stem.removeprefix("extra_rank")))
+    if not files:
+        raise UserError(f"{path} holds no data / RNG state (extra_rank*.pt); resume from an earlier checkpoint")
+    return [load_extra(f) for f in files]
+
+
 def load_module(path, module, key, prefix=""):
     """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
     alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA
@@ -418,37 +427,24 @@ def step_of(path):
 
 # Keys whose change makes the saved weights not fit the model (or the objective's state not fit the task).
 _RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path"}
-_OBJECTIVE_SHAPE_KEYS = (
-    "name",
-    "dino_out_dim",
-    "ibot_out_dim",
-    "head_hidden_dim",
-    "dino_bottleneck_dim",
-    "ibot_bottleneck_dim",
-    "mae_decoder_width",
-    "mae_decoder_depth",
-    "mae_decoder_heads",
-    "clip_embed_dim",
-    "clip_text_width",
-    "clip_text_depth",
-    "clip_text_heads",
-    "clip_context_length",
-    "clip_tokenizer",
-)
 
 
 def resume_conflicts(saved, requested):
-    """Dotted keys whose values differ between two configs in a way a checkpoint cannot resume across."""
-    from fastvit.config import to_dict
+    """Dotted keys whose values differ between two configs in a way a checkpoint cannot resume across: the model's
+    shape, objective.name and the keys of the objective's section that its spec declares (resume_fixed_keys)."""
+    from fastvit.config import get_key, to_dict
+    from fastvit.tasks import spec_of
 
-    old, new = to_dict(saved), to_dict(requested)
-    keys = [f"model.{k}" for k in new["model"] if f"model.{k}" not in _RESUMABLE_MODEL_KEYS]
-    keys += [f"objective.{k}" for k in _OBJECTIVE_SHAPE_KEYS]
+    keys = [f"model.{k}" for k in to_dict(requested)["model"] if f"model.{k}" not in _RESUMABLE_MODEL_KEYS]
+    keys.append("objective.name")
+    if saved.objective.name == requested.objective.name:
+        spec = spec_of(requested.objective.name)
+        keys += [f"objective.{spec.name}.{k}" for k in spec.resume_fixed_keys]
     out = []
     for key in keys:
-        section, name = key.split(".")
-        if old[section].get(name) != new[section].get(name):
-            out.append(f"{key}={new[section].get(name)!r} (saved: {old[section].get(name)!r})")
+        old, new = get_key(saved, key), get_key(requested, key)
+        if old != new:
+            out.append(f"{key}={new!r} (saved: {old!r})")
     return out
 
 

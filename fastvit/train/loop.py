@@ -1,12 +1,13 @@
 """The training loop: build, resume, step, log, checkpoint. Read top to bottom.
 
 The loop knows nothing of a particular objective: a task (the contract is fastvit/train/task.py; Web-DINO's
-is fastvit/train/web_dino.py) owns the modules, the data, the per-step schedules of the objective, the losses
+is fastvit/tasks/web_dino/task.py) owns the modules, the data, the per-step schedules of the objective, the losses
 and what follows the optimizer step (the EMA teacher update); one step is fastvit/train/step.py's train_step,
 which `fastvit bench step` runs too.
 """
 
 import contextlib
+import functools
 import math
 import random
 import signal
@@ -24,15 +25,16 @@ from fastvit.parallel.distributed import init_distributed
 from fastvit.parallel.mesh import build_mesh, resolve_dims
 from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.parallel.tp import canonical_state
+from fastvit.tasks import spec_of
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.curves import draw_curves
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
 from fastvit.train.step import autocast_for, precision, to_device, train_step
-from fastvit.train.tasks import TASKS, build_task, pipelined
+from fastvit.train.tasks import build_task, pipelined
 
-__all__ = ["TASKS", "NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
+__all__ = ["NonFiniteLossError", "Training", "build_task", "build_training", "pipelined", "precision"]
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -44,10 +46,11 @@ def per_rank_batch(cfg, dp):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (dp * accum):
         raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
-    if b // (dp * accum) < 2 and cfg.objective.name == "web_dino" and cfg.objective.koleo_weight:
+    least, why = spec_of(cfg.objective.name).min_batch_per_rank(getattr(cfg.objective, cfg.objective.name))
+    if b // (dp * accum) < least:
         raise UserError(
-            f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; KoLeo compares the "
-            "images of one: use 2 or more per rank, or objective.koleo_weight=0"
+            f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; "
+            f"objective.name={cfg.objective.name} needs {least} or more per rank: {why}"
         )
     return b // (dp * accum)
 
@@ -208,14 +211,14 @@ def _resume(run, loader, run_dir):
     for key in [k for k in state if k not in canon]:  # e.g. no optimizer in a step-0 checkpoint
         del state[key]
     task.load_state_dict(state, optimizer)
-    if extra is None:
-        written = len(list(latest.glob("extra_rank*.pt")))
-        raise UserError(
-            f"{latest} was written by {written} data-parallel rank(s) and has no data / RNG state for rank "
-            f"{run.data_rank}; resume with the data-parallel size it was written with (it cannot change)"
-        )
+    extras = functools.partial(ckpt.load_all_extras, latest)  # every written rank's, read only on a new layout
+    if extra is None:  # more data-parallel ranks now: the RNG of rank 0, the data position from all ranks
+        extra = extras()[0]
     _set_rng_state(extra["rng"])
-    loader.load_state_dict(extra["loader"])
+    try:
+        loader.load_state_dict(extra["loader"], all_ranks=lambda: [e["loader"] for e in extras()])
+    except ValueError as e:
+        raise UserError(f"{latest}: {e}") from None
     return ckpt.step_of(latest)
 
 
@@ -266,13 +269,14 @@ class _Throughput:
         return rates
 
 
-def _record(run, out, done, throughput):
-    """The metrics line of step `done`: loss terms and skipped files averaged over the ranks (read here, on the
-    host), schedules, gradient norm, throughput and memory."""
+def _record(run, out, done, throughput, loader):
+    """The metrics line of step `done`: loss terms averaged over the ranks and skipped data summed (read here, on
+    the host; skipped_samples / skipped_shards: the run's totals), schedules, gradient norm, throughput, memory."""
     keys = run.task.loss_keys
-    skipped = torch.tensor([float(out.skipped)], device=out.terms.device)
+    counts = [out.skipped, loader.skipped_total, loader.skipped_shards]
+    skipped = torch.tensor([float(c) for c in counts], device=out.terms.device)
     values = _all_mean(torch.cat([out.terms.detach(), skipped]))
-    record = {"step": done, **dict(zip(keys, values[:-1]))}
+    record = {"step": done, **dict(zip(keys, values[:-3]))}
     record["loss"] = record.pop("total")
     images_per_s, tflops, mfu = throughput.read()
     sched = {k: float(v) for k, v in out.sched.items()}  # 0-d tensors (CLIP's logit scale) are read here
@@ -285,7 +289,9 @@ def _record(run, out, done, throughput):
         tflops=tflops,
         mfu=mfu,
         memory_gib=peak_memory_gib(run.device),
-        skipped_files=round(values[-1] * run.world),
+        skipped_files=round(values[-3] * run.world),
+        skipped_samples=round(values[-2] * run.world),
+        skipped_shards=round(values[-1] * run.world),
     )
     return record
 
@@ -374,7 +380,7 @@ def _run_steps(run, loader, start_step, run_dir, log, stop):
             path = _save(run, loader, run_dir, done)
         knn = _knn_of_checkpoint(cfg, run_dir, path, run.device) if evaluate else None
         if done % cfg.train.log_every == 0 or done == total or evaluate:
-            record = _record(run, out, done, throughput)
+            record = _record(run, out, done, throughput, loader)
             if knn is not None:
                 record["knn_top1"] = record["knn_top1_pct"] = knn  # percent (0-100), the unit of eval.json's top1
             log.log(record)

@@ -125,6 +125,8 @@ _SHOWN = (
     "images_per_s",
     "mfu",
     "skipped_files",
+    "skipped_samples",
+    "skipped_shards",
     "knn_top1",
 )
 

@@ -47,8 +47,8 @@ def autocast_for(cfg, device):
     return torch.autocast(device.type, enabled=False)
 
 
-# What a batch says about its samples, read on the host (CLIP looks captions up by label): never moved.
-HOST_KEYS = ("labels", "indices", "epochs")
+# What a batch says about its samples, read on the host (e.g. captions looked up by read_indices): never moved.
+HOST_KEYS = ("labels", "indices", "read_indices", "epochs")
 
 
 def to_device(batch, device):

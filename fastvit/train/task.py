@@ -4,7 +4,7 @@ A task owns its modules, its data and its objective; the step and the loop own t
 task must provide is declared here as abstract methods, what it may change as plain attributes and methods
 with defaults; the loop never probes a task with hasattr.
 
-    task = WebDINOTask(cfg, device)              # registered by name in fastvit/train/tasks.py
+    task = build_task(cfg, device)               # fastvit/train/tasks.py: the registered objective's Task
     if pp > 1: task = task.pipelined(mesh)       # only where supports_pipeline is True
     task.wrap(wrap_fn)                           # data / tensor parallel wrappers (parallelize_pair)
     loader = task.build_loader(batch_size=..., rank=..., world_size=..., device=...)
@@ -14,8 +14,8 @@ with defaults; the loop never probes a task with hasattr.
     # clip over task.grad_norm_group, optimizer.step(), then:
     task.after_step(sched)                       # e.g. the EMA teacher update
 
-Web-DINO (fastvit/train/web_dino.py) has a teacher and a pipelined version (web_dino_pp.py); Web-MAE and CLIP
-derive from StudentOnlyTask.
+Each objective's task lives in its folder (fastvit/tasks/<name>/task.py); one with an EMA teacher sets `teacher`
+(and may have a pipelined version), the others derive from StudentOnlyTask.
 """
 
 import abc

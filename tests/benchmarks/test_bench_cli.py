@@ -10,9 +10,9 @@ TINY_MODEL = [
     "data.global_crops_size=32",
     "data.local_crops_size=16",
     "data.n_local_crops=2",
-    "objective.dino_out_dim=256",
-    "objective.ibot_out_dim=256",
-    "objective.head_hidden_dim=128",
+    "objective.web_dino.dino_out_dim=256",
+    "objective.web_dino.ibot_out_dim=256",
+    "objective.web_dino.head_hidden_dim=128",
     "train.batch_size=4",
 ]
 

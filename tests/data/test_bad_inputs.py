@@ -16,7 +16,8 @@ from fastvit.data import augment as A
 from fastvit.data.build import build_loader
 from fastvit.data.decode import DecodeError, decode_bytes, open_image
 from fastvit.data.loader import MultiCropDataset
-from fastvit.data.sources import ImageFolderSource, WebDatasetSource
+from fastvit.data.shardio import Damage, tar_samples
+from fastvit.data.sources import ImageFolderSource
 from fastvit.errors import UserError, one_line
 
 CROPS = A.MultiCropConfig(global_size=32, local_size=16, n_local=2)
@@ -64,7 +65,7 @@ def test_an_image_over_the_pixel_budget_is_refused_before_decoding(tmp_path):
         small_budget[(0, 0)]
 
 
-def test_a_truncated_tar_member_is_counted_as_skipped(tmp_path):
+def test_a_truncated_tar_member_is_counted(tmp_path):
     path = tmp_path / "shard-000000.tar"
     images = [_png(np.full((30 + i, 40, 3), 40 * i, np.uint8)) for i in range(3)]
     with tarfile.open(path, "w") as tar:
@@ -75,13 +76,9 @@ def test_a_truncated_tar_member_is_counted_as_skipped(tmp_path):
     raw = path.read_bytes()
     cut = raw.index(images[2]) + len(images[2]) // 2  # in the middle of the last image
     path.write_bytes(raw[:cut])
-    source = WebDatasetSource(str(path))
-    assert len(source) == 3 and source.index_skipped == 1
-    with pytest.raises(OSError, match="truncated"):
-        source.read(2)
-    dataset = MultiCropDataset(source, CROPS)
-    assert dataset[(0, 2)].skipped == 1  # the lost member is replaced and counted
-    assert dataset[(0, 1)].skipped == 0
+    damage = Damage()
+    assert [o for o, _ in tar_samples(str(path), damage)] == [0, 1]
+    assert damage.shards == 1 and damage.samples == 1  # the shard's damage and the sample it cut, counted
 
 
 def test_a_folder_of_only_broken_files_is_one_user_error_from_a_worker(tmp_path):
@@ -96,11 +93,12 @@ def test_a_folder_of_only_broken_files_is_one_user_error_from_a_worker(tmp_path)
 
 def test_data_max_pixels_reaches_the_loader(tmp_path):
     from fastvit.config import load_config
-    from fastvit.train.web_dino import web_dino_loader
+    from fastvit.train.tasks import build_task
 
     (tmp_path / "big.png").write_bytes(_png(np.zeros((40, 40, 3), np.uint8)))  # 1600 pixels
     (tmp_path / "small.png").write_bytes(_png(np.zeros((20, 20, 3), np.uint8)))  # 400 pixels
     cfg = load_config("demo", [f"data.source=imagefolder:{tmp_path}", "data.max_pixels=1000", "data.num_workers=0"])
-    loader = web_dino_loader(cfg, batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
+    task = build_task(cfg, torch.device("cpu"))
+    loader = task.build_loader(batch_size=2, rank=0, world_size=1, device=torch.device("cpu"))
     assert loader.dataset.max_pixels == 1000
     assert [loader.dataset[(0, i)].skipped for i in range(2)] == [1, 0]  # big.png sorts first: replaced, counted

@@ -11,7 +11,8 @@ from conftest import exif_rotated_jpeg, image_of
 from fastvit.data import shards
 from fastvit.data.builtin import BuiltinSource
 from fastvit.data.decode import decode_bytes, decode_rgb, open_image, oriented_size
-from fastvit.data.sources import ImageFolderSource, WebDatasetSource, expand_braces, source_from_spec
+from fastvit.data.shardio import Damage, expand_braces, parse_label, tar_samples
+from fastvit.data.sources import ImageFolderSource, source_from_spec
 
 
 def test_image_folder_labels_and_flat(jpeg_folder, tmp_path):
@@ -50,10 +51,9 @@ def test_make_shards_round_trip(jpeg_folder, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert "webdataset:" in capsys.readouterr().out
     folder = ImageFolderSource(str(jpeg_folder))
-    wds = source_from_spec(f"webdataset:{tmp_path}/shard-{{000000..000002}}.tar")
+    wds = source_from_spec(f"webdataset:{tmp_path}/shard-{{000000..000002}}.tar", max_images=0)
     assert len(wds) == len(folder)
-    for i in (0, 8, 17):
-        assert wds.read(i) == folder.read(i)
+    assert sorted(wds.read(i) for i in range(len(wds))) == sorted(folder.read(i) for i in range(len(folder)))
 
 
 def test_webdataset_json_labels_and_truncated_shard(tmp_path):
@@ -66,16 +66,13 @@ def test_webdataset_json_labels_and_truncated_shard(tmp_path):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    src = WebDatasetSource(str(path))
-    assert [src.read(i)[1] for i in range(3)] == [5, 6, 7]
+    damage = Damage()
+    assert [parse_label(m) for _, m in tar_samples(str(path), damage)] == [5, 6, 7]
     raw = path.read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(raw[: len(raw) // 2])
-    src = WebDatasetSource(str(cut))
-    assert 1 <= len(src) <= 3 and src.index_skipped == 1
-    # the member the cut runs through is kept as a sample that fails to read, so the loader counts it as skipped
-    with pytest.raises(OSError, match="truncated"):
-        src.read(len(src) - 1)
+    got = list(tar_samples(str(cut), damage))
+    assert 1 <= len(got) < 3 and damage.shards == 1 and damage.samples == 1  # the sample the cut runs through
 
 
 def test_builtin_deterministic_with_disjoint_splits():

@@ -12,7 +12,7 @@ from fastvit.data import source_from_spec
 from fastvit.data.builtin import render
 from fastvit.eval.run import split_features
 from fastvit.eval.subset import balanced_indices, eval_indices
-from fastvit.train.web_dino import build_backbone
+from fastvit.models.build import build_backbone
 
 
 def _class_by_class_folder(root, per_class):

@@ -1,10 +1,12 @@
 """Every Triton kernel compiled ahead of time for sm_80 and sm_90a, without a GPU (fastvit.kernels.aot): no compile
-error, no register spill, shared memory within the chip. The compiler needs real @triton.jit functions, and this
-process defines the kernels under TRITON_INTERPRET=1 (tests/conftest.py), so the compiles run in a subprocess
-without it. The CPU tier compiles the representative set (per kernel and block width the largest and the smallest
-tile, bf16); benchmarks/gpu_suite.sh and `python -m fastvit.kernels.aot --all` compile every launch variant
-(every variant for both targets: too many compiles for the CPU tier). Reports are cached under
-~/.cache/fastvit/aot, so an unchanged kernel is compiled once per machine."""
+error, no register spill, no 32-bit product of two run-time values, shared memory within the chip. The compiler needs
+real @triton.jit functions, and this process defines the kernels under TRITON_INTERPRET=1 (tests/conftest.py), so
+the compiles run in a subprocess without it. The CPU tier compiles what runs: every variant the shipped recipes'
+shapes launch (LayerNorm at the block of every recipe width, attention at the block of every recipe head dim, all
+autotuned tiles) and, for the other kernels, the representative set (per kernel and block width the largest tile,
+bf16); benchmarks/gpu_suite.sh runs the same selection, and `python -m fastvit.kernels.aot --all` compiles every
+launch variant (too many compiles for the CPU tier). Reports are cached under ~/.cache/fastvit/aot, so an unchanged
+kernel is compiled once per machine."""
 
 import importlib
 import json
@@ -12,12 +14,9 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from fastvit.kernels import aot
-
-KERNELS = Path(aot.__file__).resolve().parent
 
 
 def _env():
@@ -26,15 +25,15 @@ def _env():
     return env
 
 
-def _run(args, timeout):
-    return subprocess.run(
-        [sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=timeout, cwd=KERNELS.parent
-    )
+def _run(args, timeout, cwd):
+    """python args in cwd, a folder outside the source tree: from the repository root the source fastvit/ (which
+    holds no kernels/) would shadow a regular install's fastvit package, as `python -m` puts the cwd first."""
+    return subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def _sweep(tmp_path, timeout):
     out = tmp_path / "aot.json"
-    proc = _run(["-m", "fastvit.kernels.aot", "--quiet", "--json", str(out)], timeout)
+    proc = _run(["-m", "fastvit.kernels.aot", "--quiet", "--json", str(out)], timeout, tmp_path)
     assert out.exists(), (
         f"the sweep did not finish (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
@@ -63,11 +62,30 @@ def test_every_kernel_module_lists_its_launch_variants():
         assert len({v.name for v in variants}) == len(variants), f"kernels/{op}.py: variant names repeat"
 
 
-def test_representative_variants_compile_for_sm80_and_sm90a(tmp_path):
+def test_recipe_and_representative_variants_compile_for_sm80_and_sm90a(tmp_path):
     reports = _sweep(tmp_path, timeout=1500)
     assert {r["target"] for r in reports} == {"sm_80", "sm_90a"}
     compiled_ops = {r["name"].split(".")[0] for r in reports}
     assert compiled_ops == set(aot.OPS), f"ops without a compiled variant: {sorted(set(aot.OPS) - compiled_ops)}"
+    compiled = {r["name"] for r in reports}
+    for width in (1024, 4096):  # ViT-L (the suite's model; its backward spilled on sm_90a at 4 warps), ViT-7B
+        for kind in ("fwd", "bwd"):
+            assert f"layer_norm.{kind}.bf16.w_fp32.res.n{width}" in compiled
+            assert f"layer_norm.{kind}.bf16.w_bf16.plain.n{width}" in compiled
+
+
+def test_recipe_shapes_select_their_variants():
+    """The shapes come from the recipes (ViT-L 1024 wide, 16 heads of 64; ViT-7B 4096 wide, heads of 128; the MAE
+    decoder and CLIP text towers), and the selection holds every autotuned attention tile at those head dims."""
+    widths, head_dims = aot.recipe_shapes()
+    assert {192, 512, 1024, 4096} <= set(widths) and {64, 128} <= set(head_dims), (widths, head_dims)
+    vs = aot.variants()
+    picked = {v.name for v in aot.recipe_variants(vs)}
+    ln_blocks = {int(n.rsplit(".n", 1)[1]) for n in picked if n.startswith("layer_norm.")}
+    assert ln_blocks == {min(2 ** (w - 1).bit_length(), 4096) for w in widths}
+    tiles = [v.name for v in vs if v.name.startswith("attention.") and ".bf16." in v.name]
+    assert tiles and set(tiles) <= picked, sorted(set(tiles) - picked)
+    assert len(aot.ci_selection(vs)) < len(vs) / 4  # bounded: not the full sweep
 
 
 _PROBE = """
@@ -86,11 +104,11 @@ print(json.dumps({k: asdict(aot.compile_variant(v, "sm_80", cache_dir=None)) for
 """
 
 
-def test_harness_detects_spills_compile_errors_and_shared_memory():
+def test_harness_detects_spills_compile_errors_and_shared_memory(tmp_path):
     """The attention forward compiled through the same function with tiles the wrappers never launch: 128 x 128 at
     head dim 128 on 4 warps spills, a head dim of 80 (not a power of two) is a compile error, 128 x 128 with 4 stages
     needs more shared memory than an A100 has."""
-    proc = _run(["-c", textwrap.dedent(_PROBE)], timeout=1200)
+    proc = _run(["-c", textwrap.dedent(_PROBE)], timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = json.loads(proc.stdout.strip().splitlines()[-1])
     spill, error, smem = reports["spill"], reports["error"], reports["smem"]
@@ -119,3 +137,32 @@ def test_ptxas_report_parsing_and_limits():
     assert h100.problems == []
     failed = aot.check(aot.Report("k", "sm_90a", error="CompilationError: at 3:4\nValueError: arange's range"))
     assert failed.problems == ["compile error: ValueError: arange's range"]
+
+
+def test_int32_products_of_runtime_values_are_reported():
+    """Every compile lists the 32-bit products of two run-time values in its TTIR (aot.int32_products), a problem
+    like a spill: SwiGLU's old bound `M * H` wrapped past 2^31 elements; a loop counter with a run-time bound times
+    a size counts too. Products with a constant or a tl.arange factor, and 64-bit ones, are bounded and pass."""
+    ttir = """
+  tt.func public @k(%x_ptr: !tt.ptr<bf16> {tt.divisibility = 16 : i32} loc("x_ptr"(#loc)), %M: i32 loc("M"(#loc)), \
+%H: i32 loc("H"(#loc))) attributes {noinline = false} {
+    %c = arith.constant 1024 : i32 loc(#loc1)
+    %pid = tt.get_program_id x : i32 loc(#loc2)
+    %tile = arith.muli %pid, %c : i32 loc(#loc3)
+    %r = tt.make_range {end = 64 : i32, start = 0 : i32} : tensor<64xi32> loc(#loc4)
+    %Hs = tt.splat %H : i32 -> tensor<64xi32> loc(#loc5)
+    %in_tile = arith.muli %r, %Hs : tensor<64xi32> loc(#loc6)
+    %bound = arith.muli %M, %H : i32 loc(#loc7)
+    %row = arith.addi %pid, %c : i32 loc(#loc8)
+    %rows = tt.splat %row : i32 -> tensor<64xi32> loc(#loc9)
+    %offs = arith.muli %rows, %Hs : tensor<64xi32> loc(#loc10)
+    %M64 = arith.extsi %M : i32 to i64 loc(#loc11)
+    %H64 = arith.extsi %H : i32 to i64 loc(#loc12)
+    %wide = arith.muli %M64, %H64 : i64 loc(#loc13)
+    %acc = scf.for %j = %c to %M step %c iter_args(%a = %c) -> (i32)  : i32 {
+      %jH = arith.muli %j, %H : i32 loc(#loc14)
+"""
+    found = aot.int32_products(ttir)
+    assert [f.split(":")[0] for f in found] == ["%bound", "%offs", "%jH"], found
+    report = aot.check(aot.Report("k", "sm_90a", registers=32, spill_bytes=0, shared_bytes=0, int32_products=found))
+    assert report.problems and report.problems[0].startswith("int32 product of run-time values: %bound"), report

@@ -3,11 +3,13 @@
 import pytest
 import torch
 from fastvit.kernels.attention import attention_ref
+from fastvit.kernels.clip_loss import clip_loss_ref
 from fastvit.kernels.layer_norm import add_layer_norm_ref
+from fastvit.kernels.mae_loss import mae_loss_ref
 from fastvit.kernels.swiglu import swiglu_ref
 from kernel_tolerance import kernel_tol
 
-from fastvit.ops import add_layer_norm, attention, swiglu
+from fastvit.ops import add_layer_norm, attention, clip_loss, mae_loss, swiglu
 from fastvit.testing import assert_close
 
 pytestmark = pytest.mark.gpu
@@ -98,3 +100,50 @@ def test_auto_picks_triton_on_gpu_and_compiles():
     expected = attention(q, q, q, backend="torch")
     assert_close(attention(q, q, q), expected, atol=2e-2, name="auto vs torch")
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_mae_loss_gpu(dtype, norm_pix):
+    """The fused MAE pixel loss compiled for the GPU at a Web-MAE shape (patch 14, 16 x 16 grid, 75% masked) against
+    float64, loss and d pred."""
+    B, p, side = 4, 14, 224
+    N = (side // p) ** 2
+    images = torch.randn(B, 3, side, side, device="cuda", dtype=torch.float64) * 2 + 0.5
+    pred = torch.randn(B, N, 3 * p * p, device="cuda", dtype=torch.float64)
+    mask = torch.rand(B, N, device="cuda") < 0.75
+    _check(  # fp32 images beside the predictions, as autocast hands them over; no gradient to the images
+        lambda pr: mae_loss(pr, images.float(), mask, p, norm_pix=norm_pix, backend="triton"),
+        lambda pr: mae_loss_ref(pr, images, mask, p, norm_pix),
+        [pred],
+        [torch.tensor(1.0, device="cuda", dtype=torch.float64)],
+        dtype,
+        "mae_loss",
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_clip_loss_gpu(dtype, kind):
+    """The chunked contrastive kernels compiled for the GPU: a rank's 96 rows against 1536 global columns (more than
+    one 1024-column block), offset into the batch, chunked, against float64; the loss and its gradients."""
+    b, B, D, offset = 96, 1536, 64, 512
+    q = torch.nn.functional.normalize(torch.randn(b, D, device="cuda", dtype=torch.float64), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(B, D, device="cuda", dtype=torch.float64), dim=-1)
+    scale = torch.tensor([12.0], device="cuda", dtype=torch.float64)
+    bias = torch.tensor([-4.0], device="cuda", dtype=torch.float64)
+    siglip = kind == "siglip"
+    bias = [bias] if siglip else []  # InfoNCE has no bias
+
+    def fn(q_, k_, s_, *b_):
+        b_ = b_[0].float() if siglip else None
+        return clip_loss(q_, k_, s_.float(), offset=offset, kind=kind, logit_bias=b_, chunk_rows=32, backend="triton")
+
+    _check(
+        fn,
+        lambda q_, k_, s_, *b_: clip_loss_ref(q_, k_, s_, offset, b_[0] if siglip else None, siglip),
+        [q, k, scale, *bias],
+        [torch.tensor(1.0, device="cuda", dtype=torch.float64)],
+        dtype,
+        f"clip_loss {kind}",
+    )

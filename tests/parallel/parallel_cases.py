@@ -14,12 +14,24 @@ from fastvit.config import ParallelConfig
 from fastvit.models.heads import DINOHead
 from fastvit.models.vit import build_vit
 from fastvit.objectives.teacher import ema_update_
-from fastvit.parallel.tp import gather_canonical
+from fastvit.parallel.pp import ViTStage, stage_blocks, stage_ids
+from fastvit.parallel.tp import _tp_axis, fused_parts, to_part_major
 
 B = 8  # global batch
 K = 32  # prototypes
 LR, EPS, MOMENTUM = 1e-2, 1e-5, 0.9
 ATOL, RTOL = 2e-5, 1e-4  # fp32; only the summation order differs between layouts
+
+
+def gather_canonical(t, fqn):
+    """The full tensor of parameter (or gradient / moment) `t` named `fqn`, in the model's own row order."""
+    full = t.full_tensor() if isinstance(t, DTensor) else t
+    parts = fused_parts(fqn)
+    if parts and isinstance(t, DTensor):
+        tp_i = _tp_axis(t)
+        if tp_i is not None:
+            full = to_part_major(full, parts, t.device_mesh.size(tp_i))
+    return full
 
 
 def tiny_vit():
@@ -143,6 +155,51 @@ def state_of(student, teacher, opt):
 # ---- pipeline: dense images through ViTStage (embed -> blocks -> norm -> CLS -> head) ------------------
 
 
+class DenseStage(ViTStage):
+    """A ViTStage of dense images: the first takes (B, 3, H, W), the others (B, L, D) tokens; the last returns
+    head(CLS) (B, out), the others tokens."""
+
+    def __init__(self, vit, blocks, *, first, last, head=None):
+        super().__init__(vit, blocks, first=first, last=last)
+        if last:
+            self.head = head if head is not None else nn.Identity()
+
+    def forward(self, x):
+        if self.is_first:
+            x = self.with_prefix(*self.patch_tokens(x))  # (B, 3, H, W) -> (B, L, D)
+        for block in self.blocks.values():
+            x = block(x)
+        if self.is_last:
+            return self.head(self.norm(x)[:, 0])
+        return x
+
+
+def pipeline_stages(vit, mesh, head=None):
+    """[(stage_index, DenseStage)] of this rank's stages."""
+    dims = mesh.dims
+    ranges = stage_blocks(vit.cfg.depth, dims.n_stages)
+    ids = stage_ids(mesh.rank("pp"), dims.pp, dims.virtual_stages)
+    last = dims.n_stages - 1
+    return [
+        (s, DenseStage(vit, ranges[s], first=s == 0, last=s == last, head=head if s == last else None)) for s in ids
+    ]
+
+
+def pipeline_step(pipeline, x, target, mesh):
+    """Forward and backward of one batch; the mean loss (0-d) on every rank: averaged over the microbatches on the
+    last stage, sent to every pp rank and averaged over the dp axis (equal local batches)."""
+    first, last = pipeline.is_first, pipeline.is_last
+    losses = []
+    pipeline.step(*((x,) if first else ()), target=target if last else None, losses=losses if last else None)
+    loss = torch.stack([v.detach().float() for v in losses]).mean() if last else torch.zeros((), device=pipeline.device)
+    if mesh.dims.pp > 1:
+        dist.all_reduce(loss, group=mesh.pp.get_group())  # only the last stage's rank holds a non-zero value
+    if mesh.dims.dp > 1:
+        dist.all_reduce(loss, group=mesh.dp.get_group())
+        loss /= mesh.dims.dp
+    return loss
+
+
 def pp_pair(seed):
     """(vit, head) of the student and a deep copy for the teacher."""
     torch.manual_seed(seed)
@@ -157,11 +214,9 @@ def pp_loss(student_logits, teacher_logits):
 
 def pp_reference():
     """One process: loss and grads of one dense step of the full model, teacher params after the EMA."""
-    from fastvit.parallel.pp import ViTStage
-
     (vit, head), (t_vit, t_head) = pp_pair(0)
-    model = ViTStage(vit, range(4), first=True, last=True, head=head)
-    teacher = ViTStage(t_vit, range(4), first=True, last=True, head=t_head)
+    model = DenseStage(vit, range(4), first=True, last=True, head=head)
+    teacher = DenseStage(t_vit, range(4), first=True, last=True, head=t_head)
     x = batch(0)[0]
     with torch.no_grad():
         target = teacher(x)
@@ -178,7 +233,7 @@ def pp_run(mesh, cfg, kind, n_micro):
     """One pipelined step of the student (schedule `kind`) with the teacher through its own forward-only
     pipeline; returns the loss seen on this rank, full grads and teacher params of this rank's stages."""
     from fastvit.parallel.parallelize import parallelize_vit
-    from fastvit.parallel.pp import build_schedule, pipeline_stages, pipeline_step, teacher_forward
+    from fastvit.parallel.pp import build_schedule, teacher_forward
 
     (vit, head), (t_vit, t_head) = pp_pair(0)
     stages = pipeline_stages(vit, mesh, head=head)

@@ -18,6 +18,7 @@ from parallel_cases import (
     build_pair,
     dino_loss,
     full_params,
+    gather_canonical,
     masks,
     optimizer,
     pp_reference,
@@ -30,7 +31,7 @@ from test_parallel_2rank import check_same
 
 from fastvit.parallel.mesh import build_mesh, resolve_dims
 from fastvit.parallel.parallelize import parallelize_vit
-from fastvit.parallel.tp import apply_tp, gather_canonical
+from fastvit.parallel.tp import apply_tp
 from fastvit.testing import assert_close, run_ranks
 
 PACKED_T = {3: 21, B: 56}  # images -> packed tokens: 5 per global crop (CLS + 2 x 2 patches), 2 per local crop

@@ -43,18 +43,22 @@ TINY_OBJECTIVE = {
     "web_dino": [
         "data.n_local_crops=2",
         "data.local_crops_size=16",
-        "objective.dino_out_dim=128",
-        "objective.ibot_out_dim=128",
-        "objective.head_hidden_dim=64",
-        "objective.dino_bottleneck_dim=32",
-        "objective.ibot_bottleneck_dim=32",
+        "objective.web_dino.dino_out_dim=128",
+        "objective.web_dino.ibot_out_dim=128",
+        "objective.web_dino.head_hidden_dim=64",
+        "objective.web_dino.dino_bottleneck_dim=32",
+        "objective.web_dino.ibot_bottleneck_dim=32",
     ],
-    "web_mae": ["objective.mae_decoder_width=32", "objective.mae_decoder_depth=1", "objective.mae_decoder_heads=2"],
+    "web_mae": [
+        "objective.web_mae.decoder_width=32",
+        "objective.web_mae.decoder_depth=1",
+        "objective.web_mae.decoder_heads=2",
+    ],
     "clip": [
-        "objective.clip_embed_dim=16",
-        "objective.clip_text_width=32",
-        "objective.clip_text_depth=1",
-        "objective.clip_text_heads=2",  # the recipe's 32-token context: whole captions (16 cut them to near-duplicates)
+        "objective.clip.embed_dim=16",
+        "objective.clip.text_width=32",
+        "objective.clip.text_depth=1",
+        "objective.clip.text_heads=2",  # the recipe's 32-token context: whole captions (16 cut them to near-duplicates)
     ],
 }
 DEMOS = {"web_dino": "demo", "web_mae": "demo_mae", "clip": "demo_clip"}

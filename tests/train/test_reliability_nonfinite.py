@@ -7,10 +7,10 @@ import pytest
 from tiny import tiny_config
 
 from fastvit.eval.run import load_teacher_backbone
+from fastvit.tasks.web_dino.task import WebDINOTask
 from fastvit.train import checkpoint as ckpt
 from fastvit.train import loop
 from fastvit.train.loop import NonFiniteLossError, train
-from fastvit.train.web_dino import WebDINOTask
 
 
 def test_an_exploding_step_is_skipped_and_ordinary_steps_are_not(tmp_path, monkeypatch, capsys):

@@ -8,10 +8,10 @@ from tiny import tiny_args, tiny_config
 from fastvit.cli import main as cli
 from fastvit.config import read_config
 from fastvit.eval.run import load_teacher_backbone
+from fastvit.tasks.web_dino.task import WebDINOTask
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
 from fastvit.train.metrics import trim_metrics
-from fastvit.train.web_dino import WebDINOTask
 
 
 def _steps_logged(run):
@@ -21,9 +21,13 @@ def _steps_logged(run):
 def test_a_refused_resume_leaves_the_run_folder_untouched(tmp_path, capsys):
     run = train(tiny_config(tmp_path / "run", "train.steps=1"))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    assert cli(["train", *tiny_args(run, "train.steps=2", "model.width=96", "objective.dino_out_dim=128")]) == 2
+    assert (
+        cli(["train", *tiny_args(run, "train.steps=2", "model.width=96", "objective.web_dino.dino_out_dim=128")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.width=96 (saved: 64)" in err[0] and "objective.dino_out_dim=128" in err[0], err
+    assert (
+        len(err) == 1 and "model.width=96 (saved: 64)" in err[0] and "objective.web_dino.dino_out_dim=128" in err[0]
+    ), err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     cfg = read_config(run / "config.yaml")
     assert cfg.model.width == 64

@@ -14,7 +14,7 @@ from fastvit.testing import run_ranks
 from fastvit.train.loop import train
 
 COMPARED = ("loss", "dino_global", "dino_local", "ibot")
-EXTRA = ("train.steps=3", "objective.koleo_weight=0", "train.checkpoint_every=0", "optim.warmup_steps=1")
+EXTRA = ("train.steps=3", "objective.web_dino.koleo_weight=0", "train.checkpoint_every=0", "optim.warmup_steps=1")
 
 
 def _train_rank(rank, world_size, out, mode):

@@ -12,7 +12,7 @@ from fastvit.testing import run_ranks
 from fastvit.train.loop import train
 
 COMPARED = ("loss", "dino_global", "dino_local", "ibot", "grad_norm")
-BASE = ("objective.koleo_weight=0", "optim.warmup_steps=1", "train.keep_checkpoints=3")
+BASE = ("objective.web_dino.koleo_weight=0", "optim.warmup_steps=1", "train.keep_checkpoints=3")
 STEPS = ("train.steps=3", "train.checkpoint_every=0")
 
 
@@ -58,7 +58,7 @@ def test_1f1b_matches_one_process_and_checkpoints_reshard(tmp_path):
 def test_interleaved_schedule_matches_one_process(tmp_path):
     """pp=2 ranks x 2 virtual stages (4 stages of one block, interleaved 1F1B, 4 microbatches), with softmax
     centering (its EMA centers live on the last stage)."""
-    depth = ("model.depth=4", "objective.centering=softmax")
+    depth = ("model.depth=4", "objective.web_dino.centering=softmax")
     train(tiny_config(tmp_path / "one", *BASE, *STEPS, *depth))
     pp = (
         "parallel.pp=2",

@@ -11,9 +11,9 @@ import pytest
 from tiny import tiny_args, tiny_config
 
 from fastvit.cli import main as cli
+from fastvit.tasks.web_dino.task import WebDINOTask
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import NonFiniteLossError, train
-from fastvit.train.web_dino import WebDINOTask
 
 LOSS_TERMS = ("loss", "dino_global", "dino_local", "ibot", "koleo")
 
@@ -36,7 +36,7 @@ def test_zero_steps_writes_the_initial_checkpoint_and_eval_reads_it(tmp_path, ca
 
 
 def test_metrics_carry_every_term_and_the_schedules(tmp_path):
-    run = train(tiny_config(tmp_path / "run", "train.steps=3", "objective.teacher_temp=0.07"))
+    run = train(tiny_config(tmp_path / "run", "train.steps=3", "objective.web_dino.teacher_temp=0.07"))
     m = read_metrics(run)
     assert sorted(m) == [1, 2, 3]
     for key in (
@@ -159,7 +159,7 @@ def test_teacher_runs_every_block_while_the_student_drops_paths(tmp_path):
     """With model.drop_path > 0 the student drops whole images from residual branches; the EMA teacher never does."""
     import torch
 
-    from fastvit.train.web_dino import build_student_teacher
+    from fastvit.tasks.web_dino.model import build_student_teacher
 
     student, teacher = build_student_teacher(tiny_config(tmp_path, "model.drop_path=0.5"), torch.device("cpu"))
     assert student.training and not teacher.training

@@ -52,7 +52,7 @@ def test_one_host_sync_per_optimizer_step(tmp_path, monkeypatch, objective):
     gradient norm and the finiteness flag together, once."""
     extra = [f"objective.name={objective}", "optim.grad_accum=2"]
     if objective == "web_mae":
-        extra.append("objective.mae_decoder_width=32")
+        extra.append("objective.web_mae.decoder_width=32")
     run = build_training(tiny_config(tmp_path, *extra))
     batch = run.task.synthetic_batch(run.batch_per_rank, run.device)
     batches = iter(lambda: batch, None)

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from fastvit.config import load_config
+from fastvit.tasks.web_dino.task import WebDINOTask
 from fastvit.train import checkpoint as ckpt
-from fastvit.train.web_dino import WebDINOTask
 
 TINY = [
     "model.width=64",
@@ -22,12 +22,12 @@ TINY = [
     "data.n_local_crops=2",
     "data.global_crops_size=32",
     "data.local_crops_size=16",
-    "objective.dino_out_dim=256",
-    "objective.ibot_out_dim=256",
-    "objective.head_hidden_dim=128",
-    "objective.dino_bottleneck_dim=64",
-    "objective.ibot_bottleneck_dim=64",
-    "objective.teacher_temp_warmup_steps=2",
+    "objective.web_dino.dino_out_dim=256",
+    "objective.web_dino.ibot_out_dim=256",
+    "objective.web_dino.head_hidden_dim=128",
+    "objective.web_dino.dino_bottleneck_dim=64",
+    "objective.web_dino.ibot_bottleneck_dim=64",
+    "objective.web_dino.teacher_temp_warmup_steps=2",
     "optim.warmup_steps=2",
     "optim.freeze_last_layer_steps=1",
     "train.batch_size=8",
@@ -62,6 +62,7 @@ def _merge(batches, n_global, n_local):
 class MergedLoader:
     def __init__(self, loaders, n_global, n_local):
         self.loaders, self.n_global, self.n_local = loaders, n_global, n_local
+        self.skipped_total = self.skipped_shards = 0  # the loader interface the training loop logs
 
     def __iter__(self):
         for batches in zip(*self.loaders):

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from fastvit.config import load_config
-from fastvit.eval.zeroshot import evaluate_zeroshot
+from fastvit.tasks.clip.zeroshot import evaluate_zeroshot
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
 

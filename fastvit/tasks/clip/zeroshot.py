@@ -46,7 +46,7 @@ def class_names(source):
 
 def load_clip(cfg, checkpoint_path):
     """The CLIP student of a DCP checkpoint (CPU) and its tokenizer."""
-    from fastvit.train.clip import build_clip
+    from fastvit.tasks.clip.model import build_clip
 
     model, tok = build_clip(cfg, torch.device("cpu"))
     ckpt.load_module(checkpoint_path, model, "student")

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from fastvit.objectives.clip import LogitScale
+from fastvit.tasks.clip.objective import LogitScale
 
 
 def test_logit_scale_is_capped_and_comes_back_from_above_the_cap():

@@ -12,7 +12,7 @@ class MAEObjective(nn.Module):
         super().__init__()
         self.patch_size, self.norm_pix, self.eps, self.backend = patch_size, norm_pix, eps, backend
 
-    def forward(self, pred_BNP, images_B3HW, mask_BN):
+    def forward(self, *, pred_BNP, images_B3HW, mask_BN):
         loss = mae_loss(
             pred_BNP, images_B3HW, mask_BN, self.patch_size, norm_pix=self.norm_pix, eps=self.eps, backend=self.backend
         )

@@ -27,18 +27,9 @@ from torch.distributed.fsdp import FSDPModule
 
 from fastvit.models.heads import PrototypeLogits
 from fastvit.models.layers import Packing
-from fastvit.objectives.teacher import ema_update_
 from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
-from fastvit.train.task import Task
-from fastvit.train.web_dino import (
-    WebDINOTask,
-    load_teacher_student_state,
-    synthetic_batch,
-    teacher_student_state,
-    web_dino_flops,
-    web_dino_loader,
-    web_dino_schedules,
-)
+from fastvit.tasks.web_dino.model import head_outputs
+from fastvit.tasks.web_dino.task import WebDINOTask
 
 
 @dataclass(frozen=True)
@@ -128,20 +119,19 @@ class WebDINOStage(nn.Module):
         return Packing.from_seqlens(seqlens, device)
 
     def _heads(self, x_TD, masks_BGN):
+        """WebDINO.forward's head outputs (model.head_outputs) on the packed tokens, as the tuple example_io
+        declares."""
         lay, b = self.layout, masks_BGN.shape[0]
         n_g_tokens = lay.n_global * b * lay.global_len
         x_g = x_TD[:n_g_tokens].view(lay.n_global * b, lay.global_len, -1)
-        cls_g = x_g[:, 0]
         masks = masks_BGN.transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
-        ibot = self.ibot_head.features(x_g[:, lay.n_prefix :][masks])
-        dino_g = self.dino_head.features(cls_g)
+        cls_l = x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0] if self.n_local else None
+        out = head_outputs(self.dino_head, self.ibot_head, x_g[:, 0], x_g[:, lay.n_prefix :], masks, cls_l)
         if self.teacher:
-            return dino_g.view(lay.n_global, b, -1).transpose(0, 1), ibot
-        if self.n_local:
-            dino_l = self.dino_head.features(x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0])
-        else:
-            dino_l = dino_g.new_zeros(0, dino_g.shape[-1])
-        return cls_g, dino_g, dino_l, ibot, self.dino_head.prototypes(), self.ibot_head.prototypes(), masks_BGN
+            return out["dino_g"].view(lay.n_global, b, -1).transpose(0, 1), out["ibot"]
+        dino_l = out["dino_l"] if self.n_local else out["dino_g"].new_zeros(0, out["dino_g"].shape[-1])
+        heads = (out["cls_g"], out["dino_g"], dino_l, out["ibot"], out["dino_protos"], out["ibot_protos"])
+        return (*heads, masks_BGN)
 
 
 def merged_module(stages):
@@ -193,18 +183,17 @@ class BatchTargets:
         return sum(self.ibot_rows.values())
 
 
-class PipelinedWebDINOTask(Task):
+class PipelinedWebDINOTask(WebDINOTask):
     """Web-DINO whose student and teacher run as pipeline stages over mesh.pp (see the module docstring).
 
     Built from a WebDINOTask (the full models, initialised exactly as in one process, and its objective);
-    `student` / `teacher` are then merged_module()s of this rank's stages. forward_backward runs both
-    pipelines; their schedules are built at the first batch, whose microbatch gives the stages' static shapes.
+    `student` / `teacher` are then merged_module()s of this rank's stages, so the plain task's schedules, EMA
+    update, FLOPs and checkpoint state apply as they are. forward_backward runs both pipelines; their schedules
+    are built at the first batch, whose microbatch gives the stages' static shapes.
     """
 
-    loss_keys = WebDINOTask.loss_keys
-    supports_pipeline = True
-
     def __init__(self, task, mesh):
+        # not super().__init__(): that would build the models again; they come from `task`
         cfg, dims = task.cfg, mesh.dims
         if cfg.optim.grad_accum != 1:
             raise ValueError(
@@ -258,20 +247,11 @@ class PipelinedWebDINOTask(Task):
 
     def build_loader(self, *, batch_size, rank, world_size, device):
         self._check_batch(batch_size)  # at the start, not at the first step
-        return web_dino_loader(self.cfg, batch_size=batch_size, rank=rank, world_size=world_size, device=device)
+        return super().build_loader(batch_size=batch_size, rank=rank, world_size=world_size, device=device)
 
     def synthetic_batch(self, batch_size, device, seed=0):
         self._check_batch(batch_size)
-        return synthetic_batch(self.cfg, batch_size, device, seed)
-
-    def schedules(self, step, total):
-        return web_dino_schedules(self.cfg, step, total)
-
-    def after_step(self, sched):
-        ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])
-
-    def flops_per_step(self, batch_per_rank):
-        return web_dino_flops(self.cfg, self.full_cfg, batch_per_rank)
+        return super().synthetic_batch(batch_size, device, seed)
 
     def _check_batch(self, b):
         if b % self.n_micro:
@@ -328,7 +308,9 @@ class PipelinedWebDINOTask(Task):
         last = [m for _, m in self.t_stages if m.is_last][0]
         tg = PrototypeLogits(dino_BGD.transpose(0, 1), _prototypes(last, "dino_head"))  # [n_g, B, D]
         tp = PrototypeLogits(ibot_MD, _prototypes(last, "ibot_head")) if ibot_MD.shape[0] else None
-        dino_t, ibot_t = self.objective.teacher_targets(tg, tp, teacher_temp)
+        dino_t, ibot_t = self.objective.teacher_targets(
+            teacher_global=tg, teacher_patches=tp, teacher_temp=teacher_temp
+        )
         return BatchTargets(dino_t, ibot_t, masks_BGN)
 
     def _microbatch_loss(self, output, images, *, targets):
@@ -345,13 +327,13 @@ class PipelinedWebDINOTask(Task):
             sp, it = PrototypeLogits(ibot, ibot_protos), targets.ibot.columns(slice(off, off + M))
         targets.ibot_rows[lo] = M
         losses = self.objective.student_losses(
-            PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
-            PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
-            targets.dino.columns(slice(lo, hi)),
-            sp,
-            it,
-            masks,
-            cls_g.view(lay.n_global, b, -1) if b > 1 else None,
+            student_global=PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
+            student_local=PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
+            dino_targets=targets.dino.columns(slice(lo, hi)),
+            student_patches=sp,
+            ibot_targets=it,
+            masks=masks,
+            student_cls=cls_g.view(lay.n_global, b, -1) if b > 1 else None,
         )
         targets.terms[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])
         return losses["total"]
@@ -359,7 +341,4 @@ class PipelinedWebDINOTask(Task):
     def state_dict(self, optimizer, *, with_optim=None):
         for buf in self.objective.buffers():  # softmax centers live on the last stage; every rank saves them
             dist.broadcast(buf, group=self.grad_norm_group, group_src=self.mesh.dims.pp - 1)
-        return teacher_student_state(self, optimizer, with_optim)
-
-    def load_state_dict(self, state, optimizer):
-        load_teacher_student_state(self, state, optimizer)
+        return super().state_dict(optimizer, with_optim=with_optim)

@@ -1,9 +1,10 @@
 """WebDINOObjective: DINO (CLS, cross-view) + iBOT (masked patches) + KoLeo, with the term counts of DINOv2.
 
-Inputs (B images per rank, n_g global and n_l local crops, K prototypes, M masked patches on this rank). Every head
-output is a fastvit.models.heads.PrototypeLogits (L2-normalised features + the head's prototypes g * normalize(V)):
-the one loss path is factored, the [rows, K] logits are never built (teacher targets: fastvit.ops.sinkhorn /
-prototype_targets; cross-entropies: fastvit.ops.prototype_cross_entropy, fused Triton kernels on CUDA).
+Inputs, all by keyword (B images per rank, n_g global and n_l local crops, K prototypes, M masked patches on this
+rank). Every head output is a fastvit.models.heads.PrototypeLogits (L2-normalised features + the head's
+prototypes g * normalize(V)): the one loss path is factored, the [rows, K] logits are never built (teacher
+targets: fastvit.ops.sinkhorn / prototype_targets; cross-entropies: fastvit.ops.prototype_cross_entropy, fused
+Triton kernels on CUDA).
     student_global   features [n_g, B, D] of the student DINO head on the global crops
     student_local    features [n_l, B, D] of the local crops, or None when n_l = 0
     teacher_global   features [n_g, B, D] of the teacher DINO head on the global crops
@@ -31,7 +32,10 @@ Example (training loop):
     tg = teacher_dino_head.prototype_logits(t_cls_global)           # under torch.no_grad()
     sp = ibot_head.prototype_logits(s_patch_tokens[masks])          # features [M, 256]
     tp = teacher_ibot_head.prototype_logits(t_patch_tokens[masks])
-    losses = objective(sg, sl, tg, sp, tp, masks, s_cls_global, teacher_temp=teacher_temp_schedule(step, 37500))
+    losses = objective(
+        student_global=sg, student_local=sl, teacher_global=tg, student_patches=sp, teacher_patches=tp,
+        masks=masks, student_cls=s_cls_global, teacher_temp=teacher_temp_schedule(step, 37500),
+    )
     losses["total"].backward()
 """
 
@@ -94,14 +98,15 @@ class WebDINOObjective(nn.Module):
 
     def forward(
         self,
+        *,
         student_global,
-        student_local,
         teacher_global,
-        student_patches,
-        teacher_patches,
-        masks,
-        student_cls,
         teacher_temp,
+        student_local=None,
+        student_patches=None,
+        teacher_patches=None,
+        masks=None,
+        student_cls=None,
     ):
         n_g = self.n_global
         heads = (student_global, student_local, teacher_global, student_patches, teacher_patches)
@@ -120,8 +125,18 @@ class WebDINOObjective(nn.Module):
             if student_patches.shape[0] != M or teacher_patches.shape[0] != M:
                 rows = f"{student_patches.shape[0]} / {teacher_patches.shape[0]}"
                 raise ValueError(f"masks select {M} patches but the iBOT outputs hold {rows} rows")
-        dino, ibot = self.teacher_targets(teacher_global, teacher_patches, teacher_temp)
-        return self.student_losses(student_global, student_local, dino, student_patches, ibot, masks, student_cls)
+        dino, ibot = self.teacher_targets(
+            teacher_global=teacher_global, teacher_patches=teacher_patches, teacher_temp=teacher_temp
+        )
+        return self.student_losses(
+            student_global=student_global,
+            student_local=student_local,
+            dino_targets=dino,
+            student_patches=student_patches,
+            ibot_targets=ibot,
+            masks=masks,
+            student_cls=student_cls,
+        )
 
     def _combine(self, dino_global, dino_local, ibot, student_cls):
         zero = dino_global.new_zeros(())
@@ -133,7 +148,7 @@ class WebDINOObjective(nn.Module):
 
     # ---- the same losses in two phases: teacher targets of a whole batch, then student losses of a part of it
 
-    def teacher_targets(self, teacher_global, teacher_patches, teacher_temp):
+    def teacher_targets(self, *, teacher_global, teacher_temp, teacher_patches=None):
         """TeacherTargets of the DINO head (rows [n_g, B]) and of the iBOT head (rows [1, M], or None) from
         PrototypeLogits [n_g, B, D] / [M, D]; Sinkhorn over all their rows (and ranks), or softmax centering
         (whose centers are updated here). Pipelined training computes them once per step, then calls
@@ -147,7 +162,15 @@ class WebDINOObjective(nn.Module):
         return dino, self._factored_targets(patches, teacher_temp, "ibot")
 
     def student_losses(
-        self, student_global, student_local, dino_targets, student_patches, ibot_targets, masks, student_cls
+        self,
+        *,
+        student_global,
+        dino_targets,
+        student_local=None,
+        student_patches=None,
+        ibot_targets=None,
+        masks=None,
+        student_cls=None,
     ):
         """The loss dict of forward() for student PrototypeLogits against precomputed TeacherTargets:
         dino_targets rows [n_g, B] (the student's B images), ibot_targets rows [1, M] (masks' M patches)."""

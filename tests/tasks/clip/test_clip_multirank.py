@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvit.objectives.clip import CLIPObjective
+from fastvit.tasks.clip.objective import CLIPObjective
 from fastvit.testing import assert_close, run_ranks
 
 B, D = 10, 12
@@ -22,7 +22,10 @@ def _loss_and_grads(img_raw, txt_raw, kind, backend):
     log_scale = torch.tensor([2.3], dtype=img_raw.dtype, requires_grad=True)
     bias = torch.tensor([-2.0], dtype=img_raw.dtype, requires_grad=True)
     out = CLIPObjective(kind, backend=backend)(
-        F.normalize(img_raw, dim=-1), F.normalize(txt_raw, dim=-1), log_scale.exp(), bias if kind == "siglip" else None
+        img_bD=F.normalize(img_raw, dim=-1),
+        txt_bD=F.normalize(txt_raw, dim=-1),
+        logit_scale=log_scale.exp(),
+        logit_bias=bias if kind == "siglip" else None,
     )
     out["total"].backward()
     bias_grad = bias.grad if bias.grad is not None else torch.zeros(1, dtype=img_raw.dtype)

@@ -15,7 +15,7 @@ from PIL import Image
 from fastvit.config import load_config
 from fastvit.data.builtin import CLASSES, BuiltinSource, describe
 from fastvit.eval.run import load_teacher_backbone
-from fastvit.eval.zeroshot import evaluate_zeroshot
+from fastvit.tasks.clip.zeroshot import evaluate_zeroshot
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import train
 
@@ -55,14 +55,14 @@ def test_short_clip_run_leaves_the_collapsed_solution_and_evaluates(tmp_path, ki
             "model.heads=2",
             "model.img_size=32",
             "data.global_crops_size=32",
-            "objective.clip_text_width=64",
-            "objective.clip_text_depth=1",
-            "objective.clip_text_heads=2",
-            "objective.clip_embed_dim=32",
+            "objective.clip.text_width=64",
+            "objective.clip.text_depth=1",
+            "objective.clip.text_heads=2",
+            "objective.clip.embed_dim=32",
             "data.num_workers=0",
             "optim.warmup_steps=5",
             "optim.lr=1e-3",
-            f"objective.clip_loss={kind}",
+            f"objective.clip.loss={kind}",
             "eval.max_images=40",
         ],
     )

@@ -4,7 +4,7 @@ Each rank holds b image and b text embeddings (L2-normalised). The columns of th
 all-gathered with gradients (torch.distributed.nn.functional.all_gather sums every rank's gradient back to
 the owner), and each rank computes only its own b rows against the B = world * b columns; its positives sit
 at columns rank * b + i. The mean over ranks of the per-rank losses is the loss of one process on the full
-batch, and with DDP's gradient averaging so are the gradients (tests/clip/test_clip_multirank.py).
+batch, and with DDP's gradient averaging so are the gradients (tests/tasks/clip/test_clip_multirank.py).
 """
 
 import math
@@ -93,7 +93,7 @@ class CLIPObjective(nn.Module):
         super().__init__()
         self.kind, self.group, self.backend = kind, group, backend
 
-    def forward(self, img_bD, txt_bD, logit_scale, logit_bias=None):
+    def forward(self, *, img_bD, txt_bD, logit_scale, logit_bias=None):
         if img_bD.shape != txt_bD.shape:
             raise ValueError(
                 f"image and text embeddings must have equal shapes, got {tuple(img_bD.shape)} and {tuple(txt_bD.shape)}"

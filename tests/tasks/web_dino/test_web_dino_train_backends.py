@@ -1,5 +1,6 @@
 """A short Web-DINO training run through the Triton loss kernels (TRITON_INTERPRET=1 on a CPU) logs the losses of
-the same run through the chunked torch path: objective.loss_backend picks the Sinkhorn and cross-entropy kernels."""
+the same run through the chunked torch path: objective.web_dino.loss_backend picks the Sinkhorn and cross-entropy
+kernels."""
 
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from fastvit.config import load_config
 from fastvit.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "train"))
 from tiny import TINY, run_metrics  # noqa: E402
 
 LOSSES = ("loss", "dino_global", "dino_local", "ibot", "koleo")
@@ -17,7 +18,12 @@ LOSSES = ("loss", "dino_global", "dino_local", "ibot", "koleo")
 
 def _run(tmp_path, backend):
     out = tmp_path / backend
-    extra = ["train.steps=2", "train.checkpoint_every=0", "data.val_source=", f"objective.loss_backend={backend}"]
+    extra = [
+        "train.steps=2",
+        "train.checkpoint_every=0",
+        "data.val_source=",
+        f"objective.web_dino.loss_backend={backend}",
+    ]
     train(load_config("demo", TINY + [f"train.out={out}", *extra]))
     return run_metrics(out)
 

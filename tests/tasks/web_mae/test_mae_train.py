@@ -6,7 +6,7 @@ import torch
 
 from fastvit.config import load_config
 from fastvit.data import mae_random_masking
-from fastvit.models.mae_decoder import MAEDecoder, sincos_pos_embed_2d
+from fastvit.tasks.web_mae.model import MAEDecoder, sincos_pos_embed_2d
 from fastvit.train.loop import train
 
 
@@ -47,9 +47,9 @@ def test_short_mae_run_lowers_loss(tmp_path):
             "model.heads=2",
             "model.img_size=32",
             "data.global_crops_size=32",
-            "objective.mae_decoder_width=32",
-            "objective.mae_decoder_depth=1",
-            "objective.mae_decoder_heads=2",
+            "objective.web_mae.decoder_width=32",
+            "objective.web_mae.decoder_depth=1",
+            "objective.web_mae.decoder_heads=2",
             "data.num_workers=0",
             "optim.warmup_steps=4",
             "optim.lr=3e-3",

@@ -58,8 +58,8 @@ def _add(tar, name, data):
 
 def test_caption_sources(tmp_path):
     src = captioned_source("builtin", "train")
-    payload, idx = src.read(13)
-    assert idx == 13 and payload.ndim == 3 and "ring" in src.caption(13)  # label 13 % 10 = 3
+    payload, label = src.read(13)
+    assert label == 3 and payload.ndim == 3 and "ring" in src.caption(13)  # the source's label 13 % 10 = 3
 
     (tmp_path / "imgs" / "cats").mkdir(parents=True)
     for name in ("x.png", "y.png", "z.png"):
@@ -78,7 +78,7 @@ def test_caption_sources(tmp_path):
         _add(tar, "002.png", _png(128))
     src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")
     assert [src.caption(i) for i in range(3)] == ["a black square", "white", ""]
-    assert src.read(1)[1] == 1
+    assert src.read(1)[1] == 3  # the source's label (the json's), not the sample's index
 
 
 def test_builtin_captions_name_the_colours_the_image_shows():
@@ -111,7 +111,7 @@ def test_demo_clip_context_holds_every_builtin_caption_whole():
     """The byte tokenizer cuts a caption to the context length; demo_clip's must fit the longest built-in caption
     (at 32 tokens the colour words of the longer templates were cut off)."""
     cfg = load_config("demo_clip", [])
-    tok = build_tokenizer(cfg.objective.clip_tokenizer, cfg.objective.clip_context_length)
+    tok = build_tokenizer(cfg.objective.clip.tokenizer, cfg.objective.clip.context_length)
     captions = [c for shape in CLASSES for c in class_prompts(shape)]  # every template x colour pair
     ids, eot = tok.encode_batch(captions)
     whole = torch.tensor([len(tok.tokens(c)) + 1 for c in captions])  # start token, the caption, end token

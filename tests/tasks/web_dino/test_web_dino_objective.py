@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastvit.models.heads import DINOHead, PrototypeLogits
-from fastvit.objectives.dino import WebDINOObjective
+from fastvit.tasks.web_dino.objective import WebDINOObjective
 from fastvit.testing import assert_close
 
 N_G, N_L, B, N_PATCH, K = 2, 3, 5, 6, 301
@@ -89,8 +89,16 @@ def run_objective(objective, x_glob, x_loc, x_patch, masks, dtype=torch.float32,
     for step in range(steps):
         with torch.no_grad():
             tg, tp = t_dino.prototype_logits(x_glob), t_ibot.prototype_logits(x_patch[masks])
-        args = (dino.prototype_logits(x_glob), dino.prototype_logits(x_loc), tg, ibot.prototype_logits(x_patch[masks]))
-        out = objective(*args, tp, masks, x_glob, teacher_temp=0.05 + 0.01 * step)
+        out = objective(
+            student_global=dino.prototype_logits(x_glob),
+            student_local=dino.prototype_logits(x_loc),
+            teacher_global=tg,
+            student_patches=ibot.prototype_logits(x_patch[masks]),
+            teacher_patches=tp,
+            masks=masks,
+            student_cls=x_glob,
+            teacher_temp=0.05 + 0.01 * step,
+        )
     out["total"].backward()
     grads = {f"{h}.{n}": p.grad for h, m in (("dino", dino), ("ibot", ibot)) for n, p in m.named_parameters()}
     return out, grads
@@ -141,9 +149,9 @@ def test_errors():
     obj = WebDINOObjective(n_global=2, n_local=1)
     x = PrototypeLogits(torch.randn(2, 3, 10), torch.randn(7, 10))
     with pytest.raises(ValueError, match="expected 1 local crops, got 2"):
-        obj(x, x, x, None, None, None, None, 0.05)
+        obj(student_global=x, student_local=x, teacher_global=x, teacher_temp=0.05)
     with pytest.raises(ValueError, match="takes PrototypeLogits"):
-        obj(torch.randn(2, 3, 7), None, torch.randn(2, 3, 7), None, None, None, None, 0.05)
+        obj(student_global=torch.randn(2, 3, 7), teacher_global=torch.randn(2, 3, 7), teacher_temp=0.05)
     with pytest.raises(ValueError, match="'centred'"):
         WebDINOObjective(centering="centred")
     with pytest.raises(ValueError, match="backend must be one of"):

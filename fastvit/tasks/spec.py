@@ -1,0 +1,49 @@
+"""ObjectiveSpec: what the rest of fastvit knows of an objective, declared once in the objective's folder.
+
+The config reads `config_cls` (its section objective.<name>) and `old_keys` (the flat keys of configs written
+before the sections), checkpoint resumption reads `resume_fixed_keys`, evaluation reads `eval_module`, the loop
+builds `task`. Nothing outside an objective's folder names the objective.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """name: objective.name; config_cls: the dataclass of its section objective.<name>; task: "module:Class" of
+    its fastvit.train.task.Task (imported when a run builds it, so reading a config imports no model code);
+    resume_fixed_keys: fields of its section a resume may not change (they shape the saved state);
+    eval_module: the saved module whose backbone evaluation reads ("student", or "teacher" for an EMA teacher);
+    old_keys: {flat key of objective.* before the sections: field of its section}, mapped when an old run
+    folder's config.yaml is read; eval_commands: {kind: "module:main"} of its own `fastvit eval KIND ...`
+    (main(argv) -> exit status), e.g. CLIP's zeroshot; min_batch_per_rank: (section) -> (n, why), the smallest
+    micro-batch per rank the objective can train on and what to change instead (checked before the run starts)."""
+
+    name: str
+    config_cls: type
+    task: str
+    resume_fixed_keys: tuple[str, ...] = ()
+    eval_module: str = "student"
+    old_keys: dict = field(default_factory=dict)
+    eval_commands: dict = field(default_factory=dict)
+    min_batch_per_rank: object = lambda section: (1, "")
+
+    def task_cls(self):
+        return _resolve(self.task)
+
+
+def _resolve(target):
+    """The object named by "package.module:name"."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def eval_command(kind):
+    """The main(argv) of `fastvit eval KIND` declared by a registered objective, or None."""
+    from fastvit.tasks import specs
+
+    for spec in specs().values():
+        if kind in spec.eval_commands:
+            return _resolve(spec.eval_commands[kind])
+    return None

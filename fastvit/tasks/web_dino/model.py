@@ -1,0 +1,67 @@
+"""The Web-DINO module: backbone + DINO head on CLS tokens, iBOT head on masked patch tokens; student and teacher.
+
+Student and teacher are two WebDINO modules; the teacher is a copy of the student updated by EMA. Calls go
+through `forward` so DDP / FSDP2 hooks see them. The pipelined task's last stage runs the same `head_outputs`.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+from fastvit.models.build import build_backbone
+from fastvit.models.heads import DINOHead
+
+
+def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=None):
+    """The heads' part of WebDINO.forward: cls_g (n_g*B, D) normalised CLS of the global crops, patch_g
+    (n_g*B, N, D) their patch tokens, masks (n_g*B, N) bool or None, cls_l (n_l*B, D) or None."""
+    out = {"cls_g": cls_g, "dino_g": dino_head.features(cls_g), "dino_protos": dino_head.prototypes()}
+    if cls_l is not None:
+        out["dino_l"] = dino_head.features(cls_l)
+    if masks is not None:
+        out["ibot"] = ibot_head.features(patch_g[masks])
+        out["ibot_protos"] = ibot_head.prototypes()
+    return out
+
+
+class WebDINO(nn.Module):
+    """backbone -> DINO head on CLS tokens, iBOT head on masked patch tokens."""
+
+    def __init__(self, backbone, cfg_obj):
+        super().__init__()
+        dim = backbone.cfg.width
+        self.backbone = backbone
+        self.dino_head = DINOHead(dim, cfg_obj.dino_out_dim, cfg_obj.head_hidden_dim, cfg_obj.dino_bottleneck_dim)
+        self.ibot_head = DINOHead(dim, cfg_obj.ibot_out_dim, cfg_obj.head_hidden_dim, cfg_obj.ibot_bottleneck_dim)
+
+    def init_weights(self):
+        self.backbone.init_weights()
+        self.dino_head.init_weights()
+        self.ibot_head.init_weights()
+
+    def forward(self, global_crops, local_crops=None, masks=None, *, teacher=False):
+        """global_crops (n_g*B, 3, S, S) crop-major, local_crops (n_l*B, 3, s, s) or None, masks (n_g*B, N) bool.
+
+        The student masks its global crops' patch tokens (iBOT); the teacher sees them unmasked and
+        only reads its patch outputs at the masked positions. Returns plain tensors (DDP-friendly):
+        cls_g (n_g*B, D), dino_g / dino_l / ibot bottleneck features (L2-normalised), and the two
+        normalised prototype matrices.
+        """
+        crops = [global_crops] + ([local_crops] if local_crops is not None and not teacher else [])
+        in_masks = [None if teacher else masks] + [None] * (len(crops) - 1)
+        outs = self.backbone(crops, in_masks)
+        cls_l = outs[1]["cls"] if len(outs) > 1 else None
+        return head_outputs(self.dino_head, self.ibot_head, outs[0]["cls"], outs[0]["patch"], masks, cls_l)
+
+
+def build_student_teacher(cfg, device):
+    """Student and teacher WebDINO modules on `device`, initialised identically; the teacher has no grads and
+    stays in eval mode (no drop path: it sees every block for every image, as in DINOv2)."""
+    with torch.device("meta"):
+        student = WebDINO(build_backbone(cfg.model), cfg.objective.web_dino)
+    student.to_empty(device=device)
+    student.init_weights()
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False).eval()
+    return student, teacher
