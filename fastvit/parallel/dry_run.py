@@ -189,12 +189,28 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
         states = [v for s in run.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         report["optim"] = tensor_bytes(states)
         report["shapes"] = _shapes(task.student, SHOWN) + _shapes(task.student, SHOWN_LAST)
+        report["startup"] = startup_bytes(cfg, world, report, task.student)
+        report["ckpt_stage"] = report["params"] + report["teacher"] + report["optim"]
         if checkpoint:
             state = task.state_dict(run.optimizer)  # what the loop's checkpoint saves
             report["state_bytes"] = tensor_bytes(t for t in tree_leaves(state) if torch.is_tensor(t))
             report["dcp_items"], report["dcp_bytes"] = save_plan(state, rank == 0)
         run.optimizer.zero_grad(set_to_none=True)
     return report
+
+
+def startup_bytes(cfg, world, report, student):
+    """Peak bytes of this rank while student and teacher are built: on the meta path (fastvit.parallel.meta_init)
+    its shards of both plus one full fp32 parameter; otherwise the whole student and teacher (DDP, pipelines)."""
+    from fastvit.parallel.meta_init import defers, largest_param_bytes
+
+    if world == 1 or defers(cfg.parallel, world):
+        return report["params"] + report["teacher"] + largest_param_bytes(student)
+    from fastvit.models.build import backbone_config
+    from fastvit.parallel.plan import Layout, head_params, stage_params
+
+    vit = backbone_config(cfg.model)
+    return 8 * stage_params(vit, head_params(vit.width, cfg.objective), Layout(dp=1, tp=1, pp=1, ac="none"))
 
 
 def layout_str(cfg, dims):
@@ -205,6 +221,8 @@ def layout_str(cfg, dims):
 
 def format_report(cfg, r):
     """The lines `fastvit train --dry-run` prints."""
+    from fastvit.parallel.meta_init import defers
+
     c, gb = r["coords"], lambda key: f"{r[key] / GB:.2f}"  # noqa: E731
     lines = [
         f"dry run: rank {r['rank']} of {r['world']} (pp {c['pp']}, dp {c['dp']}, tp {c['tp']}; stage(s) "
@@ -213,6 +231,9 @@ def format_report(cfg, r):
         f"({r['batch'].get('global_crops', ('?',))[0]} global crops per rank)",
         f"GB on this rank: params {gb('params')}, grads {gb('grads')}, optim {gb('optim')}, teacher {gb('teacher')}, "
         f"fsdp buffers {gb('fsdp_buffers')}",
+        f"start-up peak on this rank: {gb('startup')} GB (student and teacher built on meta, each rank materialises "
+        f"its shards: {'yes' if defers(cfg.parallel, r['world']) else 'no, the whole model first'}); "
+        f"an asynchronous checkpoint stages {gb('ckpt_stage')} GB in host memory",
     ]
     for name, full, local, where in r["shapes"]:
         on = f" as {', '.join(map(str, where))}" if where else ""
@@ -227,7 +248,7 @@ def format_report(cfg, r):
     return "\n".join(lines)
 
 
-COMPARED = ("params", "grads", "optim", "teacher", "fsdp_buffers")  # the planner's static columns
+COMPARED = ("params", "grads", "optim", "teacher", "fsdp_buffers", "startup", "ckpt_stage")  # the planner's columns
 
 
 def layout_config(cfg, layout):

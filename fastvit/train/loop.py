@@ -22,6 +22,7 @@ from fastvit.config import write_config
 from fastvit.errors import StopRequested, UserError
 from fastvit.parallel.distributed import init_distributed
 from fastvit.parallel.mesh import build_mesh, resolve_dims
+from fastvit.parallel.meta_init import deferred_init, defers, materialize_deferred
 from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.async_checkpoint import AsyncCheckpointer, async_default
@@ -76,13 +77,15 @@ def build_training(cfg, *, meta=False):
     meta=True (fastvit train --dry-run): the modules are built on the meta device, so nothing is allocated."""
     rank, world, device = init_distributed(cfg.parallel.timeout_s)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = build_task(cfg, torch.device("meta") if meta else device)
-    dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
-    b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
-    mesh = build_mesh(dims, device.type) if world > 1 else None
-    if dims.pp > 1:
-        task = pipelined(task, mesh)
-    task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
+    with deferred_init(not meta and defers(cfg.parallel, world)):  # built on meta, each rank its own shards
+        task = build_task(cfg, torch.device("meta") if meta else device)
+        dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
+        b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
+        mesh = build_mesh(dims, device.type) if world > 1 else None
+        if dims.pp > 1:
+            task = pipelined(task, mesh)
+        task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
+        materialize_deferred(device)
     # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
     return Training(cfg, rank, world, device, dims, mesh, task, optimizer, b)

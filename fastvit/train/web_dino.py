@@ -4,8 +4,6 @@ Student and teacher are two WebDINO modules (backbone + DINO head + iBOT head); 
 copy of the student updated by EMA. Calls go through `forward` so DDP / FSDP2 hooks see them.
 """
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -18,6 +16,7 @@ from fastvit.models.flops import head_flops, vit_forward_flops
 from fastvit.models.heads import DINOHead, PrototypeLogits
 from fastvit.objectives.teacher import ema_update_, momentum_schedule, teacher_temp_schedule
 from fastvit.objectives.web_dino import WebDINOObjective
+from fastvit.parallel.meta_init import build_on_meta
 from fastvit.train.checkpoint import load_trainable_state, trainable_state
 from fastvit.train.task import Task
 
@@ -64,13 +63,7 @@ class WebDINO(nn.Module):
 def build_student_teacher(cfg, device):
     """Student and teacher WebDINO modules on `device`, initialised identically; the teacher has no grads and
     stays in eval mode (no drop path: it sees every block for every image, as in DINOv2)."""
-    with torch.device("meta"):
-        student = WebDINO(build_backbone(cfg.model), cfg.objective)
-    student.to_empty(device=device)
-    student.init_weights()
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False).eval()
-    return student, teacher
+    return build_on_meta(lambda: WebDINO(build_backbone(cfg.model), cfg.objective), device, WebDINO.init_weights)
 
 
 def build_objective(cfg, group=None):

@@ -14,7 +14,7 @@ from fastvit.config import load_config
 from fastvit.models.build import backbone_config
 from fastvit.parallel.dry_run import compare, dry_run, format_report, parse_rank, rank_of
 from fastvit.parallel.mesh import ParallelDims
-from fastvit.parallel.plan import Layout, head_params, static_memory
+from fastvit.parallel.plan import Layout, checked_memory
 
 SBATCH = Path(__file__).resolve().parents[2] / "fastvit" / "recipes" / "slurm" / "web_dino_vit7b.sbatch"
 
@@ -25,7 +25,7 @@ def recipe(name, **parallel):
 
 def planned(cfg, layout):
     vit = backbone_config(cfg.model)
-    return static_memory(vit, head_params(vit.width, cfg.objective), layout)
+    return checked_memory(vit, cfg.objective, layout)
 
 
 def check_against_plan(cfg, layout, reports, tol=0.005):
