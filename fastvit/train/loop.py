@@ -231,14 +231,42 @@ def _save(run, loader, run_dir, step, saver=None):
 
 
 def _knn_of_checkpoint(cfg, run_dir, path, device):
-    """train.eval_every: kNN top-1 of the EMA teacher of checkpoint `path`, computed on rank 0 (also written to
-    eval.json); the other ranks wait for it and get None."""
+    """train.eval_every under pipeline parallelism or for objectives without a teacher: kNN top-1 of checkpoint
+    `path`, computed on rank 0 (also written to eval.json); the other ranks wait for it and get None."""
     from fastvit.eval.run import evaluate_run
 
     top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
     if dist.is_initialized():
         dist.barrier()
     return top1
+
+
+def _knn_live(run, run_dir, step):
+    """train.eval_every: kNN top-1 of the live EMA teacher, on every rank (fastvit.eval.sharded), written to
+    eval.json by rank 0; no checkpoint is written or read for it."""
+    from fastvit.eval.sharded import knn_now
+    from fastvit.fileio import update_json
+
+    m, task = run.mesh, run.task
+    group = m.dp.get_group() if m is not None else None
+    top1 = knn_now(
+        run.cfg,
+        task.teacher_dp,
+        task.teacher.backbone,
+        device=run.device,
+        dp_rank=run.data_rank,
+        dp=run.dims.dp,
+        group=group,
+    )
+    if run.rank == 0:
+        result = {"eval": "knn", "step": step, "top1": top1, "top1_pct": top1, "unit": "percent", "live": True}
+        update_json(Path(run_dir) / "eval.json", "knn", result)
+    return top1
+
+
+def _live_eval(run):
+    """Whether train.eval_every evaluates the live teacher (Web-DINO without pipeline stages)."""
+    return run.cfg.objective.name == "web_dino" and run.dims.pp == 1
 
 
 class _Throughput:
@@ -367,11 +395,16 @@ def _run_steps(run, loader, start_step, run_dir, log, stop, saver):
         done = step + 1
         save = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total
         evaluate = bool(cfg.train.eval_every and cfg.data.val_source and done % cfg.train.eval_every == 0)
-        if save or evaluate or stopping:  # the periodic kNN reads the checkpoint, whatever the layout
+        live = evaluate and _live_eval(run)
+        if save or stopping or (evaluate and not live):  # the kNN of a pipeline reads a checkpoint
             path = _save(run, loader, run_dir, done, saver)
-        if evaluate and saver is not None:
-            saver.wait()  # the kNN reads the checkpoint
-        knn = _knn_of_checkpoint(cfg, run_dir, path, run.device) if evaluate else None
+        knn = None
+        if live:
+            knn = _knn_live(run, run_dir, done)
+        elif evaluate:
+            if saver is not None:
+                saver.wait()  # the kNN reads the checkpoint
+            knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
         if done % cfg.train.log_every == 0 or done == total or evaluate:
             record = _record(run, out, done, throughput)
             if knn is not None:
