@@ -58,8 +58,8 @@ def test_the_planner_sizes_the_model_the_tasks_build():
     vit, rows = plan(cfg, 8, "h100", 64)
     assert vit == build_backbone(cfg.model).cfg
     lay = Layout(dp=8, tp=1, pp=1, ac="full")
-    with_bias = static_memory(backbone_config(load_config("web_dino_vit1b")), head_params(1536, cfg.objective), lay)
-    without = static_memory(vit, head_params(1536, cfg.objective), lay)
+    with_bias = static_memory(backbone_config(load_config("web_dino_vit1b")), head_params(1536, cfg.objective.web_dino), lay)
+    without = static_memory(vit, head_params(1536, cfg.objective.web_dino), lay)
     per_block = 3 * 1536 + 2 * 1536  # qkv bias, two LayerScale gammas
     assert with_bias["params"] - without["params"] == pytest.approx(4 * 40 * per_block / 8)
 

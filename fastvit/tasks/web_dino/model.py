@@ -4,13 +4,11 @@ Student and teacher are two WebDINO modules; the teacher is a copy of the studen
 through `forward` so DDP / FSDP2 hooks see them. The pipelined task's last stage runs the same `head_outputs`.
 """
 
-import copy
-
-import torch
 from torch import nn
 
 from fastvit.models.build import build_backbone
 from fastvit.models.heads import DINOHead
+from fastvit.parallel.meta_init import build_on_meta
 
 
 def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=None):
@@ -58,10 +56,6 @@ class WebDINO(nn.Module):
 def build_student_teacher(cfg, device):
     """Student and teacher WebDINO modules on `device`, initialised identically; the teacher has no grads and
     stays in eval mode (no drop path: it sees every block for every image, as in DINOv2)."""
-    with torch.device("meta"):
-        student = WebDINO(build_backbone(cfg.model), cfg.objective.web_dino)
-    student.to_empty(device=device)
-    student.init_weights()
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False).eval()
-    return student, teacher
+    return build_on_meta(
+        lambda: WebDINO(build_backbone(cfg.model), cfg.objective.web_dino), device, WebDINO.init_weights
+    )
