@@ -27,6 +27,7 @@ from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.parallel.tp import canonical_state
 from fastvit.tasks import spec_of
 from fastvit.train import checkpoint as ckpt
+from fastvit.train.init import init_task
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
@@ -86,6 +87,10 @@ def build_training(cfg, *, meta=False):
     rank, world, device = init_distributed()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     task = build_task(cfg, torch.device("meta") if meta else device)
+    if cfg.model.init and not meta and ckpt.latest_checkpoint(cfg.train.out, verify=False) is None:
+        note = init_task(task, cfg)  # a new run only: a resumed one reads its own checkpoint
+        if rank == 0:
+            print(f"fastvit train: {note}", flush=True)
     dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
     b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
     mesh = build_mesh(dims, device.type) if world > 1 else None
