@@ -80,3 +80,23 @@ def test_registers_export_to_dinov2_with_registers(tmp_path):
     assert_close(got, eval_features(run), atol=2e-5, name="Dinov2WithRegistersModel vs fastvit eval")
     native, cfg, kind, _ = read_model(tmp_path / "hf")  # and back: the registers survive the round trip
     assert kind == "hf" and cfg.n_registers == 2 and native["register_tokens"].shape == (1, 2, 64)
+
+
+ENCODER_RUNS = {
+    "demo_mae": ("objective.web_mae.decoder_width=32", "objective.web_mae.decoder_depth=1"),
+    "demo_clip": ("objective.clip.text_width=64", "objective.clip.text_depth=1", "objective.clip.embed_dim=32"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(ENCODER_RUNS))
+def test_web_mae_and_clip_runs_export_their_image_encoders(tmp_path, recipe):
+    from fastvit.config import load_config
+    from fastvit.train.loop import train
+
+    tiny = ["model.width=64", "model.depth=2", "model.heads=2", "model.img_size=32", "data.global_crops_size=32"]
+    more = ["train.steps=2", "train.batch_size=8", "train.checkpoint_every=0", "data.num_workers=0"]
+    train(load_config(recipe, [*tiny, *more, *ENCODER_RUNS[recipe], f"train.out={tmp_path / 'run'}"]))
+    assert cli(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0  # the student: no EMA teacher
+    assert cli(["export", str(tmp_path / "run"), str(tmp_path / "t.pth"), "--which", "teacher"]) == 2
+    got, _ = hf_features(tmp_path / "hf", eval_images())
+    assert_close(got, eval_features(tmp_path / "run"), atol=2e-5, name=f"{recipe} encoder: HF vs fastvit eval")
