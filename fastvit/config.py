@@ -41,6 +41,9 @@ class ModelConfig:
     mlp: Literal["", "swiglu", "gelu"] = ""  # "": the size table's MLP kind
     qkv_bias: bool = True
     attn_backend: str = "auto"
+    # Weights a new run starts from (a resumed run reads its own checkpoint): a fastvit run or checkpoint folder,
+    # a Web-SSL / DINOv2 .pth / .safetensors (with its DINO / iBOT heads, if it holds them) or an HF Dinov2 folder.
+    init: str = ""
 
 
 @dataclass(kw_only=True)

@@ -425,7 +425,7 @@ def step_of(path):
 # ---- resuming with another config -----------------------------------------------------------------------------
 
 # Keys whose change makes the saved weights not fit the model (or the objective's state not fit the task).
-_RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path"}
+_RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path", "model.init"}  # a resume reads its own weights
 
 
 def resume_conflicts(saved, requested):

@@ -29,6 +29,7 @@ from fastvit.parallel.parallelize import parallelize_pair
 from fastvit.tasks import spec_of
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.async_checkpoint import AsyncCheckpointer, async_default
+from fastvit.train.init import init_task
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
@@ -87,8 +88,14 @@ def build_training(cfg, *, meta=False):
     meta=True (fastvit train --dry-run): the modules are built on the meta device, so nothing is allocated."""
     rank, world, device = init_distributed(cfg.parallel.timeout_s)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    with deferred_init(not meta and defers(cfg.parallel, world)):  # built on meta, each rank its own shards
+    init = cfg.model.init and not meta and ckpt.latest_checkpoint(cfg.train.out, verify=False) is None
+    # model.init loads whole tensors into the unsharded modules: such a run starts materialised, as before meta start-up
+    with deferred_init(not meta and not init and defers(cfg.parallel, world)):  # built on meta, each rank its shards
         task = build_task(cfg, torch.device("meta") if meta else device)
+        if init:
+            note = init_task(task, cfg)  # a new run only: a resumed one reads its own checkpoint
+            if rank == 0:
+                print(f"fastvit train: {note}", flush=True)
         dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
         b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
         mesh = build_mesh(dims, device.type) if world > 1 else None
