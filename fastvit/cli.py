@@ -8,9 +8,12 @@ USAGE = """fastvit <command> [args]
 
   train [RECIPE|FILE.yaml] [key=value ...]     train (default recipe: demo); resumes a run folder
   train RECIPE --dry-run RANK/WORLD [...]      build one rank of a WORLD-rank job on the meta device, print it
-  eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]   frozen-feature evaluation, prints JSON
+  eval knn|linear RUN|CHECKPOINT|MODEL [key=value ...]   frozen-feature evaluation, prints JSON; MODEL: a
+                                               native .pth / .safetensors file or an HF folder
   bench kernels|step|data [key=value ...]      benchmarks: print a table, write JSON
   convert SRC DST [--to hf|native] [...]       checkpoint converters (Web-SSL / DINOv2 / Hugging Face)
+  export RUN_DIR|CHECKPOINT DST [--to hf|native] [--which teacher|student] [--heads]
+                                               a run's model as one native file or an HF folder
   data make-shards SRC_FOLDER OUT_DIR [...]    write webdataset tar shards from an image folder
   plan [key=value ...] gpus=N gpu=h200 [verify=1]   parallel layouts: memory per GPU, step time; verify=1
                                                dry-runs the top three and checks the memory columns
@@ -83,11 +86,18 @@ def cmd_convert(argv):
     return main(argv)
 
 
+def cmd_export(argv):
+    from fastvit.interop.export import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "bench": lambda argv: _dispatch(_BENCHES, "bench", argv),
     "convert": cmd_convert,
+    "export": cmd_export,
     "data": lambda argv: _dispatch(_DATA, "data", argv),
     "plan": cmd_plan,
     "info": cmd_info,

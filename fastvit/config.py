@@ -41,6 +41,9 @@ class ModelConfig:
     mlp: Literal["", "swiglu", "gelu"] = ""  # "": the size table's MLP kind
     qkv_bias: bool = True
     attn_backend: str = "auto"
+    # Weights a new run starts from (a resumed run reads its own checkpoint): a fastvit run or checkpoint folder,
+    # a Web-SSL / DINOv2 .pth / .safetensors (with its DINO / iBOT heads, if it holds them) or an HF Dinov2 folder.
+    init: str = ""
 
 
 @dataclass(kw_only=True)
@@ -122,6 +125,9 @@ class ParallelConfig:
     pp_schedule: Literal["1f1b", "interleaved", "gpipe"] = "1f1b"
     virtual_stages: int = 1  # pipeline stages per pp rank; interleaved needs 2 or more
     pp_microbatches: int = 0  # microbatches per pipeline step; 0: 4 x pp (as `fastvit plan` assumes)
+    # process-group timeout: longer than any phase in which one rank can keep the others waiting in a collective
+    # (start-up compile, a checkpoint's write, evaluation); NCCL's own default is 10 minutes
+    timeout_s: int = 1800
 
 
 @dataclass(kw_only=True)
@@ -137,6 +143,9 @@ class TrainConfig:
     # a step whose gradient norm is over this x the running norm of the accepted steps is skipped (0 disables)
     max_grad_norm_jump: float = 1000.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs, fp32 on CPUs
+    # checkpoints staged and written while training continues; "auto": on for GPUs, off on CPUs
+    # (fastvit.train.async_checkpoint says why)
+    async_checkpoint: bool | Literal["auto"] = "auto"
     eval_every: int = 0  # kNN of the EMA teacher every N steps (knn_top1 in metrics.jsonl, percent); 0 disables
 
 
@@ -378,6 +387,7 @@ _MINIMUMS = (
     ("parallel.pp", 1, ""),
     ("parallel.virtual_stages", 1, ""),
     ("parallel.pp_microbatches", 0, "0 takes 4 x pp"),
+    ("parallel.timeout_s", 1, ""),
     ("train.steps", 0, "0 writes the initial checkpoint only"),
     ("train.batch_size", 1, ""),
     ("train.log_every", 1, "1 logs every step"),

@@ -94,3 +94,22 @@ def run_ranks(fn, world_size, *args):
             start_method="spawn",
         )
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+
+
+def _vm(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"/proc/self/status has no {field}")
+
+
+def peak_host_bytes_above(fn):
+    """(fn(), bytes): how far this process's peak resident memory rose above its resident memory before fn ran
+    (Linux: the peak is reset through /proc/self/clear_refs, then read as VmHWM). Every host allocation counts,
+    torch's or not; what fn frees before it returns counts at its peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = _vm("VmRSS")
+    out = fn()
+    return out, max(_vm("VmHWM") - before, 0)

@@ -1,5 +1,9 @@
-"""`fastvit eval knn|linear RUN_DIR|CHECKPOINT [key=value ...]`: evaluate a run's teacher backbone
-(or a randomly initialised one) on frozen features; prints one JSON object and writes eval.json.
+"""`fastvit eval knn|linear RUN_DIR|CHECKPOINT|MODEL [key=value ...]`: evaluate a run's teacher backbone
+(or a randomly initialised one) on frozen features; prints one JSON object and writes eval.json into the run.
+
+MODEL: a Web-SSL / DINOv2 native .pth / .safetensors file or an HF Dinov2 folder, its architecture inferred
+as `fastvit convert` infers it, evaluated at its own resolution (data.global_crops_size=... to change it) on the
+config defaults' eval sources plus the key=value overrides; nothing is written.
 
 Accuracies are percentages (0-100): `top1` (the key scripts read) and the same value as `top1_pct`, with
 `"unit": "percent"`. The object also says, per side ("train": what the kNN / probe fits on, "val": what it
@@ -15,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fastvit.config import apply_overrides, read_config, validate_eval
+from fastvit.config import Config, apply_overrides, read_config, validate_eval
 from fastvit.data import source_from_spec
 from fastvit.errors import UserError, os_error_message
 from fastvit.eval.classes import check_class_folders, shared_labels
@@ -24,7 +28,11 @@ from fastvit.eval.knn import knn_accuracy
 from fastvit.eval.linear import linear_probe_accuracy
 from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.fileio import update_json
+from fastvit.interop.convert import read_model
+from fastvit.interop.native import load_native
+from fastvit.interop.run_checkpoint import is_run
 from fastvit.models.build import build_backbone
+from fastvit.models.vit import VisionTransformer
 from fastvit.tasks import spec_of
 from fastvit.tasks.spec import eval_command
 from fastvit.train import checkpoint as ckpt
@@ -143,6 +151,21 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
     return result
 
 
+def evaluate_model(path, kind, overrides=(), device="cpu"):
+    """Evaluates a native checkpoint file or an HF folder (no run folder) at its resolution (unless
+    data.global_crops_size is among the overrides); model.heads=N names the attention heads of a native file
+    whose width and depth are no size-table row. Returns the result dict."""
+    cfg = apply_overrides(Config(), overrides)
+    native, vit, source_kind, _ = read_model(path, heads=cfg.model.heads or None)
+    if not any(o.startswith("data.global_crops_size=") for o in overrides):
+        cfg.data.global_crops_size = vit.img_size
+    validate_eval(cfg)
+    backbone = load_native(VisionTransformer(vit), native)
+    top1, sides = score_with_info(backbone, cfg, kind, device)
+    model = {"path": str(path), "format": source_kind, "width": vit.width, "depth": vit.depth, "img_size": vit.img_size}
+    return {"eval": kind, "model": model, "top1": top1, "top1_pct": top1, "unit": "percent", **sides}
+
+
 def _record(path, kind, result):
     """Writes `result` into eval.json (atomically: a crash leaves the old file); a folder the user cannot write
     (read-only, another user's) gets a one-line warning, and the result is still printed."""
@@ -159,8 +182,11 @@ def main(argv):
     if command is not None:  # an objective's own evaluation (ObjectiveSpec.eval_commands), e.g. CLIP's zeroshot
         return command(argv[1:])
     if len(argv) < 2 or argv[0] not in KINDS:
-        raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT [key=value ...]")
+        raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT|MODEL [key=value ...]")
     kind, target, overrides = argv[0], argv[1], argv[2:]
+    if not is_run(target) and (Path(target).is_file() or (Path(target) / "config.json").is_file()):
+        print(json.dumps(evaluate_model(target, kind, overrides)))
+        return 0
     run_dir, checkpoint = resolve_checkpoint(target)
     saved = read_config(run_dir / "config.yaml")
     cfg = validate_eval(apply_overrides(copy.deepcopy(saved), overrides))

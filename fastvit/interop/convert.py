@@ -68,8 +68,9 @@ def _check_against_weights(cfg, native):
         )
 
 
-def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"):
-    """Converts SRC to DST; returns (source kind, target kind, ViTConfig)."""
+def read_model(src, model=None, heads=None, prefix=None):
+    """(flat native backbone state, ViTConfig, "hf" or "native", the file's whole state dict) of a native file or
+    an HF folder / file; the architecture from config.json, the size-table row `model`, or the weights."""
     state, hf_cfg = _read(src)
     kind = "hf" if _is_hf(state) else "native"
     native = hf_to_native(state) if kind == "hf" else normalize_native(state, prefix)
@@ -81,7 +82,12 @@ def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"
     if model is not None:  # the checkpoint must fit the chosen row, at the checkpoint's resolution
         cfg = vit_config(model, img_size=cfg.img_size, interpolate_offset=cfg.interpolate_offset)
     check_state(_expected_shapes(cfg), native, what=f"model {cfg.name}")
-    to = to or ("native" if kind == "hf" else "hf")
+    return native, cfg, kind, state
+
+
+def write_model(native, cfg, dst, to, layout="hub", extra=None):
+    """Writes a flat native backbone state as an HF folder (to="hf": config.json + model.safetensors) or one
+    native file (.safetensors by suffix, else torch.save), with `extra` entries (e.g. heads) in a native file."""
     if to == "hf":
         dst = Path(dst)
         if dst.exists() and not dst.is_dir():
@@ -90,7 +96,14 @@ def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"
         save_state_file(native_to_hf(native, layout), dst / "model.safetensors")
         (dst / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
     else:
-        save_state_file(native, dst)
+        save_state_file({**native, **(extra or {})}, dst)
+
+
+def convert(src, dst, to=None, model=None, heads=None, prefix=None, layout="hub"):
+    """Converts SRC to DST; returns (source kind, target kind, ViTConfig)."""
+    native, cfg, kind, _ = read_model(src, model, heads, prefix)
+    to = to or ("native" if kind == "hf" else "hf")
+    write_model(native, cfg, dst, to, layout)
     return kind, to, cfg
 
 

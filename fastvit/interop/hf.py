@@ -6,8 +6,10 @@ Two HF name layouts exist and both are read; either can be written:
   on from_pretrained, so it is the layout for files.
 - "modular": the module names of transformers >= 5 (attention.q_proj/k_proj/v_proj/o_proj,
   mlp.gate_proj / up_proj = first / second half of w12, mlp.down_proj = w3), for load_state_dict.
-HF Dinov2 has no register tokens and always has LayerScale (a model without it exports ones).
-HF resamples position embeddings by output size (interpolate_offset 0), DINOv2 by scale factor.
+A model with register tokens is HF's Dinov2WithRegistersModel (`embeddings.register_tokens`, the same block
+names); HF always has LayerScale (a model without it exports ones).
+HF resamples position embeddings by output size (interpolate_offset 0; Dinov2WithRegistersModel also
+antialiases), DINOv2 by scale factor: the two agree at the checkpoint's own resolution.
 """
 
 import re
@@ -19,6 +21,7 @@ from fastvit.models.vit import ViTConfig
 _EMBED = {
     "cls_token": "embeddings.cls_token",
     "mask_token": "embeddings.mask_token",
+    "register_tokens": "embeddings.register_tokens",
     "pos_embed": "embeddings.position_embeddings",
     "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
     "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
@@ -60,8 +63,6 @@ def native_to_hf(state, layout="hub"):
     """Flat native state dict (see interop.native.normalize_native) -> HF Dinov2Model state dict."""
     if layout not in _LAYOUTS:
         raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    if "register_tokens" in state:
-        raise ValueError("HF Dinov2Model has no register tokens; this checkpoint has register_tokens")
     col = _LAYOUTS.index(layout)
     out = {_EMBED[k]: v for k, v in state.items() if k in _EMBED}
     for i in _block_ids(state, "blocks"):
@@ -155,12 +156,13 @@ def _mlp_ratio(cfg):
 
 
 def hf_config_dict(cfg: ViTConfig):
-    """Dinov2Config fields (a plain dict, e.g. for config.json) describing the same network."""
-    if cfg.n_registers:
-        raise ValueError(f"HF Dinov2Model has no register tokens; the model has {cfg.n_registers}")
+    """Dinov2Config fields (a plain dict, e.g. for config.json) describing the same network; with register tokens
+    a Dinov2WithRegistersConfig's."""
+    registers = {"num_register_tokens": cfg.n_registers} if cfg.n_registers else {}
     return {
-        "model_type": "dinov2",
-        "architectures": ["Dinov2Model"],
+        "model_type": "dinov2_with_registers" if cfg.n_registers else "dinov2",
+        "architectures": ["Dinov2WithRegistersModel" if cfg.n_registers else "Dinov2Model"],
+        **registers,
         "hidden_size": cfg.width,
         "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.heads,
@@ -187,6 +189,16 @@ def _check_positive(key, value, kind):
         raise ValueError(f"config.json: {key}={value!r} is not a positive {what} below 2^31; fix the file")
 
 
+def _registers(get):
+    """num_register_tokens of a Dinov2WithRegistersConfig (0 for a Dinov2Config, which has none)."""
+    if get("model_type", "dinov2") != "dinov2_with_registers":
+        return 0
+    n = get("num_register_tokens", 4)
+    if n != 0:
+        _check_positive("num_register_tokens", n, int)
+    return n
+
+
 def config_from_hf(hf_cfg, name="custom"):
     """A ViTConfig from Dinov2Config fields (dict or config object); pos-embed resampling as HF does it."""
     get = hf_cfg.get if isinstance(hf_cfg, dict) else lambda k, d=None: getattr(hf_cfg, k, d)
@@ -211,6 +223,7 @@ def config_from_hf(hf_cfg, name="custom"):
         img_size=size if isinstance(size, int) else size[0],
         layerscale_init=get("layerscale_value", 1.0),
         qkv_bias=bool(get("qkv_bias", True)),
+        n_registers=_registers(get),
         interpolate_offset=0.0,
         name=name,
     )

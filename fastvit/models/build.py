@@ -3,8 +3,9 @@
     vit_cfg = backbone_config(cfg.model)              # a ViTConfig (the planner sizes layouts from it)
     vit = build_backbone(cfg.model, device="meta")    # the VisionTransformer every task wraps
 
-Every ModelConfig field but `name` is a ViTConfig field of the same name and reaches the ViT as it is, except
-width / depth / heads / mlp, whose 0 / "" mean "the size table's". A field added to ModelConfig without a
+Every ModelConfig field but `name` and `init` (the weights a run starts from: fastvit/train/init.py) is a ViTConfig
+field of the same name and reaches the ViT as it is, except width / depth / heads / mlp, whose 0 / "" mean "the
+size table's". A field added to ModelConfig without a
 ViTConfig counterpart is a ValueError here, so no config key is silently dropped on the way to the model.
 """
 
@@ -13,6 +14,7 @@ import dataclasses
 from fastvit.models.vit import VisionTransformer, vit_config
 
 TABLE_DEFAULTS = ("width", "depth", "heads", "mlp")  # 0 or "": the size table's value
+NOT_VIT = ("name", "init")
 
 
 def backbone_config(cfg_model):
@@ -21,7 +23,7 @@ def backbone_config(cfg_model):
     overrides = {}
     for f in dataclasses.fields(m):
         value = getattr(m, f.name)
-        if f.name == "name" or (f.name in TABLE_DEFAULTS and not value):
+        if f.name in NOT_VIT or (f.name in TABLE_DEFAULTS and not value):
             continue
         overrides[f.name] = value
     return vit_config(m.name, **overrides)

@@ -2,6 +2,7 @@
 tensors a library may reduce, e.g. torch.distributed.checkpoint's metadata) on GPUs, gloo on CPUs."""
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -9,10 +10,11 @@ import torch.distributed as dist
 GPU_BACKEND = "cpu:gloo,cuda:nccl"  # a backend per device type: NCCL refuses CPU tensors
 
 
-def init_distributed():
+def init_distributed(timeout_s=1800):
     """Initialises torch.distributed when launched by torchrun; returns (rank, world_size, device).
 
-    A process group that is already initialised (tests, notebooks) is used as it is.
+    timeout_s (parallel.timeout_s): how long a collective waits for the slowest rank before the job fails. A
+    process group that is already initialised (tests, notebooks) is used as it is.
     """
     if "RANK" not in os.environ or dist.is_initialized():
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -21,9 +23,9 @@ def init_distributed():
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
-        dist.init_process_group(GPU_BACKEND)
+        dist.init_process_group(GPU_BACKEND, timeout=timedelta(seconds=timeout_s))
         device = torch.device("cuda", local_rank)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device

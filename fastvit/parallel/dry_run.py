@@ -128,10 +128,10 @@ def init_optimizer_state(optimizer):
 
 
 def save_plan(state, is_coordinator):
-    """This rank's DCP SavePlan of `state` (DefaultSavePlanner, as dcp.save makes it): (items, bytes written)."""
-    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    """This rank's DCP SavePlan of `state` (as the loop's dcp.save makes it): (items, bytes written)."""
+    from fastvit.train.dcp_sharded import FusedRowsSavePlanner
 
-    planner = DefaultSavePlanner()
+    planner = FusedRowsSavePlanner()
     planner.set_up_planner(state, None, is_coordinator)
     plan = planner.create_local_plan()
     written = 0
@@ -159,7 +159,6 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
     checkpoint=False leaves out the DCP save plan (the slowest part; `fastvit plan verify=1` needs only bytes)."""
     from fastvit.parallel.mesh import resolve_dims
     from fastvit.parallel.pp import stage_ids
-    from fastvit.parallel.tp import canonical_state
     from fastvit.train.loop import build_training
 
     p = cfg.parallel
@@ -190,13 +189,28 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
         states = [v for s in run.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         report["optim"] = tensor_bytes(states)
         report["shapes"] = _shapes(task.student, SHOWN) + _shapes(task.student, SHOWN_LAST)
+        report["startup"] = startup_bytes(cfg, world, report, task.student)
+        report["ckpt_stage"] = report["params"] + report["teacher"] + report["optim"]
         if checkpoint:
-            raw = task.state_dict(run.optimizer)
-            report["state_bytes"] = tensor_bytes(t for t in tree_leaves(raw) if torch.is_tensor(t))
-            state, _ = canonical_state(raw)  # what the loop's checkpoint saves
+            state = task.state_dict(run.optimizer)  # what the loop's checkpoint saves
+            report["state_bytes"] = tensor_bytes(t for t in tree_leaves(state) if torch.is_tensor(t))
             report["dcp_items"], report["dcp_bytes"] = save_plan(state, rank == 0)
         run.optimizer.zero_grad(set_to_none=True)
     return report
+
+
+def startup_bytes(cfg, world, report, student):
+    """Peak bytes of this rank while student and teacher are built: on the meta path (fastvit.parallel.meta_init)
+    its shards of both plus one full fp32 parameter; otherwise the whole student and teacher (DDP, pipelines)."""
+    from fastvit.parallel.meta_init import defers, largest_param_bytes
+
+    if world == 1 or defers(cfg.parallel, world):
+        return report["params"] + report["teacher"] + largest_param_bytes(student)
+    from fastvit.models.build import backbone_config
+    from fastvit.parallel.plan import Layout, head_params, stage_params
+
+    vit = backbone_config(cfg.model)
+    return 8 * stage_params(vit, head_params(vit.width, cfg.objective.web_dino), Layout(dp=1, tp=1, pp=1, ac="none"))
 
 
 def layout_str(cfg, dims):
@@ -207,6 +221,8 @@ def layout_str(cfg, dims):
 
 def format_report(cfg, r):
     """The lines `fastvit train --dry-run` prints."""
+    from fastvit.parallel.meta_init import defers
+
     c, gb = r["coords"], lambda key: f"{r[key] / GB:.2f}"  # noqa: E731
     lines = [
         f"dry run: rank {r['rank']} of {r['world']} (pp {c['pp']}, dp {c['dp']}, tp {c['tp']}; stage(s) "
@@ -215,6 +231,9 @@ def format_report(cfg, r):
         f"({r['batch'].get('global_crops', ('?',))[0]} global crops per rank)",
         f"GB on this rank: params {gb('params')}, grads {gb('grads')}, optim {gb('optim')}, teacher {gb('teacher')}, "
         f"fsdp buffers {gb('fsdp_buffers')}",
+        f"start-up peak on this rank: {gb('startup')} GB (student and teacher built on meta, each rank materialises "
+        f"its shards: {'yes' if defers(cfg.parallel, r['world']) else 'no, the whole model first'}); "
+        f"an asynchronous checkpoint stages {gb('ckpt_stage')} GB in host memory",
     ]
     for name, full, local, where in r["shapes"]:
         on = f" as {', '.join(map(str, where))}" if where else ""
@@ -224,12 +243,12 @@ def format_report(cfg, r):
         lines.append(
             f"checkpoint: DCP save plan of {r['dcp_items']} items holding {r['dcp_bytes'] / GB:.2f} GB on this rank "
             f"(before DCP drops the chunks other ranks write too), {gathered / GB:.2f} GB of it gathered at save "
-            "time beside the shards (fused qkv / w12 rows in their canonical layout)"
+            "time beside the shards (fused qkv / w12 rows are written as the pieces of this rank's shard)"
         )
     return "\n".join(lines)
 
 
-COMPARED = ("params", "grads", "optim", "teacher", "fsdp_buffers")  # the planner's static columns
+COMPARED = ("params", "grads", "optim", "teacher", "fsdp_buffers", "startup", "ckpt_stage")  # the planner's columns
 
 
 def layout_config(cfg, layout):

@@ -132,6 +132,39 @@ def static_memory(cfg, n_head, layout, gpu=True):
     return out
 
 
+def largest_param(cfg, cfg_obj):
+    """Elements of the model's largest parameter: the one full temporary of a meta-device start-up."""
+    d, h, hid = cfg.width, cfg.mlp_hidden, cfg_obj.head_hidden_dim
+    fc_in = 2 * h if cfg.mlp == "swiglu" else h
+    heads = [hid * d, hid * hid]
+    for bottleneck, out in (
+        (cfg_obj.dino_bottleneck_dim, cfg_obj.dino_out_dim),
+        (cfg_obj.ibot_bottleneck_dim, cfg_obj.ibot_out_dim),
+    ):
+        heads += [bottleneck * hid, out * bottleneck]
+    return max(3 * d * d, fc_in * d, d * h, (1 + cfg.grid**2) * d, *heads)
+
+
+def startup_memory(cfg, cfg_obj, layout):
+    """Peak bytes per GPU while student and teacher are built. FSDP / TP layouts without pipeline stages start on
+    the meta device (fastvit.parallel.meta_init): the rank's student and teacher shards plus one full fp32
+    parameter; DDP and pipelines materialise the whole student and its teacher copy first."""
+    n_head = head_params(cfg.width, cfg_obj)
+    if layout.pp == 1 and (layout.fsdp or layout.dp == 1):
+        return 8 * gpu_params(cfg, n_head, layout) + 4 * largest_param(cfg, cfg_obj)
+    return 8 * stage_params(cfg, n_head, Layout(dp=1, tp=1, pp=1, ac="none"))
+
+
+def checked_memory(cfg, cfg_obj, layout):
+    """static_memory plus "startup" (startup_memory) and "ckpt_stage": the host bytes (pinned on GPUs) an
+    asynchronous checkpoint stages per rank, its params, teacher and AdamW moments. Nothing is gathered at save
+    or resume (fastvit.train.dcp_sharded), so a blocking save adds only its files' copies (<= 256 MB)."""
+    mem = static_memory(cfg, head_params(cfg.width, cfg_obj), layout)
+    mem["startup"] = startup_memory(cfg, cfg_obj, layout)
+    mem["ckpt_stage"] = mem["params"] + mem["teacher"] + mem["optim"]
+    return mem
+
+
 STAT_BYTES = 4  # LayerNorm mean / rstd and attention's log-sum-exp are fp32 whatever the activation dtype
 
 
@@ -250,6 +283,8 @@ def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
     mem["activations"] = activation_bytes(cfg, tokens, layout, in_flight=in_flight)
     mem["total"] = sum(mem.values())
     seconds, parts = step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu)
+    checked = checked_memory(cfg, cfg_obj, layout)
+    mem["startup"], mem["ckpt_stage"] = checked["startup"], checked["ckpt_stage"]  # not part of the step's total
     return {"layout": layout, "memory": mem, "seconds": seconds, "parts": parts}
 
 
@@ -279,7 +314,7 @@ def format_plan(vit, rows, gpus, gpu_name, batch, top=12, drop_path=0.0):
         f"plan: {vit.name} ({vit.width}x{vit.depth}, {vit.heads} heads) on {gpus} x {gpu_name}, batch {batch}; "
         f"GB per GPU, step time at {ACHIEVABLE:.0%} of {GPU_TABLE[gpu_name].tflops:.0f} TFLOP/s",
         f"{'layout':<34} {'params':>7} {'grads':>7} {'optim':>7} {'teacher':>7} {'fsdp':>7} {'activ':>7} {'total':>7} "
-        f"{'fits':>4} {'step s':>7} {'bubble':>6} {'tp comm':>7}",
+        f"{'fits':>4} {'step s':>7} {'bubble':>6} {'tp comm':>7} {'startup':>7} {'ckpt':>5}",
     ]
     for r in rows[:top]:
         m = r["memory"]
@@ -287,7 +322,7 @@ def format_plan(vit, rows, gpus, gpu_name, batch, top=12, drop_path=0.0):
             f"{str(r['layout']):<34} {gb(m['params'])} {gb(m['grads'])} {gb(m['optim'])} {gb(m['teacher'])} "
             f"{gb(m['fsdp_buffers'])} {gb(m['activations'])} {gb(m['total'])} {'yes' if r['fits'] else 'no':>4} "
             f"{r['seconds']:7.2f} "
-            f"{r['parts']['bubble']:6.2f} {r['parts']['tp_comm']:7.2f}"
+            f"{r['parts']['bubble']:6.2f} {r['parts']['tp_comm']:7.2f} {gb(m['startup'])} {m['ckpt_stage'] / GB:5.1f}"
         )
     best = rows[0]
     if not best["fits"]:
@@ -374,10 +409,9 @@ def verify_rows(cfg, vit, rows, top=3, tol=0.02):
     prints one `verified` line each; 1 when a static memory column is off by more than tol, else 0."""
     from fastvit.parallel.dry_run import verify_layout
 
-    n_head = head_params(vit.width, cfg.objective.web_dino)
     failed = []
     for r in rows[:top]:
-        line, problems = verify_layout(cfg, r["layout"], static_memory(vit, n_head, r["layout"]), tol)
+        line, problems = verify_layout(cfg, r["layout"], checked_memory(vit, cfg.objective.web_dino, r["layout"]), tol)
         print(line, flush=True)
         failed += [f"{r['layout']} {p}" for p in problems]
     for p in failed:
@@ -391,6 +425,7 @@ __all__ = [
     "activation_bytes",
     "activation_parts",
     "candidates",
+    "checked_memory",
     "format_plan",
     "main",
     "plan",

@@ -9,9 +9,10 @@ A plain column shard over tp ranks would hand rank 0 all of q (or all of the gat
 sharding, the rows of these fused linears (weight and bias) are reordered from part-major
 (part, tp, n_local) to shard-major (tp, part, n_local): the contiguous Shard(0) block of rank r is then
 [q_r; k_r; v_r] (its own heads' queries, keys and values) or [gate_r; value_r], which is exactly the local
-layout the attention and SwiGLU code expect. The reordering depends on tp, so checkpoints go through
-`canonical_state`, which presents every fused tensor as a (parts, n, ...) DTensor in the model's own
-(part-major) order; torch.distributed.checkpoint then reshards it to any other layout.
+layout the attention and SwiGLU code expect. The reordering depends on tp, so checkpoints hold every fused
+tensor as a (parts, n, ...) tensor in the model's own (part-major) order: `fused_row_chunks` names the pieces of
+it a rank's shard holds (views, nothing gathered), and torch.distributed.checkpoint writes and reads them like
+any other chunks, resharding to any other layout.
 
 The blocks' modules stay as they are: Attention reads its local head count from the width of qkv's (column-
 sharded) output, so a rank runs its heads without a replacement module and parameter names do not change.
@@ -224,56 +225,39 @@ def _tp_axis(t):
     return i if isinstance(p, Shard) and p.dim == 0 and t.device_mesh.size(i) > 1 else None
 
 
-def _canonical_dtensor(t, parts):
-    """(parts, n, ...) DTensor in part-major order for a fused DTensor t, plus t's tp-local gathered copy (or None
-    when no copy was needed, i.e. the view aliases t)."""
-    mesh, tp_i = t.device_mesh, _tp_axis(t)
-    keep = [p if i == tp_i else Replicate() for i, p in enumerate(t.placements)]
-    g = t if keep == list(t.placements) else t.redistribute(mesh, keep)  # gather over the non-tp axes
-    local = g.to_local()
-    view = local.view(parts, -1, *local.shape[1:])
-    placements = [Shard(1) if i == tp_i else Replicate() for i in range(mesh.ndim)]
-    shape = torch.Size((parts, t.shape[0] // parts, *t.shape[1:]))
-    out = DTensor.from_local(view, mesh, placements, run_check=False, shape=shape, stride=_contiguous(shape))
-    return out, (g if g is not t else None)
+def fused_row_chunks(t, parts):
+    """This rank's rows of the fused tensor `t` (qkv / w12 weight or bias, or one of their optimizer moments) as
+    pieces of its canonical (parts, n, ...) view in the model's own (part-major) row order, without copying:
+    [(offsets, sizes, view of the local shard)], offsets and sizes in the (parts, n, ...) view.
+
+    The local shard of a DTensor is a contiguous block of global rows in shard-major order (tp, parts, n / tp)
+    (FSDP2 splits a tp rank's rows further into contiguous blocks); each run of it within one (tp rank, part)
+    block is contiguous in the canonical view too, so a shard maps to at most parts + 2 pieces per tp block it
+    touches. A plain tensor (one process) is its parts' pieces. DCP writes and reads these pieces like any other
+    chunks (fastvit.train.dcp_sharded), so a checkpoint is layout-free and nothing is gathered."""
+    if isinstance(t, DTensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        sizes, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        local, tp_i = t.to_local(), _tp_axis(t)
+        tp = t.device_mesh.size(tp_i) if tp_i is not None else 1
+    else:
+        local, sizes, offsets, tp = t, tuple(t.shape), (0,) * t.dim(), 1
+    rows = t.shape[0]
+    assert rows % (parts * tp) == 0, f"{rows} fused rows do not split into {parts} parts x tp={tp}"
+    n = rows // (parts * tp)  # rows of one part on one tp rank
+    rest_off, rest = tuple(offsets[1:]), tuple(sizes[1:])
+    out, g, end = [], offsets[0], offsets[0] + sizes[0]
+    while g < end:
+        block, i = divmod(g, n)
+        rank, part = divmod(block, parts)
+        run = min(n - i, end - g)
+        view = local[g - offsets[0] : g - offsets[0] + run].unsqueeze(0)  # (1, run, ...)
+        out.append(((part, rank * n + i, *rest_off), (1, run, *rest), view))
+        g += run
+    return out
 
 
-def _contiguous(shape):
-    stride, acc = [], 1
-    for n in reversed(shape):
-        stride.append(acc)
-        acc *= n
-    return tuple(reversed(stride))
-
-
-def canonical_state(state):
-    """A copy of the nested state dict `state` (model and optimizer state dicts keyed by parameter FQN, as
-    torch.distributed.checkpoint.state_dict.get_state_dict returns them) in which every tensor of a fused
-    linear (*.attn.qkv.*, *.mlp.w12.*, and their optimizer moments) is a (parts, n, ...) tensor in the
-    model's own row order, whatever the tp / dp layout. Returns (state, finish): save `state` with DCP, or
-    load into it with DCP and then call finish() to copy the loaded values back into the sharded tensors."""
-    writebacks = []
-
-    def convert(t, parts):
-        if not isinstance(t, DTensor):
-            return t.view(parts, -1, *t.shape[1:])
-        out, gathered = _canonical_dtensor(t, parts)
-        if gathered is not None:
-            writebacks.append((t, gathered))
-        return out
-
-    def walk(node, parts=0):
-        if isinstance(node, dict):  # a key naming a fused parameter sets `parts` for everything below it
-            return {k: walk(v, (isinstance(k, str) and fused_parts(k)) or parts) for k, v in node.items()}
-        if parts and torch.is_tensor(node) and node.dim() >= 1:
-            return convert(node, parts)
-        return node
-
-    out = walk(state)
-
-    def finish():
-        with torch.no_grad():
-            for t, g in writebacks:
-                t.to_local().copy_(g.redistribute(t.device_mesh, t.placements).to_local())
-
-    return out, finish
+def canonical_size(t, parts):
+    """The (parts, n, ...) shape under which checkpoints hold the fused tensor `t`."""
+    return torch.Size((parts, t.shape[0] // parts, *t.shape[1:]))

@@ -18,7 +18,9 @@ class ObjectiveSpec:
     old_keys: {flat key of objective.* before the sections: field of its section}, mapped when an old run
     folder's config.yaml is read; eval_commands: {kind: "module:main"} of its own `fastvit eval KIND ...`
     (main(argv) -> exit status), e.g. CLIP's zeroshot; min_batch_per_rank: (section) -> (n, why), the smallest
-    micro-batch per rank the objective can train on and what to change instead (checked before the run starts)."""
+    micro-batch per rank the objective can train on and what to change instead (checked before the run starts);
+    heads: "module:function" of function(cfg) -> {name: DINOHead} on the meta device, the heads its saved modules
+    hold under DINOv2's names (exported with `fastvit export --heads`, loaded by model.init), or None."""
 
     name: str
     config_cls: type
@@ -28,9 +30,14 @@ class ObjectiveSpec:
     old_keys: dict = field(default_factory=dict)
     eval_commands: dict = field(default_factory=dict)
     min_batch_per_rank: object = lambda section: (1, "")
+    heads: str | None = None
 
     def task_cls(self):
         return _resolve(self.task)
+
+    def build_heads(self, cfg):
+        """{name: DINOHead} on the meta device of a saved module (see `heads`); {} for an objective without."""
+        return _resolve(self.heads)(cfg) if self.heads else {}
 
 
 def _resolve(target):

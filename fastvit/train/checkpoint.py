@@ -41,7 +41,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from fastvit.errors import UserError, os_error_message, user_os_error
 from fastvit.fileio import write_atomic
-from fastvit.train.safe_load import SafeFileSystemReader, SafeLoadPlanner, encode_extra, load_extra, read_dcp_metadata
+from fastvit.train.dcp_sharded import FILE_BYTES, BoundedFileWriter, FusedRowsLoadPlanner, FusedRowsSavePlanner
+from fastvit.train.safe_load import SafeFileSystemReader, encode_extra, load_extra, read_dcp_metadata
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -51,9 +52,9 @@ def _rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _barrier():
+def _barrier(group=None):
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def checkpoint_dir(run_dir):
@@ -66,7 +67,7 @@ def checkpoint_dir(run_dir):
 def _sha256(file):
     h = hashlib.sha256()
     with open(file, "rb") as f:
-        while chunk := f.read(1 << 23):
+        while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
 
@@ -271,10 +272,11 @@ def _write_manifest(tmp, step, run, order):
     write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
-def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
-    """Writes `state` (a DCP state dict, same keys on every rank) and, on ranks given an extra_rank
-    (default: the global rank), `extra` as extra_rank<extra_rank>.pt; then keeps the `keep` newest
-    checkpoints of this run (by write order, always the one just written)."""
+def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None, file_bytes=FILE_BYTES, group=None):
+    """Writes `state` (a DCP state dict, same keys on every rank; each rank writes its own shards, in files of
+    at most file_bytes) and, on ranks given an extra_rank (default: the global rank), `extra` as
+    extra_rank<extra_rank>.pt; then keeps the `keep` newest checkpoints of this run (by write order, always the
+    one just written). group: the process group of the collectives (fastvit.train.async_checkpoint's own)."""
     if keep < 1:
         raise UserError(f"train.keep_checkpoints={keep}: keep at least 1 checkpoint")
     root = checkpoint_dir(run_dir)
@@ -284,16 +286,17 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
         if _rank() == 0:
             _remove(tmp)
             tmp.mkdir(parents=True)
-        _barrier()
+        _barrier(group)
         with warnings.catch_warnings():  # DCP warns that a single process saves without a process group
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.save(state, checkpoint_id=str(tmp))
+            writer = BoundedFileWriter(str(tmp), file_bytes=file_bytes)
+            dcp.save(state, storage_writer=writer, planner=FusedRowsSavePlanner(), process_group=group)
         extra_rank = _rank() if extra_rank is None else extra_rank
         extra_file = tmp / f"extra_rank{extra_rank}.pt" if extra_rank >= 0 else None
         if extra_file is not None:
             torch.save(encode_extra(extra), extra_file)
         _digest_own_files(tmp, extra_file)
-        _barrier()
+        _barrier(group)
         if _rank() == 0:
             run, order = _run_and_order(root)
             _write_manifest(tmp, step, run, order)
@@ -309,7 +312,7 @@ def save_checkpoint(run_dir, step, state, extra, keep=2, extra_rank=None):
         raise UserError(
             f"cannot write checkpoint {final}: {os_error_message(cause)}; the previous checkpoint is intact"
         ) from None
-    _barrier()
+    _barrier(group)
     return final
 
 
@@ -363,7 +366,7 @@ def _dcp_load(state, path, **kw):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(), **kw)
+            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), planner=FusedRowsLoadPlanner(), **kw)
     except UserError:
         raise
     except BaseException as e:  # DCP wraps its readers' errors in CheckpointException (a BaseException)
@@ -407,15 +410,11 @@ def load_module(path, module, key, prefix=""):
     """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
     alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA
     teacher's ViT. The checkpoint's files are verified against its manifest first."""
-    from fastvit.parallel.tp import canonical_state  # checkpoints keep fused qkv / w12 rows canonical
-
     problem = verify_checkpoint(path)
     if problem is not None:
         raise UserError(f"checkpoint {path} is damaged ({problem}); evaluate an earlier checkpoint")
     state = {key: {prefix + name: t for name, t in module.state_dict().items()}}  # tensors share the storage
-    canon, finish = canonical_state(state)
-    _dcp_load(canon, path, no_dist=True)
-    finish()
+    _dcp_load(state, path, no_dist=True)
     return module
 
 
@@ -426,7 +425,7 @@ def step_of(path):
 # ---- resuming with another config -----------------------------------------------------------------------------
 
 # Keys whose change makes the saved weights not fit the model (or the objective's state not fit the task).
-_RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path"}
+_RESUMABLE_MODEL_KEYS = {"model.attn_backend", "model.drop_path", "model.init"}  # a resume reads its own weights
 
 
 def resume_conflicts(saved, requested):

@@ -13,6 +13,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,11 +24,13 @@ from fastvit.config import write_config
 from fastvit.errors import StopRequested, UserError
 from fastvit.parallel.distributed import init_distributed
 from fastvit.parallel.mesh import build_mesh, resolve_dims
+from fastvit.parallel.meta_init import deferred_init, defers, materialize_deferred
 from fastvit.parallel.parallelize import parallelize_pair
-from fastvit.parallel.tp import canonical_state
 from fastvit.tasks import spec_of
 from fastvit.train import checkpoint as ckpt
+from fastvit.train.async_checkpoint import AsyncCheckpointer, async_default
 from fastvit.train.curves import draw_curves
+from fastvit.train.init import init_task
 from fastvit.train.metrics import MetricsLogger, peak_memory_gib, peak_tflops, trim_metrics
 from fastvit.train.optim import build_optimizer
 from fastvit.train.runlock import RunLock, check_run_folder
@@ -84,15 +87,23 @@ class Training:
 def build_training(cfg, *, meta=False):
     """Initialises torch.distributed (under torchrun), builds the task on its layout, wraps it, and its optimizer.
     meta=True (fastvit train --dry-run): the modules are built on the meta device, so nothing is allocated."""
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.parallel.timeout_s)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = build_task(cfg, torch.device("meta") if meta else device)
-    dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
-    b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
-    mesh = build_mesh(dims, device.type) if world > 1 else None
-    if dims.pp > 1:
-        task = pipelined(task, mesh)
-    task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
+    init = cfg.model.init and not meta and ckpt.latest_checkpoint(cfg.train.out, verify=False) is None
+    # model.init loads whole tensors into the unsharded modules: such a run starts materialised, as before meta start-up
+    with deferred_init(not meta and not init and defers(cfg.parallel, world)):  # built on meta, each rank its shards
+        task = build_task(cfg, torch.device("meta") if meta else device)
+        if init:
+            note = init_task(task, cfg)  # a new run only: a resumed one reads its own checkpoint
+            if rank == 0:
+                print(f"fastvit train: {note}", flush=True)
+        dims = resolve_dims(cfg.parallel, world, task.backbone_cfg)
+        b = per_rank_batch(cfg, dims.dp)  # tensor-parallel ranks share their data-parallel rank's batch
+        mesh = build_mesh(dims, device.type) if world > 1 else None
+        if dims.pp > 1:
+            task = pipelined(task, mesh)
+        task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
+        materialize_deferred(device)
     # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
     return Training(cfg, rank, world, device, dims, mesh, task, optimizer, b)
@@ -122,16 +133,43 @@ def _all_mean(t):
 
 
 class _StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits."""
+    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits.
+
+    The ranks of a job get the signal at slightly different times (SLURM -> srun -> torchrun on every node), so
+    they agree before acting: each step starts an asynchronous all-reduce (MAX) of the flag on a host tensor
+    (gloo) and reads the one of the step before, so all ranks stop after the same step, one step after the
+    first rank saw the signal, without a host stall per step."""
 
     def __init__(self):
         self.requested, self.signum = False, None
+        self.stopped = False  # every rank agreed to stop
+        self._flag = self._work = None
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.requested, self.signum = True, signum
 
+    def agreed(self):
+        """True once every rank knows that some rank was signalled (call once per step, on every rank)."""
+        if not dist.is_initialized():
+            self.stopped = self.requested
+            return self.stopped
+        seen = self._collect()
+        self._flag = torch.tensor([float(self.requested), float(self.signum or 0)])
+        self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
+        if seen:
+            self.signum, self.stopped = self.signum or seen, True
+        return self.stopped
+
+    def _collect(self):
+        if self._work is None:
+            return 0
+        self._work.wait()
+        self._work = None
+        return int(self._flag[1]) if self._flag[0] > 0 else 0
+
     def restore(self):
+        self._collect()
         for s, h in self._old.items():
             signal.signal(s, h)
 
@@ -185,14 +223,17 @@ def _train_locked(run, loader, run_dir):
         )
     log = MetricsLogger(run_dir, cfg.train.steps, enabled=run.rank == 0)
     stop = _StopRequest()
+    saver = AsyncCheckpointer() if async_default(cfg.train.async_checkpoint, run.device) else None
     try:
-        _run_steps(run, loader, start_step, run_dir, log, stop)
+        _run_steps(run, loader, start_step, run_dir, log, stop, saver)
     finally:
+        if saver is not None:  # the end of the run, a stop or an error: the write in flight completes first
+            saver.wait()
         stop.restore()
         log.close()
-    if run.rank == 0 and not stop.requested:
+    if run.rank == 0 and not stop.stopped:
         draw_curves(run_dir, ["loss" if k == "total" else k for k in run.task.loss_keys])
-    if stop.requested:  # preempted, not finished: no end-of-run evaluation, a non-zero exit
+    if stop.stopped:  # preempted, not finished: no end-of-run evaluation, a non-zero exit
         name = signal.Signals(stop.signum).name
         raise StopRequested(f"stopped by {name} after its checkpoint; run the same command to resume", stop.signum)
     return run_dir
@@ -205,11 +246,7 @@ def _resume(run, loader, run_dir):
         return 0
     task, optimizer = run.task, run.optimizer
     state = task.state_dict(optimizer, with_optim=True)
-    canon, finish = canonical_state(state)  # fused qkv / w12 rows in one layout whatever tp is
-    extra = ckpt.load_checkpoint(latest, canon, extra_rank=run.data_rank)
-    finish()
-    for key in [k for k in state if k not in canon]:  # e.g. no optimizer in a step-0 checkpoint
-        del state[key]
+    extra = ckpt.load_checkpoint(latest, state, extra_rank=run.data_rank)  # each rank reads its own shards
     task.load_state_dict(state, optimizer)
     extras = functools.partial(ckpt.load_all_extras, latest)  # every written rank's, read only on a new layout
     if extra is None:  # more data-parallel ranks now: the RNG of rank 0, the data position from all ranks
@@ -222,27 +259,58 @@ def _resume(run, loader, run_dir):
     return ckpt.step_of(latest)
 
 
-def _save(run, loader, run_dir, step):
+def _save(run, loader, run_dir, step, saver=None):
+    """Writes the checkpoint of `step` (with an AsyncCheckpointer: stages it and returns while it is written)."""
     if not _weights_finite(run.task.student):
         raise NonFiniteLossError(
             f"the weights are not finite after step {step}, so no checkpoint was written; lower optim.lr or "
             "raise optim.warmup_steps. The last checkpoint is intact."
         )
     extra = {"rng": _rng_state(), "loader": loader.state_dict(), "step": step}
-    state, _ = canonical_state(run.task.state_dict(run.optimizer))
-    keep = run.cfg.train.keep_checkpoints
-    return ckpt.save_checkpoint(run_dir, step, state, extra, keep=keep, extra_rank=run.extra_rank)
+    state = run.task.state_dict(run.optimizer)  # the shards as they are (fastvit.train.dcp_sharded)
+    kw = {"keep": run.cfg.train.keep_checkpoints, "extra_rank": run.extra_rank}
+    if saver is not None:
+        return saver.save(run_dir, step, state, extra, **kw)
+    return ckpt.save_checkpoint(run_dir, step, state, extra, **kw)
 
 
 def _knn_of_checkpoint(cfg, run_dir, path, device):
-    """train.eval_every: kNN top-1 of the EMA teacher of checkpoint `path`, computed on rank 0 (also written to
-    eval.json); the other ranks wait for it and get None."""
+    """train.eval_every under pipeline parallelism or for objectives without a teacher: kNN top-1 of checkpoint
+    `path`, computed on rank 0 (also written to eval.json); the other ranks wait for it and get None."""
     from fastvit.eval.run import evaluate_run
 
     top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
     if dist.is_initialized():
         dist.barrier()
     return top1
+
+
+def _knn_live(run, run_dir, step):
+    """train.eval_every: kNN top-1 of the live EMA teacher, on every rank (fastvit.eval.sharded), written to
+    eval.json by rank 0; no checkpoint is written or read for it."""
+    from fastvit.eval.sharded import knn_now
+    from fastvit.fileio import update_json
+
+    m, task = run.mesh, run.task
+    group = m.dp.get_group() if m is not None else None
+    top1 = knn_now(
+        run.cfg,
+        task.teacher_dp,
+        task.teacher.backbone,
+        device=run.device,
+        dp_rank=run.data_rank,
+        dp=run.dims.dp,
+        group=group,
+    )
+    if run.rank == 0:
+        result = {"eval": "knn", "step": step, "top1": top1, "top1_pct": top1, "unit": "percent", "live": True}
+        update_json(Path(run_dir) / "eval.json", "knn", result)
+    return top1
+
+
+def _live_eval(run):
+    """Whether train.eval_every evaluates the live teacher (Web-DINO without pipeline stages)."""
+    return run.cfg.objective.name == "web_dino" and run.dims.pp == 1
 
 
 class _Throughput:
@@ -340,12 +408,17 @@ def _weights_finite(model):
     return bool(ok.item())
 
 
-def _run_steps(run, loader, start_step, run_dir, log, stop):
+def _run_steps(run, loader, start_step, run_dir, log, stop, saver):
     cfg, total = run.cfg, run.cfg.train.steps
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
-        path = _save(run, loader, run_dir, 0)  # the initial model, so any run can be evaluated
+        path = _save(run, loader, run_dir, 0, saver)  # the initial model, so any run can be evaluated
         if cfg.train.eval_every and cfg.data.val_source:  # where the kNN curve starts, from the same weights
-            knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
+            if _live_eval(run):
+                knn = _knn_live(run, run_dir, 0)
+            else:
+                if saver is not None:
+                    saver.wait()  # the kNN reads the checkpoint
+                knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
             log.log({"step": 0, "knn_top1": knn, "knn_top1_pct": knn})
     throughput, autocast = _Throughput(run), autocast_for(cfg, run.device)
     batches = (to_device(batch, run.device) for batch in loader)
@@ -362,12 +435,13 @@ def _run_steps(run, loader, start_step, run_dir, log, stop):
             autocast=autocast,
             max_grad_norm=limit,
         )
+        stopping = stop.agreed()
         if not out.finite:
             bad_in_a_row += 1
             _skip_bad_step(cfg, step + 1, bad_in_a_row, out, limit)
-            if step + 1 == total or stop.requested:  # the weights are those before the skipped step
-                _save(run, loader, run_dir, step + 1)
-                if stop.requested:
+            if step + 1 == total or stopping:  # the weights are those before the skipped step
+                _save(run, loader, run_dir, step + 1, saver)
+                if stopping:
                     break
             continue
         bad_in_a_row = 0
@@ -376,15 +450,22 @@ def _run_steps(run, loader, start_step, run_dir, log, stop):
         done = step + 1
         save = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total
         evaluate = bool(cfg.train.eval_every and cfg.data.val_source and done % cfg.train.eval_every == 0)
-        if save or evaluate or stop.requested:  # the periodic kNN reads the checkpoint, whatever the layout
-            path = _save(run, loader, run_dir, done)
-        knn = _knn_of_checkpoint(cfg, run_dir, path, run.device) if evaluate else None
+        live = evaluate and _live_eval(run)
+        if save or stopping or (evaluate and not live):  # the kNN of a pipeline reads a checkpoint
+            path = _save(run, loader, run_dir, done, saver)
+        knn = None
+        if live:
+            knn = _knn_live(run, run_dir, done)
+        elif evaluate:
+            if saver is not None:
+                saver.wait()  # the kNN reads the checkpoint
+            knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
         if done % cfg.train.log_every == 0 or done == total or evaluate:
             record = _record(run, out, done, throughput, loader)
             if knn is not None:
                 record["knn_top1"] = record["knn_top1_pct"] = knn  # percent (0-100), the unit of eval.json's top1
             log.log(record)
-        if stop.requested:
+        if stopping:
             if _is_main():
                 print(f"fastvit train: stop requested; checkpoint of step {done} written, exiting", flush=True)
             break

@@ -8,7 +8,7 @@ import torch
 
 import fastvit.ops
 from fastvit.config import ModelConfig, load_config
-from fastvit.models.build import backbone_config, build_backbone
+from fastvit.models.build import NOT_VIT, backbone_config, build_backbone
 from fastvit.models.vit import ViTConfig
 from fastvit.parallel.plan import Layout, head_params, plan, static_memory
 
@@ -30,7 +30,7 @@ def test_every_model_key_reaches_the_vit():
     )
     vit = backbone_config(m)
     for f in dataclasses.fields(m):
-        if f.name != "name":
+        if f.name not in NOT_VIT:  # model.init: the weights a run starts from, not the shape
             assert getattr(vit, f.name) == getattr(m, f.name), f.name
     assert vit.name == "vit_b" and vit.mlp_hidden == 256  # SwiGLU rule for the overridden width
     table = backbone_config(ModelConfig(name="vit_1b"))  # 0 / "": the size table's width, depth, heads, MLP
@@ -47,7 +47,7 @@ def test_a_model_key_without_a_vit_field_is_refused():
 
     with pytest.raises(ValueError, match="rope_base"):
         backbone_config(WithExtra())
-    assert {f.name for f in dataclasses.fields(ModelConfig)} - {"name"} <= {
+    assert {f.name for f in dataclasses.fields(ModelConfig)} - set(NOT_VIT) <= {
         f.name for f in dataclasses.fields(ViTConfig)
     }
 
@@ -58,8 +58,10 @@ def test_the_planner_sizes_the_model_the_tasks_build():
     vit, rows = plan(cfg, 8, "h100", 64)
     assert vit == build_backbone(cfg.model).cfg
     lay = Layout(dp=8, tp=1, pp=1, ac="full")
-    with_bias = static_memory(backbone_config(load_config("web_dino_vit1b")), head_params(1536, cfg.objective), lay)
-    without = static_memory(vit, head_params(1536, cfg.objective), lay)
+    with_bias = static_memory(
+        backbone_config(load_config("web_dino_vit1b")), head_params(1536, cfg.objective.web_dino), lay
+    )
+    without = static_memory(vit, head_params(1536, cfg.objective.web_dino), lay)
     per_block = 3 * 1536 + 2 * 1536  # qkv bias, two LayerScale gammas
     assert with_bias["params"] - without["params"] == pytest.approx(4 * 40 * per_block / 8)
 

@@ -12,9 +12,9 @@ import pytest
 from fastvit.cli import main as cli_main
 from fastvit.config import load_config
 from fastvit.models.build import backbone_config
-from fastvit.parallel.dry_run import compare, dry_run, parse_rank, rank_of
+from fastvit.parallel.dry_run import compare, dry_run, format_report, parse_rank, rank_of
 from fastvit.parallel.mesh import ParallelDims
-from fastvit.parallel.plan import Layout, head_params, static_memory
+from fastvit.parallel.plan import Layout, checked_memory
 
 SBATCH = Path(__file__).resolve().parents[2] / "fastvit" / "recipes" / "slurm" / "web_dino_vit7b.sbatch"
 
@@ -25,7 +25,7 @@ def recipe(name, **parallel):
 
 def planned(cfg, layout):
     vit = backbone_config(cfg.model)
-    return static_memory(vit, head_params(vit.width, cfg.objective), layout)
+    return checked_memory(vit, cfg.objective.web_dino, layout)
 
 
 def check_against_plan(cfg, layout, reports, tol=0.005):
@@ -67,7 +67,7 @@ def test_vit7b_dp32_pp2_first_and_last_stage():
     assert "blocks.16.attn.qkv.weight" in la and "norm.weight" in la and "patch_embed.proj.weight" not in la
     assert la["blocks.16.attn.qkv.weight"] == ((12288, 4096), (384, 4096))
     assert last["params"] > first["params"]  # the heads' 131072 prototypes outweigh the embeddings
-    assert last["dcp_items"] > 0
+    assert last["dcp_items"] > 0 and last["dcp_bytes"] == last["state_bytes"]  # nothing gathered at save
 
 
 def test_vit7b_dp16_tp2_pp2():
@@ -87,8 +87,10 @@ def test_vit1b_tp2_on_8_ranks_and_its_checkpoint_plan():
     check_against_plan(cfg, Layout(dp=4, tp=2, pp=1, ac="selective"), [r])
     assert r["coords"] == {"pp": 0, "dp": 1, "tp": 1} and r["dims"] == ParallelDims(dp=4, tp=2, pp=1)
     assert shapes(r)["blocks.0.attn.qkv.weight"] == ((4608, 1536), (4608 // 8, 1536))
-    # student, teacher, AdamW moments and steps, the objective; fused rows are gathered over dp for the save
-    assert r["dcp_items"] > 4 * 40 * 14 and r["dcp_bytes"] > r["state_bytes"] > 3.9 * r["params"]
+    # student, teacher, AdamW moments and steps, the objective; fused rows written as pieces of the shards: the
+    # save writes exactly the rank's own bytes, nothing gathered
+    assert r["dcp_items"] > 4 * 40 * 14 and r["dcp_bytes"] == r["state_bytes"] > 3.9 * r["params"]
+    assert "0.00 GB of it gathered" in format_report(cfg, r)
 
 
 @pytest.mark.parametrize(
@@ -146,11 +148,22 @@ def test_plan_verify_prints_verified_lines(capsys):
 
 def sbatch_train_command():
     """The sbatch script's `fastvit train ...` arguments (after the module) and its world size."""
-    text = SBATCH.read_text()
+    text = SBATCH.read_text().replace("\\\n", " ")  # continuation lines joined
     nodes = int(re.search(r"#SBATCH --nodes=(\d+)", text)[1])
     per_node = int(re.search(r"#SBATCH --gpus-per-node=(\d+)", text)[1])
-    line = re.search(r"^\s*-m fastvit\.cli train (.+)$", text, re.M)[1]
+    line = re.search(r" -m fastvit\.cli train (.+?)(?: &)?$", text, re.M)[1]
     return shlex.split(line), nodes * per_node
+
+
+def test_the_slurm_script_saves_ahead_of_the_kill_and_requeues():
+    """SIGTERM comes --signal's lead before the kill; torchrun must give the ranks' final save less than that
+    before its SIGKILL, and the script requeues the job after it."""
+    text = SBATCH.read_text()
+    lead = int(re.search(r"#SBATCH --signal=B:TERM@(\d+)", text)[1])
+    shutdown = int(re.search(r"SHUTDOWN_S=(\d+)", text)[1])
+    assert 0 < shutdown < lead and '--shutdown-timeout="$SHUTDOWN_S"' in text
+    assert "#SBATCH --requeue" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert re.search(r"^trap on_term TERM$", text, re.M)
 
 
 def test_the_slurm_script_trains_a_layout_that_builds():

@@ -11,6 +11,7 @@ import pytest
 from tiny import tiny_args, tiny_config
 
 from fastvit.cli import main as cli
+from fastvit.eval.run import evaluate_run
 from fastvit.tasks.web_dino.task import WebDINOTask
 from fastvit.train import checkpoint as ckpt
 from fastvit.train.loop import NonFiniteLossError, train
@@ -172,7 +173,7 @@ def test_teacher_runs_every_block_while_the_student_drops_paths(tmp_path):
 
 
 def test_eval_every_logs_the_teachers_knn(tmp_path):
-    """train.eval_every: the kNN top-1 of the step's checkpoint goes into that step's metrics row and eval.json."""
+    """train.eval_every: the kNN top-1 of the step's live teacher goes into that step's metrics row and eval.json."""
     run = tmp_path / "run"
     train(tiny_config(run, "train.steps=4", "train.eval_every=2", "train.log_every=3", "train.checkpoint_every=0"))
     rows = read_metrics(run)
@@ -182,4 +183,7 @@ def test_eval_every_logs_the_teachers_knn(tmp_path):
         assert 0.0 <= rows[step]["knn_top1"] <= 100.0
     saved = json.loads((run / "eval.json").read_text())["knn"]
     assert saved["step"] == 4 and saved["top1"] == rows[4]["knn_top1"]
-    assert (run / "checkpoints" / "step_2").is_dir()  # written for the evaluation although checkpoint_every=0
+    assert not (run / "checkpoints" / "step_2").exists()  # the live teacher is evaluated: no checkpoint for it
+    assert (run / "curves.png").is_file()  # the loss terms and the kNN, drawn at the end of the run
+    # the same kNN as `fastvit eval knn` of the final checkpoint (the teacher of step 4)
+    assert evaluate_run(run, tiny_config(run), "knn")["top1"] == rows[4]["knn_top1"]

@@ -23,4 +23,5 @@ SPEC = ObjectiveSpec(
     eval_module="teacher",
     old_keys={f.name: f.name for f in dataclasses.fields(WebDINOConfig)},
     min_batch_per_rank=_min_batch_per_rank,
+    heads="fastvit.tasks.web_dino.model:build_heads",
 )

@@ -4,13 +4,12 @@ Student and teacher are two WebDINO modules; the teacher is a copy of the studen
 through `forward` so DDP / FSDP2 hooks see them. The pipelined task's last stage runs the same `head_outputs`.
 """
 
-import copy
-
 import torch
 from torch import nn
 
-from fastvit.models.build import build_backbone
+from fastvit.models.build import backbone_config, build_backbone
 from fastvit.models.heads import DINOHead
+from fastvit.parallel.meta_init import build_on_meta
 
 
 def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=None):
@@ -25,15 +24,27 @@ def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=No
     return out
 
 
+def make_heads(width, o):
+    """(DINO head, iBOT head) for a backbone of `width` and the objective.web_dino section `o`."""
+    dino = DINOHead(width, o.dino_out_dim, o.head_hidden_dim, o.dino_bottleneck_dim)
+    ibot = DINOHead(width, o.ibot_out_dim, o.head_hidden_dim, o.ibot_bottleneck_dim)
+    return dino, ibot
+
+
+def build_heads(cfg):
+    """{"dino_head", "ibot_head"} on the meta device (ObjectiveSpec.heads: what export and model.init read)."""
+    with torch.device("meta"):
+        dino, ibot = make_heads(backbone_config(cfg.model).width, cfg.objective.web_dino)
+    return {"dino_head": dino, "ibot_head": ibot}
+
+
 class WebDINO(nn.Module):
     """backbone -> DINO head on CLS tokens, iBOT head on masked patch tokens."""
 
     def __init__(self, backbone, cfg_obj):
         super().__init__()
-        dim = backbone.cfg.width
         self.backbone = backbone
-        self.dino_head = DINOHead(dim, cfg_obj.dino_out_dim, cfg_obj.head_hidden_dim, cfg_obj.dino_bottleneck_dim)
-        self.ibot_head = DINOHead(dim, cfg_obj.ibot_out_dim, cfg_obj.head_hidden_dim, cfg_obj.ibot_bottleneck_dim)
+        self.dino_head, self.ibot_head = make_heads(backbone.cfg.width, cfg_obj)
 
     def init_weights(self):
         self.backbone.init_weights()
@@ -58,10 +69,6 @@ class WebDINO(nn.Module):
 def build_student_teacher(cfg, device):
     """Student and teacher WebDINO modules on `device`, initialised identically; the teacher has no grads and
     stays in eval mode (no drop path: it sees every block for every image, as in DINOv2)."""
-    with torch.device("meta"):
-        student = WebDINO(build_backbone(cfg.model), cfg.objective.web_dino)
-    student.to_empty(device=device)
-    student.init_weights()
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False).eval()
-    return student, teacher
+    return build_on_meta(
+        lambda: WebDINO(build_backbone(cfg.model), cfg.objective.web_dino), device, WebDINO.init_weights
+    )

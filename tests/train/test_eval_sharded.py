@@ -1,0 +1,42 @@
+"""train.eval_every on 2 FSDP ranks: every rank extracts the features of half the images from its teacher shards,
+all ranks get the same kNN top-1, and it equals `fastvit eval knn` of the final checkpoint in one process."""
+
+import json
+
+import pytest
+import torch
+from tiny import run_metrics, tiny_config
+
+from fastvit.eval.run import evaluate_run
+from fastvit.testing import run_ranks
+from fastvit.train.loop import train
+
+RUN = ("train.steps=2", "train.eval_every=2", "parallel.data_parallel=fsdp", "eval.batch_size=16")
+
+
+def _rank(rank, world, out):
+    torch.set_num_threads(1)
+    top1 = []
+    import fastvit.train.loop as loop
+
+    real = loop._knn_live
+
+    def spy(*args):
+        top1.append(real(*args))
+        return top1[-1]
+
+    loop._knn_live = spy
+    train(tiny_config(out, *RUN))
+    return top1
+
+
+@pytest.mark.multirank
+def test_eval_every_on_fsdp_ranks_matches_one_process(tmp_path):
+    out = tmp_path / "run"
+    ranks = run_ranks(_rank, 2, str(out))
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 1  # every rank computed the same kNN, once
+    row = run_metrics(out)[-1]
+    assert row["step"] == 2 and row["knn_top1"] == ranks[0][0]
+    assert json.loads((out / "eval.json").read_text())["knn"]["top1"] == ranks[0][0]
+    one = evaluate_run(out, tiny_config(out, *RUN), "knn")["top1"]  # one process, the step-2 checkpoint
+    assert abs(one - ranks[0][0]) <= 1.0, (one, ranks[0][0])  # fp32 sums in another order: at most 1 image
