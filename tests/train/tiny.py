@@ -33,6 +33,7 @@ TINY = [
     "train.batch_size=8",
     "train.log_every=1",
     "train.checkpoint_every=3",
+    "train.eval_every=0",  # the demo evaluates every 50 steps; tests that want it set it
     "eval.max_images=200",
 ]
 
