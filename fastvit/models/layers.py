@@ -84,7 +84,11 @@ class LayerScale(nn.Module):
         nn.init.constant_(self.gamma, self.init_value)
 
     def forward(self, x):
-        return x * self.gamma
+        # x * gamma in x's dtype: under autocast the residual stream stays bf16 (as under FSDP's bf16 parameters
+        # and in DINOv2's mixed-precision training) instead of promoting to fp32 through the fp32 gamma, which
+        # made every following norm run in fp32, every linear re-cast and the saved activations grow. fp32
+        # training is unchanged (gamma is fp32 there).
+        return x * self.gamma.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -152,8 +156,7 @@ def add_residual_subset(x, branch, keep, scale, packing=None):
 
     keep: host list of kept sample ids (dense: rows of x (B, N, D); packed: sequences of `packing`).
     branch(x_sub, packing_sub) is computed on the kept samples alone, so dropped samples cost no FLOPs.
-    The sum has the promoted dtype of x and the branch, as x + branch would (autocast: bf16 tokens, fp32
-    LayerScale outputs).
+    The sum has the promoted dtype of x and the branch, as x + branch would.
     """
     if packing is None:
         idx = to_device_async(keep, torch.long, x.device)
