@@ -7,11 +7,13 @@ follow the native Web-SSL / DINOv2 layout (norm1, attn.qkv, attn.proj, ls1.gamma
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastvit import ops
+from fastvit.host_copy import to_device_async
 from fastvit.ops.attention import BACKENDS as ATTENTION_BACKENDS
 
 
@@ -33,25 +35,24 @@ class Packing:
         offsets = [0]
         for n in seqlens:
             offsets.append(offsets[-1] + n)
-        cu = torch.tensor(offsets, dtype=torch.int32, device=device)
-        return Packing(seqlens, cu, max(seqlens))
+        return Packing(seqlens, to_device_async(offsets, torch.int32, device), max(seqlens))
 
     @property
     def total(self):
         return sum(self.seqlens)
 
     def subset(self, keep):
-        """Token indices (T_keep,) of the kept sequences (a host list of sequence ids) and their Packing."""
-        lens_S = torch.tensor(self.seqlens, dtype=torch.long)
-        starts_S = torch.cumsum(lens_S, 0) - lens_S
-        keep_K = torch.tensor(keep, dtype=torch.long)
+        """Token indices (T_keep,) of the kept sequences (a host list of sequence ids) and their Packing, built
+        on the host (numpy) and copied to the device without a sync."""
+        lens_S = np.asarray(self.seqlens, dtype=np.int64)
+        starts_S = np.cumsum(lens_S) - lens_S
+        keep_K = np.asarray(keep, dtype=np.int64)
         lens_K = lens_S[keep_K]
-        sub_starts_K = torch.cumsum(lens_K, 0) - lens_K
+        sub_starts_K = np.cumsum(lens_K) - lens_K
         # token t of the subset sits at start[seq(t)] + (t - sub_start[seq(t)])
-        shift_T = torch.repeat_interleave(starts_S[keep_K] - sub_starts_K, lens_K)
-        idx = torch.arange(int(lens_K.sum())) + shift_T
+        idx = np.arange(lens_K.sum()) + np.repeat(starts_S[keep_K] - sub_starts_K, lens_K)
         device = self.cu_seqlens.device
-        return idx.to(device, non_blocking=True), Packing.from_seqlens(lens_K.tolist(), device)
+        return to_device_async(idx, torch.long, device), Packing.from_seqlens(lens_K.tolist(), device)
 
 
 class LayerNorm(nn.Module):
@@ -83,7 +84,11 @@ class LayerScale(nn.Module):
         nn.init.constant_(self.gamma, self.init_value)
 
     def forward(self, x):
-        return x * self.gamma
+        # x * gamma in x's dtype: under autocast the residual stream stays bf16 (as under FSDP's bf16 parameters
+        # and in DINOv2's mixed-precision training) instead of promoting to fp32 through the fp32 gamma, which
+        # made every following norm run in fp32, every linear re-cast and the saved activations grow. fp32
+        # training is unchanged (gamma is fp32 there).
+        return x * self.gamma.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -151,11 +156,10 @@ def add_residual_subset(x, branch, keep, scale, packing=None):
 
     keep: host list of kept sample ids (dense: rows of x (B, N, D); packed: sequences of `packing`).
     branch(x_sub, packing_sub) is computed on the kept samples alone, so dropped samples cost no FLOPs.
-    The sum has the promoted dtype of x and the branch, as x + branch would (autocast: bf16 tokens, fp32
-    LayerScale outputs).
+    The sum has the promoted dtype of x and the branch, as x + branch would.
     """
     if packing is None:
-        idx = torch.tensor(keep, dtype=torch.long).to(x.device, non_blocking=True)
+        idx = to_device_async(keep, torch.long, x.device)
         out = branch(x.index_select(0, idx), None)
         x, out = _promoted(x, out)
         return torch.index_add(x.flatten(1), 0, idx, out.flatten(1), alpha=scale).view_as(x)

@@ -45,8 +45,9 @@ class Centering(nn.Module):
     def _apply_sums(self, row_sum_K, n_rows, group):
         if row_sum_K.shape != self.center.shape:
             raise ValueError(f"Centering holds {self.center.shape[0]} entries, got logits with {row_sum_K.shape[0]}")
-        packed = torch.cat([row_sum_K, row_sum_K.new_tensor([float(n_rows)])])
+        packed = torch.cat([row_sum_K, row_sum_K.new_full((1,), float(n_rows))])
         packed = all_reduce_(packed, "sum", group)
         count = packed[-1]
-        if count.item() > 0:
-            self.center.mul_(self.momentum).add_(packed[:-1] / count, alpha=1.0 - self.momentum)
+        # on the device, without reading the count: c <- m * c + (1 - m) * mean when there are rows
+        updated = (self.center * self.momentum).add_(packed[:-1] / count, alpha=1.0 - self.momentum)
+        self.center.copy_(torch.where(count > 0, updated, self.center))

@@ -100,7 +100,8 @@ def clip_loss(q_bD, k_BD, logit_scale, *, offset=0, kind="infonce", logit_bias=N
         raise ValueError(f"clip_loss: positives offset {offset} + {b} rows do not fit in {B} columns")
     if kind == "siglip" and logit_bias is None:
         raise ValueError("clip_loss kind='siglip' needs logit_bias")
-    as_tensor = lambda v: v if torch.is_tensor(v) else torch.tensor(float(v), device=q_bD.device)
+    # a float becomes a 0-d fp32 tensor filled on the device (no host-to-device copy)
+    as_tensor = lambda v: v if torch.is_tensor(v) else torch.full((), float(v), device=q_bD.device)
     scale = as_tensor(logit_scale)
     bias = as_tensor(logit_bias if logit_bias is not None else 0.0)
     chunk = chunk_rows if chunk_rows > 0 else max(1, CHUNK_ELEMENTS // max(B, 1))

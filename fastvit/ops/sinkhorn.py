@@ -26,7 +26,7 @@ from fastvit.ops.prototype_targets import (
     prototype_lse,
 )
 
-__all__ = ["all_reduce_", "global_row_count", "sinkhorn_knopp"]
+__all__ = ["all_reduce_", "log_global_row_count", "sinkhorn_knopp"]
 
 
 def dist_active(group=None):
@@ -50,16 +50,18 @@ def all_reduce_logsumexp_(lse, group=None):
     return lse.copy_(torch.where(finite, m + torch.log(s), m))
 
 
-def global_row_count(n_local, device, n_rows=None, group=None):
-    """B_global: the given n_rows, else the local count all-reduced over ranks (one process: n_local)."""
+def log_global_row_count(n_local, device, n_rows=None, group=None):
+    """log(B_global): of the given n_rows, else of the local count all-reduced over ranks (one process: n_local).
+    Across ranks it stays on the device, a 0-d float64 tensor (no host read; float64 so that it rounds as the
+    one-process math.log does)."""
     if n_rows is not None:
         if n_rows < 1:
             raise ValueError(f"sinkhorn_knopp n_rows must be >= 1, got {n_rows}")
-        return int(n_rows)
+        return math.log(n_rows)
     if not dist_active(group):
-        return int(n_local)
-    count = torch.tensor([float(n_local)], device=device)
-    return int(all_reduce_(count, "sum", group).item())
+        return math.log(n_local)
+    count = torch.full((), float(n_local), dtype=torch.float64, device=device)
+    return torch.log(all_reduce_(count, "sum", group))
 
 
 @torch.no_grad()
@@ -82,10 +84,10 @@ def sinkhorn_knopp(
     features, W = autocast_operands(features.detach(), prototypes.detach())
     x = features.reshape(-1, features.shape[-1])  # [R, D]
     R, K = x.shape[0], W.shape[0]
-    n_rows = global_row_count(R, x.device, n_rows, group)
+    log_n = log_global_row_count(R, x.device, n_rows, group)
     log_c = torch.zeros(R, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     for _ in range(n_iters):
         a = -all_reduce_logsumexp_(prototype_lse(x, W, log_c, float(temp), 0, int(chunk), be), group) - math.log(K)
-        log_c = -prototype_lse(x, W, a, float(temp), 1, int(chunk), be) - math.log(n_rows)
-    b = (log_c + math.log(n_rows)).reshape(features.shape[:2])
+        log_c = -prototype_lse(x, W, a, float(temp), 1, int(chunk), be) - log_n
+    b = (log_c + log_n).reshape(features.shape[:2])
     return TeacherTargets(features, W, 1.0 / temp, a, b)

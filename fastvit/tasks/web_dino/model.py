@@ -12,14 +12,26 @@ from fastvit.models.heads import DINOHead
 from fastvit.parallel.meta_init import build_on_meta
 
 
-def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=None):
+def masked_patch_index(masks, mask_indices=None):
+    """(rows, cols) of the masked patches of masks (n, N) bool, in masks[masks] order, from mask_indices (M,)
+    int64 flat indices into masks.view(-1) (the loader's host-known ones: static shapes, no sync); without them
+    they are found on the device (nonzero: a host sync)."""
+    if mask_indices is None:
+        mask_indices = masks.reshape(-1).nonzero().squeeze(1)
+    N = masks.shape[1]
+    return mask_indices // N, mask_indices % N
+
+
+def head_outputs(dino_head, ibot_head, cls_g, patch_g=None, masks=None, cls_l=None, mask_indices=None):
     """The heads' part of WebDINO.forward: cls_g (n_g*B, D) normalised CLS of the global crops, patch_g
-    (n_g*B, N, D) their patch tokens, masks (n_g*B, N) bool or None, cls_l (n_l*B, D) or None."""
+    (n_g*B, N, D) their patch tokens, masks (n_g*B, N) bool or None (with mask_indices, see
+    masked_patch_index), cls_l (n_l*B, D) or None."""
     out = {"cls_g": cls_g, "dino_g": dino_head.features(cls_g), "dino_protos": dino_head.prototypes()}
     if cls_l is not None:
         out["dino_l"] = dino_head.features(cls_l)
     if masks is not None:
-        out["ibot"] = ibot_head.features(patch_g[masks])
+        rows, cols = masked_patch_index(masks, mask_indices)
+        out["ibot"] = ibot_head.features(patch_g[rows, cols])
         out["ibot_protos"] = ibot_head.prototypes()
     return out
 
@@ -51,8 +63,9 @@ class WebDINO(nn.Module):
         self.dino_head.init_weights()
         self.ibot_head.init_weights()
 
-    def forward(self, global_crops, local_crops=None, masks=None, *, teacher=False):
-        """global_crops (n_g*B, 3, S, S) crop-major, local_crops (n_l*B, 3, s, s) or None, masks (n_g*B, N) bool.
+    def forward(self, global_crops, local_crops=None, masks=None, *, teacher=False, mask_indices=None):
+        """global_crops (n_g*B, 3, S, S) crop-major, local_crops (n_l*B, 3, s, s) or None, masks (n_g*B, N) bool,
+        mask_indices (M,) their flat indices (from the loader; see masked_patch_index).
 
         The student masks its global crops' patch tokens (iBOT); the teacher sees them unmasked and
         only reads its patch outputs at the masked positions. Returns plain tensors (DDP-friendly):
@@ -63,7 +76,8 @@ class WebDINO(nn.Module):
         in_masks = [None if teacher else masks] + [None] * (len(crops) - 1)
         outs = self.backbone(crops, in_masks)
         cls_l = outs[1]["cls"] if len(outs) > 1 else None
-        return head_outputs(self.dino_head, self.ibot_head, outs[0]["cls"], outs[0]["patch"], masks, cls_l)
+        g = outs[0]
+        return head_outputs(self.dino_head, self.ibot_head, g["cls"], g["patch"], masks, cls_l, mask_indices)
 
 
 def build_student_teacher(cfg, device):

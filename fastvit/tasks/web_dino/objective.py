@@ -11,6 +11,8 @@ Triton kernels on CUDA).
     student_patches  features [M, D'] of the student iBOT head on the masked patches (masks[masks] order), or None
     teacher_patches  features [M, D'] of the teacher iBOT head on the same patches
     masks            [n_g * B, N] bool iBOT masks, rows crop-major (crop 0's B images, then crop 1's)
+    mask_weights     [M] float32 1 / (masked patches of its image) per masked patch (the loader's), or None: then
+                     computed from masks (a host sync: the count M is read)
     student_cls      [n_g, B, D''] student CLS features of the global crops for KoLeo (normalised inside), or None
     teacher_temp     float, the scheduled teacher temperature
 
@@ -106,6 +108,7 @@ class WebDINOObjective(nn.Module):
         student_patches=None,
         teacher_patches=None,
         masks=None,
+        mask_weights=None,
         student_cls=None,
     ):
         n_g = self.n_global
@@ -121,7 +124,8 @@ class WebDINOObjective(nn.Module):
         if (student_patches is None) != (teacher_patches is None):
             raise ValueError("student and teacher iBOT outputs must both be given or both be None")
         if student_patches is not None:
-            M = int(masks.sum())
+            mask_weights = ibot_masks_weight(masks) if mask_weights is None else mask_weights
+            M = mask_weights.shape[0]
             if student_patches.shape[0] != M or teacher_patches.shape[0] != M:
                 rows = f"{student_patches.shape[0]} / {teacher_patches.shape[0]}"
                 raise ValueError(f"masks select {M} patches but the iBOT outputs hold {rows} rows")
@@ -135,6 +139,7 @@ class WebDINOObjective(nn.Module):
             student_patches=student_patches,
             ibot_targets=ibot,
             masks=masks,
+            mask_weights=mask_weights,
             student_cls=student_cls,
         )
 
@@ -170,12 +175,15 @@ class WebDINOObjective(nn.Module):
         student_patches=None,
         ibot_targets=None,
         masks=None,
+        mask_weights=None,
         student_cls=None,
     ):
         """The loss dict of forward() for student PrototypeLogits against precomputed TeacherTargets:
         dino_targets rows [n_g, B] (the student's B images), ibot_targets rows [1, M] (masks' M patches)."""
         dino_global, dino_local = self._dino_from_targets(student_global, student_local, dino_targets)
-        ibot = None if student_patches is None else self._ibot_from_targets(student_patches, ibot_targets, masks)
+        ibot = None
+        if student_patches is not None:
+            ibot = self._ibot_from_targets(student_patches, ibot_targets, masks, mask_weights)
         return self._combine(dino_global, dino_local, ibot, student_cls)
 
     def _dino_from_targets(self, sg, sl, targets):
@@ -187,13 +195,14 @@ class WebDINOObjective(nn.Module):
         cross_view = 1.0 - torch.eye(n_g, device=L.device)
         return (L[:n_g] * cross_view).sum() / self.n_terms, L[n_g:].sum() / self.n_terms
 
-    def _ibot_from_targets(self, sp, targets, masks):
-        n_images, M = masks.shape[0], int(masks.sum())
+    def _ibot_from_targets(self, sp, targets, masks, mask_weights=None):
+        mask_weights = ibot_masks_weight(masks) if mask_weights is None else mask_weights
+        n_images, M = masks.shape[0], mask_weights.shape[0]
         if sp.features.shape[0] != M or targets.features.shape[1] != M:
             raise ValueError(
                 f"masks select {M} patches but the iBOT rows are {sp.features.shape[0]} / {targets.features.shape[1]}"
             )
-        row_w = ibot_masks_weight(masks) / n_images
+        row_w = mask_weights / n_images
         L = prototype_cross_entropy(
             sp.features[None], sp.prototypes, targets, self.student_temp, row_w, chunk=self.chunk, backend=self.backend
         )  # [1, 1]

@@ -51,26 +51,22 @@ def crop_config(cfg):
     )
 
 
-def _has_masked_patches(batch, masks):
-    """Whether any patch is masked: the loader's host-side count when the batch has it (no device sync)."""
-    n = batch.get("n_masked")
-    return n > 0 if n is not None else bool(masks.any())
-
-
 def compute_losses(student, teacher, objective, batch, n_global, n_local, teacher_temp):
-    """Student and teacher forwards on one (micro-)batch and the objective's dict of loss terms."""
+    """Student and teacher forwards on one (micro-)batch and the objective's dict of loss terms. The masked patches
+    are those of the loader's host-side n_masked, mask_indices and mask_weights: static shapes, no host sync."""
     g, masks = batch["global_crops"], batch.get("masks")
     local = batch["local_crops"] if n_local else None
     B = g.shape[0] // n_global
-    s = student(g, local, masks)
+    idx = batch.get("mask_indices")
+    s = student(g, local, masks, mask_indices=idx)
     with torch.no_grad():
-        t = teacher(g, None, masks, teacher=True)
+        t = teacher(g, None, masks, teacher=True, mask_indices=idx)
 
     def factored(out, key, protos, n):
         feats = out[key]
         return PrototypeLogits(feats.view(n, B, -1) if n else feats, out[protos])
 
-    has_ibot = masks is not None and _has_masked_patches(batch, masks)
+    has_ibot = masks is not None and (batch["n_masked"] > 0 if "n_masked" in batch else bool(masks.any()))
     return objective(
         student_global=factored(s, "dino_g", "dino_protos", n_global),
         student_local=factored(s, "dino_l", "dino_protos", n_local) if n_local else None,
@@ -78,6 +74,7 @@ def compute_losses(student, teacher, objective, batch, n_global, n_local, teache
         student_patches=factored(s, "ibot", "ibot_protos", 0) if has_ibot else None,
         teacher_patches=factored(t, "ibot", "ibot_protos", 0) if has_ibot else None,
         masks=masks,
+        mask_weights=batch.get("mask_weights"),
         student_cls=s["cls_g"].view(n_global, B, -1),
         teacher_temp=teacher_temp,
     )
@@ -132,7 +129,7 @@ class WebDINOTask(Task):
         grid = (d.global_crops_size // self.cfg.model.patch_size,) * 2
         rng = np.random.default_rng(seed)
         masks = ibot_masks(rng, d.n_global_crops * batch, grid, ratio=d.mask_ratio, prob=d.mask_probability)
-        out["masks"] = masks["masks"]
+        out.update((k, masks[k]) for k in ("masks", "mask_indices", "mask_weights"))
         out = {k: v.to(device) for k, v in out.items()}
         out["n_masked"] = masks["n_masked"]
         return out

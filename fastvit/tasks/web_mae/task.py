@@ -1,6 +1,8 @@
 """WebMAETask: the Web-MAE task for the generic loop: a masked autoencoder (ViT encoder on the visible patches +
 decoder), one random-resized crop per image, random masking per step, the fused normalised-pixel loss. No teacher."""
 
+import hashlib
+
 import torch
 
 from fastvit.data import mae_random_masking
@@ -33,6 +35,11 @@ def build_mae(cfg, device):
     return model
 
 
+def mask_seed(seed, step, rank):
+    """A 63-bit seed of the MAE masks of (run seed, step, data rank), distinct for distinct triples."""
+    return int.from_bytes(hashlib.blake2b(f"mae-masks/{seed}/{step}/{rank}".encode(), digest_size=8).digest()) >> 1
+
+
 class WebMAETask(StudentOnlyTask):
     """What the generic loop needs to train Web-MAE."""
 
@@ -44,8 +51,14 @@ class WebMAETask(StudentOnlyTask):
         self.student_dp = self.student
         o = cfg.objective.web_mae
         self.objective = MAEObjective(cfg.model.patch_size, norm_pix=o.norm_pix, backend=o.loss_backend)
+        # The masks' generator, on the training device, re-seeded every step from (seed, step, data rank): a
+        # resumed run draws the masks the uninterrupted one drew, on a GPU as on a CPU (the default CUDA
+        # generator is in no checkpoint). Tensor-parallel ranks of one data rank draw the same masks.
+        self.mask_generator = torch.Generator(device) if device.type != "meta" else None
+        self.data_rank = 0
 
     def build_loader(self, *, batch_size, rank, world_size, device):
+        self.data_rank = rank
         return single_crop_loader(
             self.cfg, self.cfg.data.source, batch_size=batch_size, rank=rank, world_size=world_size, device=device
         )
@@ -53,10 +66,16 @@ class WebMAETask(StudentOnlyTask):
     def synthetic_batch(self, batch_size, device, seed=0):
         return single_crop_synthetic_batch(self.cfg, batch_size, device, seed)
 
+    def schedules(self, step, total):
+        """No logged schedule; re-seeds the masks' generator for this step (its micro-batches draw in turn)."""
+        self.mask_generator.manual_seed(mask_seed(self.cfg.train.seed, step, self.data_rank))
+        return {}
+
     def losses(self, batch, sched):
         x_B3HW = batch["global_crops"]
         n_patches = self.backbone_cfg.grid**2
-        m = mae_random_masking(x_B3HW.shape[0], n_patches, self.cfg.objective.web_mae.mask_ratio, device=x_B3HW.device)
+        ratio = self.cfg.objective.web_mae.mask_ratio
+        m = mae_random_masking(x_B3HW.shape[0], n_patches, ratio, generator=self.mask_generator)
         pred_BNP = self.student_dp(x_B3HW, m["keep_idx"], m["restore_idx"])
         return self.objective(pred_BNP=pred_BNP, images_B3HW=x_B3HW, mask_BN=m["mask"])
 

@@ -61,3 +61,23 @@ def test_short_mae_run_lowers_loss(tmp_path):
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
     assert losses[-1] < 0.8 * losses[0], losses
     assert (tmp_path / "checkpoints" / "step_16").is_dir()
+
+
+def test_mae_masks_derive_from_seed_step_and_rank(tmp_path):
+    """A step's masks come from (train.seed, step, data rank), not from a global generator's state (the default
+    CUDA generator is in no checkpoint): a resumed run masks as the uninterrupted one did."""
+    from fastvit.tasks.web_mae.task import WebMAETask
+
+    small = ["model.width=32", "model.depth=1", "model.heads=2", "model.img_size=32", "data.global_crops_size=32"]
+    task = WebMAETask(load_config("demo_mae", small + [f"train.out={tmp_path}"]), torch.device("cpu"))
+    batch = task.synthetic_batch(2, torch.device("cpu"))
+
+    def loss(step, rank=0, global_seed=0):
+        task.data_rank = rank
+        task.schedules(step, 10)
+        torch.manual_seed(global_seed)
+        with torch.no_grad():
+            return task.losses(batch, {})["total"].item()
+
+    assert loss(3) == loss(3, global_seed=123)
+    assert loss(3) != loss(4) and loss(3) != loss(3, rank=1)
