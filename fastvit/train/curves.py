@@ -17,8 +17,10 @@ _W, _H, _PAD = 520, 380, (64, 28, 16, 44)  # panel size; left, top, right, botto
 
 
 def read_metrics(path):
-    """The rows of metrics.jsonl (a line cut off by a kill is skipped)."""
+    """The rows of metrics.jsonl (a line cut off by a kill is skipped; none when a run logged no step)."""
     rows = []
+    if not Path(path).is_file():
+        return rows
     for line in Path(path).read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
@@ -77,9 +79,12 @@ def _panel(title, series, x_max, ylabel):
 
 def draw_curves(run_dir, loss_keys):
     """Writes run_dir/curves.png from run_dir/metrics.jsonl: the `loss_keys` that were logged against the step,
-    and beside them knn_top1 (percent) when train.eval_every logged it. Returns the PNG's path."""
+    and beside them knn_top1 (percent) when train.eval_every logged it. Returns the PNG's path, or None when no
+    step was logged (train.steps=0), in which case nothing is drawn."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
     x_max = max((r["step"] for r in rows), default=1)
     losses = [(k, _series(rows, k)) for k in loss_keys if _series(rows, k)]
     knn = _series(rows, KNN_KEY)

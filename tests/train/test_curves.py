@@ -45,3 +45,9 @@ def test_ticks_are_round_and_inside_the_range():
     assert _ticks(17.3, 41.0) == [20, 25, 30, 35, 40]
     ticks = _ticks(0.012, 0.049)
     assert ticks[0] >= 0.012 and ticks[-1] <= 0.049 and len(ticks) >= 3
+
+
+def test_a_run_that_logged_no_step_draws_nothing(tmp_path):
+    """train.steps=0 writes only the initial checkpoint: no metrics.jsonl, so no curves.png (and no error)."""
+    assert draw_curves(tmp_path, ["loss"]) is None
+    assert not (tmp_path / CURVES_FILE).exists()
