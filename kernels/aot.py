@@ -282,16 +282,13 @@ def recipe_shapes():
     decoder or CLIP text tower where its objective has one."""
     from fastvit.config import load_config, recipe_names
     from fastvit.models.build import backbone_config
+    from fastvit.tasks import spec_of
 
     widths, head_dims = set(), set()
     for name in recipe_names():
         cfg = load_config(name)
         towers = [(backbone_config(cfg.model).width, backbone_config(cfg.model).heads)]
-        o = cfg.objective
-        if o.name == "web_mae":
-            towers.append((o.mae_decoder_width, o.mae_decoder_heads))
-        if o.name == "clip":
-            towers.append((o.clip_text_width, o.clip_text_heads))
+        towers += spec_of(cfg.objective.name).transformers(getattr(cfg.objective, cfg.objective.name))
         for width, heads in towers:
             widths.add(width)
             head_dims.add(width // heads)

@@ -20,7 +20,9 @@ class ObjectiveSpec:
     (main(argv) -> exit status), e.g. CLIP's zeroshot; min_batch_per_rank: (section) -> (n, why), the smallest
     micro-batch per rank the objective can train on and what to change instead (checked before the run starts);
     heads: "module:function" of function(cfg) -> {name: DINOHead} on the meta device, the heads its saved modules
-    hold under DINOv2's names (exported with `fastvit export --heads`, loaded by model.init), or None."""
+    hold under DINOv2's names (exported with `fastvit export --heads`, loaded by model.init), or None;
+    transformers: (section) -> [(width, heads)] of the transformers it trains beside the backbone (MAE decoder,
+    text tower), whose LayerNorm widths and head dims the ahead-of-time compile check covers."""
 
     name: str
     config_cls: type
@@ -31,6 +33,7 @@ class ObjectiveSpec:
     eval_commands: dict = field(default_factory=dict)
     min_batch_per_rank: object = lambda section: (1, "")
     heads: str | None = None
+    transformers: object = lambda section: []
 
     def task_cls(self):
         return _resolve(self.task)

@@ -12,4 +12,5 @@ SPEC = ObjectiveSpec(
     resume_fixed_keys=("embed_dim", "text_width", "text_depth", "text_heads", "context_length", "tokenizer"),
     old_keys={f"clip_{f.name}": f.name for f in dataclasses.fields(CLIPConfig)},
     eval_commands={"zeroshot": "fastvit.tasks.clip.zeroshot:main"},
+    transformers=lambda o: [(o.text_width, o.text_heads)],
 )

@@ -11,4 +11,5 @@ SPEC = ObjectiveSpec(
     task="fastvit.tasks.web_mae.task:WebMAETask",
     resume_fixed_keys=("decoder_width", "decoder_depth", "decoder_heads"),
     old_keys={f"mae_{f.name}": f.name for f in dataclasses.fields(WebMAEConfig)},
+    transformers=lambda o: [(o.decoder_width, o.decoder_heads)],
 )
