@@ -57,6 +57,9 @@ def sharded_features(teacher, backbone, source, size, indices, *, mode, batch_si
     batches, feats, labels, last = _batches(source, size, mine, batch_size), [], [], None
     root = teacher if isinstance(teacher, FSDPModule) else None
     if root is not None:
+        # FSDP2 makes the first module to run forward its root: at the step-0 kNN (before any step) that would be
+        # the backbone's blocks, and the first training step through `teacher` then fails; declare teacher first.
+        root._get_fsdp_state()._lazy_init()
         root.unshard()  # the embeddings and final norm; the blocks unshard themselves in their forward
     try:
         for _ in range(int(steps)):

@@ -34,9 +34,9 @@ def _rank(rank, world, out):
 def test_eval_every_on_fsdp_ranks_matches_one_process(tmp_path):
     out = tmp_path / "run"
     ranks = run_ranks(_rank, 2, str(out))
-    assert ranks[0] == ranks[1] and len(ranks[0]) == 1  # every rank computed the same kNN, once
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 2  # every rank computed the same kNN, at steps 0 and 2
     row = run_metrics(out)[-1]
-    assert row["step"] == 2 and row["knn_top1"] == ranks[0][0]
-    assert json.loads((out / "eval.json").read_text())["knn"]["top1"] == ranks[0][0]
+    assert row["step"] == 2 and row["knn_top1"] == ranks[0][-1]
+    assert json.loads((out / "eval.json").read_text())["knn"]["top1"] == ranks[0][-1]
     one = evaluate_run(out, tiny_config(out, *RUN), "knn")["top1"]  # one process, the step-2 checkpoint
-    assert abs(one - ranks[0][0]) <= 1.0, (one, ranks[0][0])  # fp32 sums in another order: at most 1 image
+    assert abs(one - ranks[0][-1]) <= 1.0, (one, ranks[0][-1])  # fp32 sums in another order: at most 1 image
