@@ -46,7 +46,7 @@ def test_a_second_trainer_is_refused_naming_the_holder(tmp_path, capsys):
 def _train_rank(rank, world_size, out):
     torch.set_num_threads(1)
     try:
-        train(tiny_config(out, "train.steps=1", "objective.koleo_weight=0"))
+        train(tiny_config(out, "train.steps=1", "objective.web_dino.koleo_weight=0"))
     except UserError as e:
         return str(e)
     return None

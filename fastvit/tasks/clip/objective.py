@@ -68,9 +68,9 @@ class LogitScale(nn.Module):
     def __init__(self, kind="infonce", init_temperature=0.07, max_scale=100.0):
         super().__init__()
         if kind not in ("infonce", "siglip"):
-            raise ValueError(f"objective.clip_loss must be 'infonce' or 'siglip', got {kind!r}")
+            raise ValueError(f"objective.clip.loss must be 'infonce' or 'siglip', got {kind!r}")
         if not init_temperature > 0:
-            raise ValueError(f"objective.clip_init_temperature must be > 0, got {init_temperature}")
+            raise ValueError(f"objective.clip.init_temperature must be > 0, got {init_temperature}")
         self.kind, self.max_scale = kind, max_scale
         self.init_log = math.log(10.0) if kind == "siglip" else math.log(1.0 / init_temperature)
         self.log_scale = nn.Parameter(torch.full((1,), self.init_log))  # (1,): FSDP2 shards dim 0
