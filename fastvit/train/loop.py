@@ -49,7 +49,7 @@ def per_rank_batch(cfg, dp):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (dp * accum):
         raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
-    least, why = spec_of(cfg.objective.name).min_batch_per_rank(getattr(cfg.objective, cfg.objective.name))
+    least, why = spec_of(cfg.objective.name).min_batch_per_rank(cfg.objective.section)
     if b // (dp * accum) < least:
         raise UserError(
             f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; "
@@ -291,12 +291,11 @@ def _knn_live(run, run_dir, step):
     from fastvit.eval.sharded import knn_now
     from fastvit.fileio import update_json
 
-    m, task = run.mesh, run.task
+    m = run.mesh
     group = m.dp.get_group() if m is not None else None
     top1 = knn_now(
         run.cfg,
-        task.teacher_dp,
-        task.teacher.backbone,
+        *run.task.live_eval_modules(),
         device=run.device,
         dp_rank=run.data_rank,
         dp=run.dims.dp,
@@ -309,8 +308,8 @@ def _knn_live(run, run_dir, step):
 
 
 def _live_eval(run):
-    """Whether train.eval_every evaluates the live teacher (Web-DINO without pipeline stages)."""
-    return run.cfg.objective.name == "web_dino" and run.dims.pp == 1
+    """Whether train.eval_every evaluates the live weights on every rank (Task.live_eval_modules)."""
+    return run.task.live_eval_modules() is not None
 
 
 class _Throughput:

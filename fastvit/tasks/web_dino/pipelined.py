@@ -226,6 +226,9 @@ class PipelinedWebDINOTask(WebDINOTask):
     def pipelined(self, mesh):
         return self
 
+    def live_eval_modules(self):
+        return None  # a rank holds only its stages: the kNN reads the checkpoint
+
     def wrap(self, wrap_fn):
         """Parallelises each stage pair (TP / checkpointing / FSDP over dp)."""
         for (_, student), (_, teacher) in zip(self.stages, self.t_stages):
