@@ -75,7 +75,8 @@ def build_loader(
     Batch dict: global_crops (n_global*B, 3, Sg, Sg) and local_crops (n_local*B, 3, Sl, Sl), crop-major;
     crops (list of (B, 3, S, S) views, globals then locals); labels, indices, epochs (B,) int64;
     skipped (int; unreadable samples and images over max_pixels, replaced); with `mask`: masks (n_global*B, N)
-    bool, mask_indices (M,), mask_weights (M,), n_masked. On shards also skipped_shards (int).
+    bool, mask_indices (M,), mask_weights (M,), n_masked, mask_counts (n_global*B,) on the host. On shards also
+    skipped_shards (int).
     data: the config's DataConfig (or DataOptions); when given, its num_workers and max_pixels win.
     `webdataset:` shards are read as a stream (StreamLoader; the DALI loader takes the same stream).
     Every loader has state_dict(), load_state_dict(state, all_ranks=None) (all_ranks: a callable giving every
