@@ -25,6 +25,7 @@ class DataOptions:
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
+    dali_prefetch: int = 2
 
     @classmethod
     def of(cls, data_cfg) -> "DataOptions":
@@ -94,6 +95,9 @@ def build_loader(
         from fastvit.data import dali
 
         common = {"mask": mask, "device_id": device_id, "num_threads": kernel_threads(1), "out_dtype": out_dtype}
+        if opts.dali_prefetch < 1:
+            raise ValueError(f"data.dali_prefetch must be >= 1 (1: batches made on demand), got {opts.dali_prefetch}")
+        common["prefetch"] = opts.dali_prefetch
         if shards:
             return dali.DaliStreamLoader(source, crops, batch_size, options=opts, **layout, **common)
         sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)
