@@ -25,7 +25,7 @@ from fastvit.data.multicrop import multicrop
 from fastvit.data.prefetch import prefetched
 from fastvit.data.sampler import ResumableSampler
 from fastvit.data.stream import copy_state
-from fastvit.data.stream_loader import StreamBatches, StreamLoader
+from fastvit.data.stream_loader import StreamBatches, StreamLoader, stream_sample
 from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class DaliStreamLoader(StreamLoader):
         reported = (0, 0)
         for item, state in stream.samples(self.slots[0]):
             encoded.append(np.frombuffer(item["image"], np.uint8))
-            samples.append(Sample(None, None, item["label"], item["epoch"], item["index"], 0, item["index"]))
+            samples.append(stream_sample(item))
             if len(samples) < self.batch_size:
                 continue
             try:
