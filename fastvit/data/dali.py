@@ -44,6 +44,14 @@ def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
     return pipe
 
 
+def pinned(batch: dict, device_id: int | None) -> dict:
+    """On a GPU, the batch's host tensors (masks, their indices and weights, labels ...) in pinned memory, pinned on
+    the prefetch thread, so that the step's non-blocking copies to the device do not block; on a CPU the batch."""
+    if device_id is None:
+        return batch
+    return {k: v.pin_memory() if torch.is_tensor(v) and v.device.type == "cpu" else v for k, v in batch.items()}
+
+
 def decode(pipe, device_id: int | None, encoded: list[np.ndarray]) -> list:
     """Decoded (H, W, 3) uint8 images (numpy on CPU, CUDA tensors on a GPU); RuntimeError when one is bad."""
     pipe.feed_input("encoded", encoded)
@@ -153,7 +161,7 @@ class DaliLoader:
                 blur_radius=self.cfg.blur_radius,
                 out_dtype=self.out_dtype,
             )
-            yield finish_batch(flat, samples, self.cfg, self.seed, self.mask)
+            yield pinned(finish_batch(flat, samples, self.cfg, self.seed, self.mask), self.device_id)
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
@@ -224,7 +232,7 @@ class DaliStreamLoader(StreamLoader):
                 blur_radius=self.cfg.blur_radius,
                 out_dtype=self.out_dtype,
             )
-            batch = finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask)
+            batch = pinned(finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask), self.device_id)
             now = (stream.damage.shards, stream.damage.samples)
             batch["skipped"], batch["skipped_shards"] = now[1] - reported[1], now[0] - reported[0]
             reported, samples, encoded = now, [], []
