@@ -64,9 +64,10 @@ class WebDINOStage(nn.Module):
     other: (tokens (T, D), masks). Every stage also takes mask_index (1, W) int64, the flat indices of the
     microbatch's masked patches into its crop-major masks, padded (see microbatch_masks); only the last reads
     it, and its iBOT rows are those W. Non-last stages return (tokens, masks). The last returns, for the teacher,
-    (DINO features (b, n_g, Db) image-major, iBOT features (M, Di)); for the student (cls_g (n_g*b, D),
-    DINO features of the global (n_g*b, Db) and local (n_l*b, Db) crops, iBOT features (M, Di), DINO and iBOT
-    prototypes, the masks it was given), rows crop-major and masked patches in masks-crop-major order.
+    (DINO features (b, n_g, Db) image-major, iBOT features (W, Di)); for the student (cls_g (n_g*b, D),
+    DINO features of the global (n_g*b, Db) and local (n_l*b, Db) crops, iBOT features (W, Di), DINO and iBOT
+    prototypes, the masks it was given), rows crop-major and masked patches in masks-crop-major order (the
+    microbatch's M first, then W - M rows of padding).
     """
 
     def __init__(self, model, blocks, *, first, last, layout, teacher):
@@ -181,7 +182,7 @@ class BatchTargets:
     the masked patches per microbatch; and what it leaves: its loss terms, by its first image."""
 
     dino: object  # the objective's targets of the global crops, .columns(slice of images)
-    ibot: object  # the targets of the masked patches, microbatch-major (the teacher pipeline's order, unpadded)
+    ibot: object  # targets of the masked patches, microbatch-major (the teacher pipeline's order, unpadded), or None
     masks_BGN: torch.Tensor  # (B, n_g, N) bool, image-major
     masked: object  # microbatch_masks.MicrobatchMasks of the batch
     terms: dict = field(default_factory=dict)  # first image -> loss terms (len(loss_keys),)
@@ -277,15 +278,16 @@ class PipelinedWebDINOTask(WebDINOTask):
         B, N = g.shape[0] // lay.n_global, lay.global_len - lay.n_prefix
         self._check_batch(B)
         image_major = lambda x, n: x.unflatten(0, (n, B)).transpose(0, 1).contiguous()  # noqa: E731
+        where = batch
         if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
             masks = torch.zeros(lay.n_global * B, N, dtype=torch.bool, device=g.device)
-            batch = {"mask_counts": torch.zeros(lay.n_global * B, dtype=torch.int64)}
-            batch["mask_indices"] = torch.zeros(0, dtype=torch.int64, device=g.device)
-            batch["mask_weights"] = torch.zeros(0, device=g.device)
+            where = {"mask_counts": torch.zeros(lay.n_global * B, dtype=torch.int64)}
+            where["mask_indices"] = torch.zeros(0, dtype=torch.int64, device=g.device)
+            where["mask_weights"] = torch.zeros(0, device=g.device)
         masked = split_masks(
-            batch["mask_counts"],
-            batch["mask_indices"],
-            batch["mask_weights"],
+            where["mask_counts"],
+            where["mask_indices"],
+            where["mask_weights"],
             B=B,
             n_global=lay.n_global,
             n_micro=self.n_micro,

@@ -33,3 +33,19 @@ def test_split_masks_equals_each_microbatchs_own_masks(B, n_micro, n_global):
     real = plan.unpad(torch.arange(n_micro * W)[:, None])
     expected = torch.cat([k * W + torch.arange(M) for k, M in enumerate(plan.counts)])[:, None]
     assert torch.equal(real, expected)
+
+
+def test_pipelined_inputs_without_masks_have_no_masked_patches():
+    """A batch without iBOT masks: all-False masks travel down the pipeline and no microbatch has masked rows."""
+    from types import SimpleNamespace
+
+    from fastvit.tasks.web_dino.pipelined import CropLayout, PipelinedWebDINOTask
+
+    layout = CropLayout(n_global=2, global_len=17, n_local=3, local_len=5, n_prefix=1)
+    task = SimpleNamespace(layout=layout, n_micro=2, _check_batch=lambda b: None)
+    B = 4
+    batch = {"global_crops": torch.randn(2 * B, 3, 8, 8), "local_crops": torch.randn(3 * B, 3, 4, 4)}
+    student, teacher, got_B, masked = PipelinedWebDINOTask._image_major_inputs(task, batch)
+    assert got_B == B and [x.shape[:2] for x in student] == [(B, 2), (B, 3), (B, 2)]
+    assert not student[-1].any() and student[-1].shape == (B, 2, 16)
+    assert masked.counts == (0, 0) and masked.indices_KM.shape == (2, 0)
