@@ -20,6 +20,7 @@ The caller's autocast does not reach inside the ops.
 
 import importlib.util
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -105,7 +106,7 @@ def _groups(seqlens):
 
 def _row_index(starts, n, device):
     """(S_n, n) token indices of the sequences at `starts` (host ints), copied to the device without a sync."""
-    return to_device_async([[a + j for j in range(n)] for a in starts], torch.int64, device)
+    return to_device_async(np.asarray(starts, dtype=np.int64)[:, None] + np.arange(n), torch.int64, device)
 
 
 def _rows(t, n, starts):
