@@ -69,6 +69,8 @@ class DataConfig:
     # webdataset shards (a stream, fastvit/data/stream.py): samples mixed per loader worker, shards read at once
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
+    # the DALI loader makes whole batches this many - 1 ahead on a thread, overlapping the step (1: on demand)
+    dali_prefetch: int = 2
 
 
 @functools.cache

@@ -131,7 +131,7 @@ class WebDINOTask(Task):
         masks = ibot_masks(rng, d.n_global_crops * batch, grid, ratio=d.mask_ratio, prob=d.mask_probability)
         out.update((k, masks[k]) for k in ("masks", "mask_indices", "mask_weights"))
         out = {k: v.to(device) for k, v in out.items()}
-        out["n_masked"] = masks["n_masked"]
+        out["n_masked"], out["mask_counts"] = masks["n_masked"], masks["mask_counts"]
         return out
 
     def schedules(self, step, total):
