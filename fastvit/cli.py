@@ -10,7 +10,7 @@ USAGE = """fastvit <command> [args]
   train RECIPE --dry-run RANK/WORLD [...]      build one rank of a WORLD-rank job on the meta device, print it
   eval knn|linear RUN|CHECKPOINT|MODEL [key=value ...]   frozen-feature evaluation, prints JSON; MODEL: a
                                                native .pth / .safetensors file or an HF folder
-  bench kernels|step|data [key=value ...]      benchmarks: print a table, write JSON
+  bench kernels|step|data|learning [key=value ...]   benchmarks: print a table, write JSON
   convert SRC DST [--to hf|native] [...]       checkpoint converters (Web-SSL / DINOv2 / Hugging Face)
   export RUN_DIR|CHECKPOINT DST [--to hf|native] [--which teacher|student] [--heads]
                                                a run's model as one native file or an HF folder
@@ -25,6 +25,7 @@ _BENCHES = {
     "kernels": "fastvit.benchmarks.kernels",
     "step": "fastvit.benchmarks.step",
     "data": "fastvit.benchmarks.data",
+    "learning": "fastvit.benchmarks.learning",
 }
 _DATA = {"make-shards": "fastvit.data.shards"}
 
