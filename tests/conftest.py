@@ -12,6 +12,11 @@ import torch
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _ROOT]
 
+# pytest-xdist workers (README's test command runs -n auto) share the cores: each takes its part of them for
+# torch's intra-op threads instead of all of them, so the workers do not oversubscribe the machine.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 # Without a GPU the Triton kernels run through the interpreter; it must be set before any kernel is defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
