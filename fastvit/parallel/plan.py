@@ -146,11 +146,11 @@ def largest_param(cfg, cfg_obj):
 
 
 def startup_memory(cfg, cfg_obj, layout):
-    """Peak bytes per GPU while student and teacher are built. FSDP / TP layouts without pipeline stages start on
-    the meta device (fastvit.parallel.meta_init): the rank's student and teacher shards plus one full fp32
-    parameter; DDP and pipelines materialise the whole student and its teacher copy first."""
+    """Peak bytes per GPU while student and teacher are built. FSDP, TP and pipeline layouts start on the meta
+    device (fastvit.parallel.meta_init): the rank's student and teacher shards plus one full fp32 parameter (the
+    model's largest); DDP materialises the whole student and its teacher copy first."""
     n_head = head_params(cfg.width, cfg_obj)
-    if layout.pp == 1 and (layout.fsdp or layout.dp == 1):
+    if layout.pp > 1 or layout.fsdp or layout.dp == 1:
         return 8 * gpu_params(cfg, n_head, layout) + 4 * largest_param(cfg, cfg_obj)
     return 8 * stage_params(cfg, n_head, Layout(dp=1, tp=1, pp=1, ac="none"))
 

@@ -103,7 +103,7 @@ def build_training(cfg, *, meta=False):
         if dims.pp > 1:
             task = pipelined(task, mesh)
         task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
-        materialize_deferred(device)
+        materialize_deferred()
     # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
     return Training(cfg, rank, world, device, dims, mesh, task, optimizer, b)
