@@ -19,12 +19,16 @@ materialize_stages with those stage modules (parameters under the whole model's 
 only they are materialised, and the other stages' calls still draw on a temporary (the generator has no cheap
 skip-ahead), so the rank's parameters get the one-process values.
 
-Without deferred_init (one process, dry runs, DDP, model.init) build_on_meta materialises at once, as before.
+model.init (fastvit.train.init) hands its full tensors to load_or_defer: on a deferred pair they are kept and
+each rank copies its shard of them after the replayed init (which still draws, so the generator ends where a
+one-process start-up leaves it and the fresh parameters, e.g. new heads, get the one-process values).
+
+Without deferred_init (one process, dry runs, DDP) build_on_meta materialises at once, as before.
 """
 
 import contextlib
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -57,6 +61,7 @@ class _Deferred:
     calls: list  # record_init's calls on the whole student
     rng: tuple  # (CPU, CUDA or None) generator states before the init
     device: torch.device
+    loaded: dict = field(default_factory=dict)  # model.init: {parameter name: full tensor} set after the init
 
 
 @contextlib.contextmanager
@@ -173,10 +178,27 @@ def _materialize(d):
         if p is not None:  # else another pipeline stage's: drawn only to move the generator on
             _local(p).copy_(_shard_of(full, p, name))
         del full
+    for name, value in d.loaded.items():
+        if name in params:  # else another pipeline stage's
+            _local(params[name]).copy_(_shard_of(value, params[name], name))
     teacher = _named_parameters(d.teachers)
     assert teacher.keys() == params.keys(), sorted(teacher.keys() ^ params.keys())
     for name, t in teacher.items():
         _local(t).copy_(_local(params[name]))
+
+
+@torch.no_grad()
+def load_or_defer(module, prefix, state):
+    """Sets the parameters `prefix + key` of `module` (a student or teacher build_on_meta made) to the full
+    tensors of `state` (model.init): now when the module is materialised, else when it is (materialize_*)."""
+    pending = [d for d in _PENDING or [] if module is d.students[0] or module is d.teachers[0]]
+    if pending:  # the teacher is the student's copy: one dict for both
+        names = {name for name, _ in module.named_parameters()}
+        assert all(prefix + key in names for key in state), f"only parameters load on meta, not {sorted(state)[:4]}"
+        pending[0].loaded.update((prefix + key, value) for key, value in state.items())
+        return
+    for key, value in module.get_submodule(prefix.rstrip(".")).state_dict().items():
+        value.copy_(state[key])
 
 
 def _named_parameters(modules):

@@ -90,8 +90,7 @@ def build_training(cfg, *, meta=False):
     rank, world, device = init_distributed(cfg.parallel.timeout_s)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     init = cfg.model.init and not meta and ckpt.latest_checkpoint(cfg.train.out, verify=False) is None
-    # model.init loads whole tensors into the unsharded modules: such a run starts materialised, as before meta start-up
-    with deferred_init(not meta and not init and defers(cfg.parallel, world)):  # built on meta, each rank its shards
+    with deferred_init(not meta and defers(cfg.parallel, world)):  # built on meta, each rank its shards
         task = build_task(cfg, torch.device("meta") if meta else device)
         if init:
             note = init_task(task, cfg)  # a new run only: a resumed one reads its own checkpoint
