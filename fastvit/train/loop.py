@@ -274,8 +274,8 @@ def _save(run, loader, run_dir, step, saver=None):
 
 
 def _knn_of_checkpoint(cfg, run_dir, path, device):
-    """train.eval_every under pipeline parallelism or for objectives without a teacher: kNN top-1 of checkpoint
-    `path`, computed on rank 0 (also written to eval.json); the other ranks wait for it and get None."""
+    """train.eval_every under pipeline parallelism: kNN top-1 of checkpoint `path`, computed on rank 0 (also
+    written to eval.json); the other ranks wait for it and get None."""
     from fastvit.eval.run import evaluate_run
 
     top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
@@ -285,21 +285,18 @@ def _knn_of_checkpoint(cfg, run_dir, path, device):
 
 
 def _knn_live(run, run_dir, step):
-    """train.eval_every: kNN top-1 of the live EMA teacher, on every rank (fastvit.eval.sharded), written to
-    eval.json by rank 0; no checkpoint is written or read for it."""
+    """train.eval_every: kNN top-1 of the live evaluated module (the objective's eval_module: Web-DINO's EMA
+    teacher, MAE's and CLIP's student), on every rank (fastvit.eval.sharded), written to eval.json by rank 0; no
+    checkpoint is written or read for it."""
     from fastvit.eval.sharded import knn_now
     from fastvit.fileio import update_json
 
     m, task = run.mesh, run.task
     group = m.dp.get_group() if m is not None else None
+    teacher = spec_of(run.cfg.objective.name).eval_module == "teacher"
+    root, module = (task.teacher_dp, task.teacher) if teacher else (task.student_dp, task.student)
     top1 = knn_now(
-        run.cfg,
-        task.teacher_dp,
-        task.teacher.backbone,
-        device=run.device,
-        dp_rank=run.data_rank,
-        dp=run.dims.dp,
-        group=group,
+        run.cfg, root, module.backbone, device=run.device, dp_rank=run.data_rank, dp=run.dims.dp, group=group
     )
     if run.rank == 0:
         result = {"eval": "knn", "step": step, "top1": top1, "top1_pct": top1, "unit": "percent", "live": True}
@@ -308,8 +305,8 @@ def _knn_live(run, run_dir, step):
 
 
 def _live_eval(run):
-    """Whether train.eval_every evaluates the live teacher (Web-DINO without pipeline stages)."""
-    return run.cfg.objective.name == "web_dino" and run.dims.pp == 1
+    """Whether train.eval_every evaluates the live module (every layout without pipeline stages)."""
+    return run.dims.pp == 1
 
 
 class _Throughput:
