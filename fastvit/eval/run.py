@@ -5,6 +5,11 @@ MODEL: a Web-SSL / DINOv2 native .pth / .safetensors file or an HF Dinov2 folder
 as `fastvit convert` infers it, evaluated at its own resolution (data.global_crops_size=... to change it) on the
 config defaults' eval sources plus the key=value overrides; nothing is written.
 
+Under torchrun (a saved run or checkpoint): the evaluated backbone is built on the meta device, sharded over
+all ranks (FSDP2), each rank reads only its shards of the checkpoint (DCP) and extracts the features of every
+world-th image (fastvit.eval.sharded); the features are all-gathered, every rank computes the same score and
+rank 0 prints and records it. A MODEL file is read whole by each rank.
+
 Accuracies are percentages (0-100): `top1` (the key scripts read) and the same value as `top1_pct`, with
 `"unit": "percent"`. The object also says, per side ("train": what the kNN / probe fits on, "val": what it
 scores), the source, how many images were read, how they were chosen (`eval.max_images`: seeded and
@@ -33,6 +38,7 @@ from fastvit.interop.native import load_native
 from fastvit.interop.run_checkpoint import is_run
 from fastvit.models.build import build_backbone
 from fastvit.models.vit import VisionTransformer
+from fastvit.parallel.distributed import init_distributed
 from fastvit.tasks import spec_of
 from fastvit.tasks.spec import eval_command
 from fastvit.train import checkpoint as ckpt
@@ -87,28 +93,30 @@ def eval_source(cfg, spec, split):
     return source
 
 
-def split_features(backbone, cfg, spec, split, device="cpu", source=None):
-    """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`."""
+def split_features(backbone, cfg, spec, split, device="cpu", source=None, extract=extract_features):
+    """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`.
+    extract: extract_features, or sharded_extract for a backbone sharded over the ranks."""
     e = cfg.eval
     source = source or eval_source(cfg, spec, split)
     indices, how = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
     kw = {"mode": e.features, "batch_size": e.batch_size, "indices": indices, "device": device}
-    x, y = extract_features(backbone, source, cfg.data.global_crops_size, **kw)
+    x, y = extract(backbone, source, cfg.data.global_crops_size, **kw)
     info = {"source": spec, "images": int(len(y)), "subset": how, "classes": class_names_seen(source, y.tolist())}
     return x, y, info
 
 
-def score_with_info(backbone, cfg, kind, device="cpu"):
+def score_with_info(backbone, cfg, kind, device="cpu", extract=extract_features):
     """(top-1 in percent of `kind` evaluation of a backbone (moved to `device`) on the config's eval sources,
-    {"train": what the kNN / probe fit on, "val": what it scored})."""
+    {"train": what the kNN / probe fit on, "val": what it scored}); extract: see split_features."""
     e = cfg.eval
     if not cfg.data.val_source:
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=imagefolder:DIR")
     train_spec = e.train_source or cfg.data.source
     train_src, val_src = eval_source(cfg, train_spec, "train"), eval_source(cfg, cfg.data.val_source, "val")
-    backbone = backbone.to(device)
-    train_x, train_y, train_info = split_features(backbone, cfg, train_spec, "train", device, train_src)
-    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device, val_src)
+    if extract is extract_features:
+        backbone = backbone.to(device)
+    train_x, train_y, train_info = split_features(backbone, cfg, train_spec, "train", device, train_src, extract)
+    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device, val_src, extract)
     train_y, val_y, missing = shared_labels(train_src, train_y, val_src, val_y)  # by class name, not position
     if missing:
         val_info["classes_not_in_train"] = missing  # their images count as misses
@@ -147,6 +155,41 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
         if compare_random_init:
             result["top1_random_init"] = result["top1_random_init_pct"] = score(random_backbone(cfg), cfg, kind, device)
         result.update(sides)
+        _record(Path(run_dir) / "eval.json", kind, result)
+    return result
+
+
+def load_sharded_backbone(cfg, checkpoint_path, device):
+    """The evaluated module's backbone of a DCP checkpoint, built on meta and sharded over every rank of the
+    default process group (FSDP2), each rank reading only its shards."""
+    from fastvit.parallel.mesh import ParallelDims, build_mesh
+    from fastvit.parallel.parallelize import apply_fsdp
+
+    backbone = build_backbone(cfg.model)  # meta
+    apply_fsdp(backbone, build_mesh(ParallelDims(dp=dist.get_world_size(), tp=1, pp=1), device.type))
+    backbone.to_empty(device=device)
+    key = spec_of(cfg.objective.name).eval_module
+    return ckpt.load_module(checkpoint_path, backbone, key, "backbone.", sharded=True)
+
+
+def sharded_extract(backbone, source, size, *, mode, batch_size, indices, device):
+    """extract_features of an FSDP2-sharded backbone: each rank every world-th image, gathered on every rank."""
+    from fastvit.eval.sharded import sharded_features
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    kw = {"mode": mode, "batch_size": batch_size, "device": device, "dp_rank": rank, "dp": world, "group": None}
+    backbone.eval()
+    return sharded_features(backbone, backbone, source, size, indices, **kw)
+
+
+def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device):
+    """evaluate_run on every rank of a torchrun job (see the module docstring): the same result dict on every
+    rank; rank 0 writes it into eval.json."""
+    result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
+    backbone = load_sharded_backbone(cfg, checkpoint, device)
+    top1, sides = score_with_info(backbone, cfg, kind, device, extract=sharded_extract)
+    result.update({"top1": top1, "top1_pct": top1, "unit": "percent", **sides, "ranks": dist.get_world_size()})
+    if is_main_process():
         _record(Path(run_dir) / "eval.json", kind, result)
     return result
 
@@ -195,5 +238,11 @@ def main(argv):
         raise UserError(
             f"{', '.join(conflicts)}: the checkpoint holds the saved model; drop these overrides to evaluate it"
         )
-    print(json.dumps(evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)))
+    _, world, device = init_distributed(cfg.parallel.timeout_s)  # under torchrun: every rank its shards
+    if world > 1:
+        result = evaluate_run_sharded(run_dir, cfg, kind, checkpoint=checkpoint, device=device)
+    else:
+        result = evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)
+    if is_main_process():
+        print(json.dumps(result))
     return 0
