@@ -50,20 +50,29 @@ def is_main_process():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def resolve_checkpoint(path):
-    """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
+def run_folder(path):
+    """The run folder of a run folder or of one of its checkpoints/step_<n> folders."""
     path = Path(path)
     config = path.parent.parent / "config.yaml" if path.name.startswith("step_") else path / "config.yaml"
     if config.is_symlink():
         raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
     if (path / "config.yaml").is_file():
-        latest = ckpt.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"{path} has no checkpoint yet; train it first (train.steps=0 writes the initial one)")
-        return path, latest
+        return path
     if path.name.startswith("step_") and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent, path
+        return path.parent.parent
     raise ValueError(f"{path} is neither a run folder (with config.yaml) nor a checkpoints/step_<n> folder")
+
+
+def resolve_checkpoint(path):
+    """(run folder, checkpoint folder) of a run folder (its latest intact checkpoint: the ranks of a process group
+    split the check) or of one of its checkpoints/step_<n> folders."""
+    path, run_dir = Path(path), run_folder(path)
+    if run_dir != path:
+        return run_dir, path
+    latest = ckpt.latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"{path} has no checkpoint yet; train it first (train.steps=0 writes the initial one)")
+    return path, latest
 
 
 def load_teacher_backbone(cfg, checkpoint_path):
@@ -230,8 +239,7 @@ def main(argv):
     if not is_run(target) and (Path(target).is_file() or (Path(target) / "config.json").is_file()):
         print(json.dumps(evaluate_model(target, kind, overrides)))
         return 0
-    run_dir, checkpoint = resolve_checkpoint(target)
-    saved = read_config(run_dir / "config.yaml")
+    saved = read_config(run_folder(target) / "config.yaml")
     cfg = validate_eval(apply_overrides(copy.deepcopy(saved), overrides))
     conflicts = ckpt.resume_conflicts(saved, cfg)
     if conflicts:
@@ -239,6 +247,7 @@ def main(argv):
             f"{', '.join(conflicts)}: the checkpoint holds the saved model; drop these overrides to evaluate it"
         )
     _, world, device = init_distributed(cfg.parallel.timeout_s)  # under torchrun: every rank its shards
+    run_dir, checkpoint = resolve_checkpoint(target)  # with the process group up, the ranks split the check
     if world > 1:
         result = evaluate_run_sharded(run_dir, cfg, kind, checkpoint=checkpoint, device=device)
     else:
