@@ -21,7 +21,7 @@ from fastvit.testing import run_ranks  # noqa: E402
 from fastvit.train import checkpoint as ckpt  # noqa: E402
 from fastvit.train.loop import train  # noqa: E402
 
-EVAL = ("eval.batch_size=16",)
+EVAL = ("eval.batch_size=16", "eval.max_images=60")
 
 
 def _eval_rank(rank, world, run):

@@ -18,7 +18,7 @@ MAE = [
     *RUN,
     *("model.width=64", "model.depth=2", "model.heads=2", "model.img_size=32", "data.global_crops_size=32"),
     *("objective.web_mae.decoder_width=32", "objective.web_mae.decoder_depth=1", "objective.web_mae.decoder_heads=2"),
-    *("data.num_workers=0", "train.batch_size=8", "train.log_every=1", "eval.max_images=200"),
+    *("data.num_workers=0", "train.batch_size=8", "train.log_every=1", "eval.max_images=60"),
 ]
 
 
@@ -61,5 +61,5 @@ def test_mae_eval_every_reads_the_live_student_on_every_rank(tmp_path):
     assert ranks[0] == ranks[1] and len(ranks[0]) == 2  # no checkpoint read on rank 0: every rank computed it
     knn = json.loads((out / "eval.json").read_text())["knn"]
     assert knn["live"] and knn["top1"] == ranks[0][-1] == run_metrics(out)[-1]["knn_top1"]
-    one = evaluate_run(out, mae_config(out), "knn")["top1"]  # one process, the step-2 checkpoint's student
-    assert abs(one - ranks[0][-1]) <= 1.0, (one, ranks[0][-1])
+    one = evaluate_run(out, mae_config(out), "knn")  # one process, the step-2 checkpoint's student
+    assert abs(one["top1"] - ranks[0][-1]) <= 100 / one["val"]["images"] + 1e-9, (one["top1"], ranks[0][-1])
