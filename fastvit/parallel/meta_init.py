@@ -153,7 +153,7 @@ def materialize_deferred():
 def materialize_stages(student, students, teachers):
     """Pipelines: materialises now, of the pair deferred for the whole meta `student`, only the modules `students`
     and `teachers` (this rank's stages of student and teacher, parameters under the whole model's names); the
-    other stages stay on meta. Does nothing when `student` is not deferred (one process, dry runs, model.init)."""
+    other stages stay on meta. Does nothing when `student` is not deferred (one process, dry runs)."""
     mine = [d for d in _PENDING or [] if d.students[0] is student]
     for d in mine:
         _PENDING.remove(d)
