@@ -81,6 +81,7 @@ def _multicrop_case(ctx, name, backends, dt):
     width, heads = VIT_WIDTHS[name]
     D, imgs = width // heads, max(total_tokens(ctx) // (2 * 257 + 8 * 50), 1)
     G, L = 2 * imgs, 8 * imgs  # global and local crops
+    seqlens = [257] * G + [50] * L  # host lengths beside cu_seqlens, as the model's Packing passes them
     cu = torch.tensor(
         [0, *range(257, G * 257 + 1, 257), *range(G * 257 + 50, G * 257 + L * 50 + 1, 50)],
         dtype=torch.int32,
@@ -100,7 +101,7 @@ def _multicrop_case(ctx, name, backends, dt):
     def fastvit_fn(b):
         if b == "triton per-resolution":
             return per_resolution(lambda *t: attention(*t, backend="triton"))
-        return attention(q, k, v, cu_seqlens=cu, max_seqlen=257, backend=b)
+        return attention(q, k, v, cu_seqlens=cu, seqlens=seqlens, max_seqlen=257, backend=b)
 
     variants = backends + ["triton per-resolution"] * ("triton" in backends)
     return bench_backends(

@@ -69,19 +69,24 @@ class DataConfig:
     # webdataset shards (a stream, fastvit/data/stream.py): samples mixed per loader worker, shards read at once
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
+    # the DALI loader makes whole batches this many - 1 ahead on a thread, overlapping the step (1: on demand)
+    dali_prefetch: int = 2
 
 
 @functools.cache
 def _objective_config_cls(objectives):
     """The dataclass of the objective section: `name` (one of the registered objectives, the first by default)
-    and one field per objective holding its own section (objective.<name>.<field>), from fastvit.tasks' registry."""
+    and one field per objective holding its own section (objective.<name>.<field>), from fastvit.tasks' registry;
+    `section` is the chosen objective's (getattr(objective, objective.name))."""
     from fastvit.tasks import specs
 
     registered = specs()
     names = tuple(registered)
     fields = [("name", Literal[names], field(default=names[0]))]
     fields += [(n, spec.config_cls, field(default_factory=spec.config_cls)) for n, spec in registered.items()]
-    return dataclasses.make_dataclass("ObjectiveConfig", fields, kw_only=True, namespace={"__module__": __name__})
+    section = property(lambda self: getattr(self, self.name))
+    namespace = {"__module__": __name__, "section": section}
+    return dataclasses.make_dataclass("ObjectiveConfig", fields, kw_only=True, namespace=namespace)
 
 
 def objective_config_cls():

@@ -288,7 +288,7 @@ def recipe_shapes():
     for name in recipe_names():
         cfg = load_config(name)
         towers = [(backbone_config(cfg.model).width, backbone_config(cfg.model).heads)]
-        towers += spec_of(cfg.objective.name).transformers(getattr(cfg.objective, cfg.objective.name))
+        towers += spec_of(cfg.objective.name).transformers(cfg.objective.section)
         for width, heads in towers:
             widths.add(width)
             head_dims.add(width // heads)

@@ -25,6 +25,7 @@ class DataOptions:
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
     shuffle_buffer: int = 1000
     shard_interleave: int = 4
+    dali_prefetch: int = 2
 
     @classmethod
     def of(cls, data_cfg) -> "DataOptions":
@@ -75,7 +76,8 @@ def build_loader(
     Batch dict: global_crops (n_global*B, 3, Sg, Sg) and local_crops (n_local*B, 3, Sl, Sl), crop-major;
     crops (list of (B, 3, S, S) views, globals then locals); labels, indices, epochs (B,) int64;
     skipped (int; unreadable samples and images over max_pixels, replaced); with `mask`: masks (n_global*B, N)
-    bool, mask_indices (M,), mask_weights (M,), n_masked. On shards also skipped_shards (int).
+    bool, mask_indices (M,), mask_weights (M,), n_masked, mask_counts (n_global*B,) on the host. On shards also
+    skipped_shards (int).
     data: the config's DataConfig (or DataOptions); when given, its num_workers and max_pixels win.
     `webdataset:` shards are read as a stream (StreamLoader; the DALI loader takes the same stream).
     Every loader has state_dict(), load_state_dict(state, all_ranks=None) (all_ranks: a callable giving every
@@ -93,6 +95,9 @@ def build_loader(
         from fastvit.data import dali
 
         common = {"mask": mask, "device_id": device_id, "num_threads": kernel_threads(1), "out_dtype": out_dtype}
+        if opts.dali_prefetch < 1:
+            raise ValueError(f"data.dali_prefetch must be >= 1 (1: batches made on demand), got {opts.dali_prefetch}")
+        common["prefetch"] = opts.dali_prefetch
         if shards:
             return dali.DaliStreamLoader(source, crops, batch_size, options=opts, **layout, **common)
         sampler = ResumableSampler(len(source), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle)

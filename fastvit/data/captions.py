@@ -1,12 +1,14 @@
 """Image + caption sources for the CLIP baseline.
 
-`captioned_source(spec, split, captions=...)` wraps an image source with `caption(i)`, the text of sample i; the
-loader's `read_indices` name the samples it actually decoded (also where it replaced an unreadable one).
-Captions come from
+`captioned_source(spec, split, captions=...)` is the source a CLIP run trains on. Captions come from
 - builtin: derived from the class of each image (BuiltinSource.caption);
-- webdataset shards: the sample's `txt` member, else the `caption` / `text` field of its `json` member;
 - imagefolder: a captions file, `.jsonl` ({"file": relative path, "caption": text} per line) or
-  tab-separated lines `relative/path.jpg<TAB>caption`; only images with a caption are used.
+  tab-separated lines `relative/path.jpg<TAB>caption`; only images with a caption are used;
+- webdataset shards: the sample's `txt` member, else the `caption` / `text` field of its `json` member ("" when
+  neither), read by the shard stream with the sample's image: each batch carries them (batch["captions"]), and
+  nothing is read at start-up.
+For the first two the source is wrapped with `caption(i)`, the text of sample i; the loader's `read_indices` name
+the samples it actually decoded (also where it replaced an unreadable one).
 """
 
 import json
@@ -75,6 +77,6 @@ def captioned_source(spec, split="train", *, seed=0, captions=""):
     if captions:
         raise ValueError(f"data.captions is only read for imagefolder sources, got data.source={spec!r}")
     src = source_from_spec(spec, split, seed=seed)
-    if isinstance(src, ShardSource):  # the samples and captions held in memory (see ShardSource)
-        src = src.take(0)
+    if isinstance(src, ShardSource):  # streamed: the captions come with the samples, in the batches
+        return src
     return CaptionedSource(src, src.caption)

@@ -7,6 +7,10 @@ device_id is None, `device="mixed"` (nvJPEG) on a GPU). The crop table is then d
 decoded size exactly as in the torch loader (no draft scaling: DALI decodes at full size), and the
 C++ kernel (CPU) or the CUDA kernel (GPU) makes every crop of the batch in one call. Keeping the
 crops in our kernel keeps the two loaders' semantics identical and the batch reproducible.
+
+Whole batches (read, decode, crops, masks) are made `prefetch` - 1 ahead on a background thread
+(fastvit.data.prefetch), so loading overlaps the training step; the DALI pipeline itself runs one batch at a
+time on that thread. The position a checkpoint saves moves when the trainer takes a batch, not when it is made.
 """
 
 import logging
@@ -18,9 +22,10 @@ from fastvit.data import augment as A
 from fastvit.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixel_budget
 from fastvit.data.loader import MaskConfig, Sample, crop_table, finish_batch, load_sampler_state
 from fastvit.data.multicrop import multicrop
+from fastvit.data.prefetch import prefetched
 from fastvit.data.sampler import ResumableSampler
 from fastvit.data.stream import copy_state
-from fastvit.data.stream_loader import StreamBatches, StreamLoader
+from fastvit.data.stream_loader import StreamBatches, StreamLoader, stream_sample
 from fastvit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,14 @@ def _build_pipeline(batch_size: int, num_threads: int, device_id: int | None):
     pipe = decode_pipeline()
     pipe.build()
     return pipe
+
+
+def pinned(batch: dict, device_id: int | None) -> dict:
+    """On a GPU, the batch's host tensors (masks, their indices and weights, labels ...) in pinned memory, pinned on
+    the prefetch thread, so that the step's non-blocking copies to the device do not block; on a CPU the batch."""
+    if device_id is None:
+        return batch
+    return {k: v.pin_memory() if torch.is_tensor(v) and v.device.type == "cpu" else v for k, v in batch.items()}
 
 
 def decode(pipe, device_id: int | None, encoded: list[np.ndarray]) -> list:
@@ -72,6 +85,7 @@ class DaliLoader:
         out_dtype: torch.dtype = torch.float32,
         max_retries: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        prefetch: int = 2,
     ):
         if batch_size < 1 or batch_size > sampler.per_rank:
             raise ValueError(f"batch_size must be in [1, {sampler.per_rank}] (samples per rank), got {batch_size}")
@@ -79,7 +93,7 @@ class DaliLoader:
             raise ValueError("the DALI loader decodes files; the builtin source has none (use loader=torch)")
         self.source, self.cfg, self.sampler, self.batch_size = source, cfg, sampler, batch_size
         self.seed, self.mask, self.device_id, self.out_dtype = seed, mask, device_id, out_dtype
-        self.max_retries, self.max_pixels = max_retries, max_pixels
+        self.max_retries, self.max_pixels, self.prefetch = max_retries, max_pixels, prefetch
         self.pipe = _build_pipeline(batch_size, num_threads, device_id)
         self.skipped_total = self.skipped_shards = 0  # no shards here: skipped_shards stays 0
         self.batches_per_epoch = sampler.per_rank // batch_size
@@ -125,6 +139,14 @@ class DaliLoader:
         return self._decode(encoded), samples
 
     def __iter__(self):
+        """Batches made ahead by _make (from the sampler's consumed position); the sampler advances and the
+        skipped count grows as the trainer takes them."""
+        for batch in prefetched(self._make, self.prefetch, device_id=self.device_id):
+            self.sampler.advance(self.batch_size)
+            self.skipped_total += batch["skipped"]
+            yield batch
+
+    def _make(self):
         batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=False)
         for keys in batches:
             images, samples = self._gather(keys)
@@ -139,10 +161,7 @@ class DaliLoader:
                 blur_radius=self.cfg.blur_radius,
                 out_dtype=self.out_dtype,
             )
-            batch = finish_batch(flat, samples, self.cfg, self.seed, self.mask)
-            self.sampler.advance(self.batch_size)
-            self.skipped_total += batch["skipped"]
-            yield batch
+            yield pinned(finish_batch(flat, samples, self.cfg, self.seed, self.mask), self.device_id)
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "skipped_total": self.skipped_total}
@@ -158,19 +177,40 @@ class DaliStreamLoader(StreamLoader):
     of the same stream the torch loader reads), DALI decodes, our kernel crops; state as StreamLoader's."""
 
     def __init__(
-        self, source, cfg, batch_size, *, mask=None, device_id=None, num_threads=2, out_dtype=torch.float32, **kw
+        self,
+        source,
+        cfg,
+        batch_size,
+        *,
+        mask=None,
+        device_id=None,
+        num_threads=2,
+        out_dtype=torch.float32,
+        prefetch=2,
+        **kw,
     ):
         super().__init__(source, None, None, batch_size, num_workers=0, **kw)
         self.cfg, self.mask, self.device_id, self.out_dtype = cfg, mask, device_id, out_dtype
         self.pipe, self.max_pixels = _build_pipeline(batch_size, num_threads, device_id), kw["options"].max_pixels
+        self.prefetch = prefetch
 
     def __iter__(self):
+        """Batches made ahead by _make (from the consumed stream state); the slot's state and the skipped counts
+        move as the trainer takes them."""
+        for batch, state in prefetched(self._make, self.prefetch, device_id=self.device_id):
+            self.slots[0] = state
+            self.skipped_total += batch["skipped"]
+            self.skipped_shards += batch["skipped_shards"]
+            yield batch
+
+    def _make(self):
+        """(batch, the stream state after it) from the slot's consumed state on."""
         batches = StreamBatches(self, self.next_worker)
         stream, samples, encoded = batches.stream(0), [], []
         reported = (0, 0)
         for item, state in stream.samples(self.slots[0]):
             encoded.append(np.frombuffer(item["image"], np.uint8))
-            samples.append(Sample(None, None, item["label"], item["epoch"], item["index"], 0, item["index"]))
+            samples.append(stream_sample(item))
             if len(samples) < self.batch_size:
                 continue
             try:
@@ -192,14 +232,11 @@ class DaliStreamLoader(StreamLoader):
                 blur_radius=self.cfg.blur_radius,
                 out_dtype=self.out_dtype,
             )
-            batch = finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask)
+            batch = pinned(finish_batch(flat, samples, self.cfg, self.layout["seed"], self.mask), self.device_id)
             now = (stream.damage.shards, stream.damage.samples)
             batch["skipped"], batch["skipped_shards"] = now[1] - reported[1], now[0] - reported[0]
-            self.slots[0] = copy_state(state)
-            self.skipped_total += batch["skipped"]
-            self.skipped_shards += batch["skipped_shards"]
             reported, samples, encoded = now, [], []
-            yield batch
+            yield batch, copy_state(state)
 
     def _decodes(self, encoded, sample) -> bool:
         try:

@@ -46,6 +46,7 @@ class Sample:
     index: int
     skipped: int  # unreadable samples replaced on the way to this one
     read: int  # the index of the sample decoded: (index + skipped) % len(source)
+    caption: str | None = None  # a shard sample's text, read with its image (None: a source without captions)
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
@@ -149,6 +150,8 @@ def finish_batch(flat: torch.Tensor, samples: list[Sample], cfg, seed: int, mask
         "epochs": torch.tensor([s.epoch for s in samples], dtype=torch.int64),
         "skipped": sum(s.skipped for s in samples),
     }
+    if samples[0].caption is not None:  # shard streams: the captions travel with their images
+        batch["captions"] = [s.caption for s in samples]
     if mask is not None:
         grid = (cfg.global_size // mask.patch_size,) * 2
         rng = A.sample_rng(seed, samples[0].epoch, samples[0].index, MASK_STREAM)

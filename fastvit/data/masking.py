@@ -80,7 +80,8 @@ def ibot_masks(
     """Masks for n_crops global crops (crop-major order) on a (gh, gw) patch grid.
 
     Returns masks (n_crops, gh*gw) bool, mask_indices (M,) int64 flat indices into masks.view(-1),
-    mask_weights (M,) float32 = 1 / (masked patches of that crop), n_masked (int M).
+    mask_weights (M,) float32 = 1 / (masked patches of that crop), n_masked (int M) and mask_counts (n_crops,)
+    int64, the masked patches of each crop (host-side: a pipeline splits the M patches by microbatch with them).
     """
     if not 0 <= ratio[0] <= ratio[1] < 1:
         raise ValueError(f"mask ratio must satisfy 0 <= low <= high < 1, got {ratio}")
@@ -96,9 +97,15 @@ def ibot_masks(
     masks = masks[rng.permutation(n_crops)]
     masks_t = torch.from_numpy(masks)
     indices = masks_t.view(-1).nonzero().view(-1)
-    per_crop = masks_t.sum(1, keepdim=True).clamp(min=1).float()
-    weights = (1.0 / per_crop).expand_as(masks_t)[masks_t]
-    return {"masks": masks_t, "mask_indices": indices, "mask_weights": weights, "n_masked": int(indices.numel())}
+    counts = masks_t.sum(1)
+    weights = (1.0 / counts.clamp(min=1).float())[:, None].expand_as(masks_t)[masks_t]
+    return {
+        "masks": masks_t,
+        "mask_indices": indices,
+        "mask_weights": weights,
+        "n_masked": int(indices.numel()),
+        "mask_counts": counts,
+    }
 
 
 def mae_random_masking(

@@ -18,7 +18,6 @@ from fastvit.data.shardio import (
     Damage,
     is_url,
     open_regular,
-    parse_caption,
     parse_label,
     shard_list,
     tar_samples,
@@ -84,8 +83,9 @@ class ShardSource:
     is the members sharing a key; its image the jpg/jpeg/png/webp member, its label the `cls` member or the
     `label` / `cls` field of a `json` member, its caption the `txt` member or the `caption` / `text` field.
 
-    Map-style use (`len`, `read(i)`; evaluation, the CLIP captions) reads `take(n)`: the samples of the first
-    shards of a seeded shard order, held in memory; only the shards needed for n samples are read."""
+    Map-style use (`len`, `read(i)`; evaluation) reads `take(n)`: the samples of the first shards of a seeded
+    shard order, held in memory; only the shards needed for n samples are read. Training streams the shards (the
+    CLIP captions come with the stream's samples)."""
 
     def __init__(self, pattern: str, *, seed: int = 0, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES):
         self.spec, self.shards, self.num_classes = f"webdataset:{pattern}", shard_list(pattern), None
@@ -100,7 +100,7 @@ class ShardSource:
         for s in shard_order(len(self.shards), self.seed, 0):
             for _, members in tar_samples(self.shards[int(s)], damage, self.max_sample_bytes):
                 image = next(members[e] for e in IMAGE_EXTS if e in members)
-                samples.append((image, parse_label(members), parse_caption(members)))
+                samples.append((image, parse_label(members)))
                 if n and len(samples) == n:
                     return MemorySource(self.spec, samples, damage)
         if not samples:
@@ -118,16 +118,13 @@ class ShardSource:
     def read(self, i: int) -> tuple[bytes, int]:
         return self._memory().read(i)
 
-    def caption(self, i: int) -> str:
-        return self._memory().caption(i)
-
     @property
     def index_skipped(self) -> int:
         return self._memory().index_skipped
 
 
 class MemorySource:
-    """Samples read from shards, held in memory: (image bytes, label, caption or None) each."""
+    """Samples read from shards, held in memory: (image bytes, label) each."""
 
     def __init__(self, spec: str, samples: list, damage: Damage):
         self.spec, self.samples, self.num_classes = spec, samples, None
@@ -137,10 +134,7 @@ class MemorySource:
         return len(self.samples)
 
     def read(self, i: int) -> tuple[bytes, int]:
-        return self.samples[i][0], self.samples[i][1]
-
-    def caption(self, i: int) -> str:
-        return self.samples[i][2] or ""
+        return self.samples[i]
 
 
 def source_from_spec(

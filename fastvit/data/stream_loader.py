@@ -22,6 +22,12 @@ from fastvit.data.stream import ShardStream, copy_state, fresh_slot, global_posi
 log = logging.getLogger(__name__)
 
 
+def stream_sample(item, image=None, params=None) -> Sample:
+    """The Sample of a stream item (its caption "" when the shard has none for it)."""
+    i = item["index"]
+    return Sample(image, params, item["label"], item["epoch"], i, 0, i, caption=item["caption"] or "")
+
+
 class StreamBatches(torch.utils.data.IterableDataset):
     """Batches of one rank's slots; in a DataLoader worker k it plays slot (k + rotate) % workers."""
 
@@ -52,7 +58,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
         for item, state in stream.samples(self.slot_states[w]):
             try:
                 image, params = self.dataset.prepare(item["image"], item["epoch"], item["index"])
-                samples.append(Sample(image, params, item["label"], item["epoch"], item["index"], 0, item["index"]))
+                samples.append(stream_sample(item, image, params))
             except (DecodeError, OSError) as e:
                 stream.damage.samples += 1
                 log.warning("skipping sample %d of epoch %d: %s", item["index"], item["epoch"], e)

@@ -122,7 +122,13 @@ class Attention(nn.Module):
         T = qkv.shape[0]
         q, k, v = qkv.view(T, 3, H, Dh).unbind(1)  # each (T, H, Dh)
         o_THD = ops.attention(
-            q, k, v, cu_seqlens=packing.cu_seqlens, max_seqlen=packing.max_seqlen, backend=self.backend
+            q,
+            k,
+            v,
+            cu_seqlens=packing.cu_seqlens,
+            seqlens=packing.seqlens,
+            max_seqlen=packing.max_seqlen,
+            backend=self.backend,
         )
         return self.proj(o_THD.reshape(T, H * Dh))
 

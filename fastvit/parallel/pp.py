@@ -127,9 +127,10 @@ def _device(module):
     return p.device
 
 
-def teacher_forward(pipeline, *inputs):
+def teacher_forward(pipeline, *inputs, **kwargs):
     """Forward-only pass of the whole batch through the pipeline, without grad; the last stage's merged
-    outputs on the rank that holds it, None elsewhere (inputs are only read on the first stage's rank)."""
+    outputs on the rank that holds it, None elsewhere (inputs are only read on the first stage's rank; kwargs,
+    tensors split by microbatch like the inputs, go to every stage)."""
     with torch.no_grad():
-        out = pipeline.eval(*(inputs if pipeline.is_first else ()))
+        out = pipeline.eval(*(inputs if pipeline.is_first else ()), **kwargs)
     return out if pipeline.is_last else None

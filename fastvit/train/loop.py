@@ -49,7 +49,7 @@ def per_rank_batch(cfg, dp):
     b, accum = cfg.train.batch_size, cfg.optim.grad_accum
     if b % (dp * accum):
         raise ValueError(f"train.batch_size={b} is not divisible by data-parallel size {dp} x optim.grad_accum={accum}")
-    least, why = spec_of(cfg.objective.name).min_batch_per_rank(getattr(cfg.objective, cfg.objective.name))
+    least, why = spec_of(cfg.objective.name).min_batch_per_rank(cfg.objective.section)
     if b // (dp * accum) < least:
         raise UserError(
             f"train.batch_size={b} gives micro-batches of {b // (dp * accum)} image per rank; "
@@ -285,18 +285,21 @@ def _knn_of_checkpoint(cfg, run_dir, path, device):
 
 
 def _knn_live(run, run_dir, step):
-    """train.eval_every: kNN top-1 of the live evaluated module (the objective's eval_module: Web-DINO's EMA
-    teacher, MAE's and CLIP's student), on every rank (fastvit.eval.sharded), written to eval.json by rank 0; no
+    """train.eval_every: kNN top-1 of the live evaluated module (Task.live_eval_modules: the EMA teacher where
+    the objective has one, else the student), on every rank (fastvit.eval.sharded), written to eval.json by rank 0; no
     checkpoint is written or read for it."""
     from fastvit.eval.sharded import knn_now
     from fastvit.fileio import update_json
 
-    m, task = run.mesh, run.task
+    m = run.mesh
     group = m.dp.get_group() if m is not None else None
-    teacher = spec_of(run.cfg.objective.name).eval_module == "teacher"
-    root, module = (task.teacher_dp, task.teacher) if teacher else (task.student_dp, task.student)
     top1 = knn_now(
-        run.cfg, root, module.backbone, device=run.device, dp_rank=run.data_rank, dp=run.dims.dp, group=group
+        run.cfg,
+        *run.task.live_eval_modules(),
+        device=run.device,
+        dp_rank=run.data_rank,
+        dp=run.dims.dp,
+        group=group,
     )
     if run.rank == 0:
         result = {"eval": "knn", "step": step, "top1": top1, "top1_pct": top1, "unit": "percent", "live": True}
@@ -305,8 +308,8 @@ def _knn_live(run, run_dir, step):
 
 
 def _live_eval(run):
-    """Whether train.eval_every evaluates the live module (every layout without pipeline stages)."""
-    return run.dims.pp == 1
+    """Whether train.eval_every evaluates the live weights on every rank (Task.live_eval_modules)."""
+    return run.task.live_eval_modules() is not None
 
 
 class _Throughput:

@@ -47,8 +47,9 @@ def autocast_for(cfg, device):
     return torch.autocast(device.type, enabled=False)
 
 
-# What a batch says about its samples, read on the host (e.g. captions looked up by read_indices): never moved.
-HOST_KEYS = ("labels", "indices", "read_indices", "epochs")
+# What a batch says about its samples, read on the host (e.g. captions looked up by read_indices, a pipeline's
+# masked patches per microbatch from mask_counts): never moved.
+HOST_KEYS = ("labels", "indices", "read_indices", "epochs", "mask_counts")
 
 
 def to_device(batch, device):

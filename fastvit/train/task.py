@@ -94,6 +94,12 @@ class Task(abc.ABC):
         """What follows the optimizer step (the EMA teacher update)."""
         return None
 
+    def live_eval_modules(self):
+        """(root, backbone) for train.eval_every's kNN on every rank from the live, sharded weights
+        (fastvit.eval.sharded): the wrapped module FSDP / TP made the root and the backbone inside it whose
+        features are scored; None where the kNN reads the checkpoint just written instead."""
+        return None
+
     def pipelined(self, mesh):
         """The pipeline-parallel version of this task over mesh.pp (supports_pipeline tasks only)."""
         raise ValueError(f"{type(self).__name__} has no pipeline-parallel version")
@@ -114,3 +120,6 @@ class StudentOnlyTask(Task):
 
     def load_state_dict(self, state, optimizer):
         load_trainable_state(self.student_dp, optimizer, state)
+
+    def live_eval_modules(self):
+        return self.student_dp, self.student.backbone

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from fastvit.config import load_config
+from fastvit.data import MultiCropConfig, build_loader
+from fastvit.data.build import DataOptions
 from fastvit.data.builtin import (
     CAPTION_TEMPLATES,
     CLASSES,
@@ -21,6 +23,7 @@ from fastvit.data.builtin import (
     scene_mask,
 )
 from fastvit.data.captions import captioned_source
+from fastvit.data.stream import INDEX_BITS
 from fastvit.data.tokenizer import ByteTokenizer, build_tokenizer
 
 
@@ -76,9 +79,17 @@ def test_caption_sources(tmp_path):
         _add(tar, "001.png", _png(255))
         _add(tar, "001.json", json.dumps({"caption": "white", "label": 3}).encode())
         _add(tar, "002.png", _png(128))
-    src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")
-    assert [src.caption(i) for i in range(3)] == ["a black square", "white", ""]
-    assert src.read(1)[1] == 3  # the source's label (the json's), not the sample's index
+    src = captioned_source(f"webdataset:{tmp_path / 's.tar'}")  # streamed: the captions come in the batches
+    opts = DataOptions(num_workers=0, shuffle_buffer=1)
+    (batch,) = take(build_loader(src, batch_size=3, crops=MultiCropConfig(global_size=8, n_local=0), data=opts), 1)
+    by_ordinal = dict(zip((batch["indices"] & ((1 << INDEX_BITS) - 1)).tolist(), batch["captions"]))
+    assert by_ordinal == {0: "a black square", 1: "white", 2: ""}
+    assert dict(zip(batch["captions"], batch["labels"].tolist()))["white"] == 3  # the json's label
+
+
+def take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
 
 
 def test_builtin_captions_name_the_colours_the_image_shows():

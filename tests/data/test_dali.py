@@ -2,6 +2,7 @@
 
 import functools
 import shutil
+import time
 
 import pytest
 import torch
@@ -75,3 +76,53 @@ def test_dali_reads_the_same_shard_stream_and_resumes(tmp_path):
     again.load_state_dict(state)
     for a, b in zip(rest, again):
         assert torch.equal(a["global_crops"], b["global_crops"])
+
+
+def _wait_for(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards"])
+def test_dali_prefetch_resumes_from_the_consumed_batches(kind, jpeg_folder, tmp_path):
+    """With batches made ahead (data.dali_prefetch=3: two waiting while the trainer holds one), a state taken after
+    2 batches resumes at batch 3, not where the background thread got to; every batch equals the uninterrupted
+    run's, which equals the one made on demand (dali_prefetch=1)."""
+    spec = f"imagefolder:{jpeg_folder}" if kind == "folder" else f"webdataset:{write_shards(tmp_path, 4, 5)}"
+
+    def make(depth):
+        opts = DataOptions(num_workers=0, shuffle_buffer=4, shard_interleave=2, dali_prefetch=depth)
+        kw = dict(batch_size=3, crops=SMALL, seed=2, mask=MaskConfig(patch_size=8), loader="dali", data=opts)
+        return build_loader(spec, **kw)
+
+    same = lambda a, b: torch.equal(a["global_crops"], b["global_crops"]) and torch.equal(a["masks"], b["masks"])  # noqa: E731
+    on_demand = take(make(1), 6)
+    loader = make(3)
+    made = []
+    produce = loader._make
+    loader._make = lambda: (made.append(1) or item for item in produce())  # counts the batches made
+    it = iter(loader)
+    first = [next(it) for _ in range(2)]
+    assert _wait_for(lambda: len(made) >= 4), len(made)  # the thread ran ahead of the trainer
+    state = loader.state_dict()
+    rest = [next(it) for _ in range(4)]
+    assert all(same(a, b) for a, b in zip(first + rest, on_demand))
+    again = make(3)
+    again.load_state_dict(state)
+    assert all(same(a, b) for a, b in zip(take(again, 4), on_demand[2:]))
+
+
+def test_dali_prefetch_hands_over_a_producer_error(jpeg_folder):
+    loader = build_loader(f"imagefolder:{jpeg_folder}", loader="dali", batch_size=3, crops=SMALL)
+
+    def broken():
+        yield from ()
+        raise OSError("disk gone")
+
+    loader._make = broken
+    with pytest.raises(OSError, match="disk gone"):
+        next(iter(loader))
+    with pytest.raises(ValueError, match="data.dali_prefetch"):
+        build_loader(f"imagefolder:{jpeg_folder}", loader="dali", batch_size=3, data=DataOptions(dali_prefetch=0))

@@ -59,6 +59,23 @@ def test_torch_backend_packed_groups(lengths):
     _check((sum(lengths), 2, 64), _cu(lengths), torch.float32, "torch")
 
 
+@pytest.mark.parametrize("lengths", [[257, 50, 50, 37], [50, 257, 0, 50], [13]])
+def test_torch_backend_packed_reads_only_host_lengths(lengths):
+    """Given the host seqlens, the torch backend never reads cu_seqlens' values (a device read on a GPU): with
+    garbage in cu_seqlens the result is still the float64 reference's, forward and backward. (cu_seqlens stays
+    the layout the kernel backends read; only the torch fallback groups by seqlens.)"""
+    cu = _cu(lengths)
+    q, k, v, do = (torch.randn(sum(lengths), 2, 64, dtype=torch.float64) for _ in range(4))
+    expected = _ref_outputs(q, k, v, do, cu)
+    unread = torch.full_like(cu, -7)  # read, it would fail the "rise from 0" check
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    out = attention(*leaves, cu_seqlens=unread, seqlens=lengths, backend="torch")
+    actual = [out, *torch.autograd.grad(out, leaves, do.float())]
+    for i, (name, a, e) in enumerate(zip(["out", "dq", "dk", "dv"], actual, expected)):
+        tol = kernel_tol(lambda *t, i=i: _ref_outputs(*t, cu)[i], [q, k, v, do], torch.float32)
+        assert_close(a, e, atol=tol, name=f"torch {name} {lengths} from host seqlens")
+
+
 def test_model_layouts_match_between_backends():
     """The layouts the model passes (q, k, v as views of one qkv projection) give the same result
     on every backend, and dense outputs are (B, N, H, D) in memory."""
@@ -93,6 +110,8 @@ def test_errors():
     with pytest.raises(ValueError, match="rise from 0"):
         t = torch.randn(5, 2, 8)
         attention(t, t, t, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32), backend="torch")
+    with pytest.raises(ValueError, match="summing to the token count 5"):
+        attention(t, t, t, cu_seqlens=torch.tensor([0, 4], dtype=torch.int32), seqlens=[4], backend="torch")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -46,14 +46,16 @@ def test_opcheck_layer_norm(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True])
 def test_opcheck_attention(backend, packed):
-    shape, cu, max_seqlen = (
-        ((21, 2, 16), torch.tensor([0, 13, 21], dtype=torch.int32), 13) if packed else ((2, 2, 13, 16), None, 13)
+    shape, cu, seqlens, max_seqlen = (
+        ((21, 2, 16), torch.tensor([0, 13, 21], dtype=torch.int32), [13, 8], 13)
+        if packed
+        else ((2, 2, 13, 16), None, None, 13)
     )
     q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
-    _opcheck(torch.ops.fastvit.attention.default, (q, k, v, cu, max_seqlen, 0.25, backend))
-    o, lse = torch.ops.fastvit.attention(q, k, v, cu, max_seqlen, 0.25, backend)
+    _opcheck(torch.ops.fastvit.attention.default, (q, k, v, cu, seqlens, max_seqlen, 0.25, backend))
+    o, lse = torch.ops.fastvit.attention(q, k, v, cu, seqlens, max_seqlen, 0.25, backend)
     args = (torch.randn(shape), q.detach(), k.detach(), v.detach(), o.detach(), lse.detach())
-    _opcheck(torch.ops.fastvit.attention_backward.default, (*args, cu, max_seqlen, 0.25, backend))
+    _opcheck(torch.ops.fastvit.attention_backward.default, (*args, cu, seqlens, max_seqlen, 0.25, backend))
 
 
 class _Block(nn.Module):
@@ -66,11 +68,11 @@ class _Block(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.w12, self.w3 = nn.Linear(dim, 4 * dim), nn.Linear(2 * dim, dim)
 
-    def forward(self, x_TD, cu_seqlens, max_seqlen):
+    def forward(self, x_TD, cu_seqlens, seqlens, max_seqlen):
         T, D = x_TD.shape
         h = layer_norm(x_TD, self.norm1.weight, self.norm1.bias, backend=self.backend)
         q, k, v = self.qkv(h).view(T, 3, self.heads, D // self.heads).unbind(1)
-        a = attention(q, k, v, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=self.backend)
+        a = attention(q, k, v, cu_seqlens=cu_seqlens, seqlens=seqlens, max_seqlen=max_seqlen, backend=self.backend)
         h, x_TD = add_layer_norm(
             self.proj(a.reshape(T, D)), x_TD, self.norm2.weight, self.norm2.bias, backend=self.backend
         )
@@ -87,7 +89,7 @@ def test_compiled_block_matches_eager(backend):
     outs, grads = [], []
     for model in (block, compiled):
         x_ = x.clone().requires_grad_()
-        out = model(x_, cu, 50)
+        out = model(x_, cu, (50, 37), 50)
         out.square().sum().backward()
         outs.append(out)
         grads.append([x_.grad, *(p.grad.clone() for p in block.parameters())])

@@ -25,9 +25,9 @@ CASES = {
 }
 
 
-def _count_syncs(case, out, steps=2):
+def _count_syncs(case, out, steps=2, extra=()):
     recipe, overrides = CASES[case]
-    cfg = load_config(recipe, overrides + [f"train.out={out}", "train.batch_size=4", "data.num_workers=0"])
+    cfg = load_config(recipe, overrides + [f"train.out={out}", "train.batch_size=4", "data.num_workers=0", *extra])
     run = build_training(cfg)
     loader = run.task.build_loader(batch_size=4, rank=0, world_size=1, device=run.device)
     batch = to_device(next(iter(loader)), run.device)  # the loader's own batch: its host-side mask metadata
@@ -57,6 +57,19 @@ def test_sinkhorn_across_ranks_reads_no_count(tmp_path):
     """Under torch.distributed (one gloo rank) Sinkhorn all-reduces the row count and keeps it on the device."""
     ((events, steps),) = run_ranks(_one_rank, 1, str(tmp_path))
     assert len(events) <= steps, sorted(set(events))
+
+
+def _pipelined_rank(rank, world_size, out):
+    torch.set_num_threads(1)
+    return _count_syncs("web_dino_sinkhorn", out, extra=("parallel.pp=2", "parallel.pp_microbatches=2"))
+
+
+@pytest.mark.multirank
+def test_pipelined_web_dino_at_most_one_host_sync_per_step(tmp_path):
+    """parallel.pp=2 on two gloo ranks (1F1B, 2 microbatches, iBOT on every image, drop path): each rank's
+    whole train_step (teacher pipeline, student schedule, per-microbatch iBOT rows, losses) counted on that rank."""
+    for rank, (events, steps) in enumerate(run_ranks(_pipelined_rank, 2, str(tmp_path))):
+        assert len(events) <= steps, (rank, sorted(set(events)))
 
 
 def test_the_counter_sees_each_kind_of_sync():

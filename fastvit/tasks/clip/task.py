@@ -47,12 +47,16 @@ class CLIPTask(StudentOnlyTask):
         return {"logit_scale": self.student.logit().detach()}  # read on the host only when a line is logged
 
     def _tokens(self, batch, device):
-        """(ids (B, L), end-of-text index (B,)): the batch's own, or its samples' captions tokenised here."""
+        """(ids (B, L), end-of-text index (B,)): the batch's own, or its samples' captions tokenised here (those the
+        batch carries, from shards, or its source's by read_indices)."""
         if "text_ids" in batch:
             return batch["text_ids"], batch["text_eot"]
-        if self.source is None:
+        if "captions" in batch:
+            texts = batch["captions"]
+        elif self.source is None:
             raise ValueError("CLIPTask: a batch without text_ids reads its captions from build_loader()'s source")
-        texts = [self.source.caption(i) for i in batch["read_indices"].tolist()]
+        else:
+            texts = [self.source.caption(i) for i in batch["read_indices"].tolist()]
         return tuple(t.to(device) for t in self.tokenizer.encode_batch(texts))
 
     def losses(self, batch, sched):

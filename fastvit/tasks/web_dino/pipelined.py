@@ -14,8 +14,12 @@ last its masks):
 Inputs are image-major, (B, n_g, 3, S, S), (B, n_l, 3, s, s) and masks (B, n_g, N), so that the schedule's
 split along dim 0 hands each microbatch whole images; the first stage makes them crop-major. Between stages
 travel the packed tokens (T, D) and the masks; each stage rebuilds the packing from the number of images
-b = masks.shape[0] and the crop sizes. DINO and iBOT losses of the microbatches average to those of the whole
-batch; KoLeo is computed within each microbatch (as DINOv2 computes it within each rank's batch).
+b = masks.shape[0] and the crop sizes. The last stage reads each microbatch's masked patches from a keyword input
+the schedules split alongside (microbatch_masks.split_masks: the loader's indices placed per microbatch on the
+device, padded to the largest microbatch's count W, the counts on the host): its heads run on W rows, and the
+padding is dropped outside the stage with the host counts, so no step has a data-dependent shape.
+DINO and iBOT losses of the microbatches average to those of the whole batch; KoLeo is computed within each
+microbatch (as DINOv2 computes it within each rank's batch).
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from fastvit.models.heads import PrototypeLogits
 from fastvit.models.layers import Packing
 from fastvit.parallel.meta_init import materialize_stages
 from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
+from fastvit.tasks.web_dino.microbatch_masks import split_masks
 from fastvit.tasks.web_dino.model import head_outputs
 from fastvit.tasks.web_dino.task import WebDINOTask
 
@@ -57,10 +62,13 @@ class WebDINOStage(nn.Module):
     and both heads on the last, under the full WebDINO's parameter names (backbone.blocks.<i>..., dino_head...).
 
     first: (global (b, n_g, 3, S, S), [local (b, n_l, 3, s, s) for the student], masks (b, n_g, N) bool)
-    other: (tokens (T, D), masks). Non-last stages return (tokens, masks). The last returns, for the teacher,
-    (DINO features (b, n_g, Db) image-major, iBOT features (M, Di)); for the student (cls_g (n_g*b, D),
-    DINO features of the global (n_g*b, Db) and local (n_l*b, Db) crops, iBOT features (M, Di), DINO and iBOT
-    prototypes, the masks it was given), rows crop-major and masked patches in masks-crop-major order.
+    other: (tokens (T, D), masks). Every stage also takes mask_index (1, W) int64, the flat indices of the
+    microbatch's masked patches into its crop-major masks, padded (see microbatch_masks); only the last reads
+    it, and its iBOT rows are those W. Non-last stages return (tokens, masks). The last returns, for the teacher,
+    (DINO features (b, n_g, Db) image-major, iBOT features (W, Di)); for the student (cls_g (n_g*b, D),
+    DINO features of the global (n_g*b, Db) and local (n_l*b, Db) crops, iBOT features (W, Di), DINO and iBOT
+    prototypes, the masks it was given), rows crop-major and masked patches in masks-crop-major order (the
+    microbatch's M first, then W - M rows of padding).
     """
 
     def __init__(self, model, blocks, *, first, last, layout, teacher):
@@ -72,14 +80,14 @@ class WebDINOStage(nn.Module):
         if last:
             self.dino_head, self.ibot_head = model.dino_head, model.ibot_head
 
-    def forward(self, *inputs):
+    def forward(self, *inputs, mask_index):
         x_TD, masks_BGN = self._embed(*inputs) if self.is_first else inputs
         packing = self._packing(masks_BGN.shape[0], x_TD.device)
         for block in self.backbone.blocks.values():
             x_TD = block(x_TD, packing)
         if not self.is_last:
             return x_TD.float(), masks_BGN  # fp32 between stages, the dtype example_io declares
-        return self._heads(self.backbone.norm(x_TD), masks_BGN)
+        return self._heads(self.backbone.norm(x_TD), masks_BGN, mask_index[0])
 
     def example_io(self, first_inputs, grad):
         """(inputs, outputs) of one microbatch as meta tensors, the static shapes of torch's PipelineStage.
@@ -119,15 +127,17 @@ class WebDINOStage(nn.Module):
         seqlens = [lay.global_len] * (lay.n_global * b) + [lay.local_len] * (self.n_local * b)
         return Packing.from_seqlens(seqlens, device)
 
-    def _heads(self, x_TD, masks_BGN):
+    def _heads(self, x_TD, masks_BGN, mask_indices):
         """WebDINO.forward's head outputs (model.head_outputs) on the packed tokens, as the tuple example_io
-        declares."""
+        declares; mask_indices (M,) index the crop-major masks (n_g*b, N) flat."""
         lay, b = self.layout, masks_BGN.shape[0]
         n_g_tokens = lay.n_global * b * lay.global_len
         x_g = x_TD[:n_g_tokens].view(lay.n_global * b, lay.global_len, -1)
         masks = masks_BGN.transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
         cls_l = x_TD[n_g_tokens:].view(self.n_local * b, lay.local_len, -1)[:, 0] if self.n_local else None
-        out = head_outputs(self.dino_head, self.ibot_head, x_g[:, 0], x_g[:, lay.n_prefix :], masks, cls_l)
+        out = head_outputs(
+            self.dino_head, self.ibot_head, x_g[:, 0], x_g[:, lay.n_prefix :], masks, cls_l, mask_indices
+        )
         if self.teacher:
             return out["dino_g"].view(lay.n_global, b, -1).transpose(0, 1), out["ibot"]
         dino_l = out["dino_l"] if self.n_local else out["dino_g"].new_zeros(0, out["dino_g"].shape[-1])
@@ -169,19 +179,14 @@ def _prototypes(stage, head):
 @dataclass
 class BatchTargets:
     """What each microbatch's loss on the last stage reads of its whole batch, handed to it by the schedule's
-    step (loss_kwargs): the teacher targets of all images (columns per image / per masked patch) and the masks;
-    and what it leaves: its loss terms and its number of iBOT rows, by its first image."""
+    step (loss_kwargs): the teacher targets of all images (columns per image / per masked patch), the masks and
+    the masked patches per microbatch; and what it leaves: its loss terms, by its first image."""
 
     dino: object  # the objective's targets of the global crops, .columns(slice of images)
-    ibot: object  # the targets of the masked patches in masks-crop-major order, or None
+    ibot: object  # targets of the masked patches, microbatch-major (the teacher pipeline's order, unpadded), or None
     masks_BGN: torch.Tensor  # (B, n_g, N) bool, image-major
+    masked: object  # microbatch_masks.MicrobatchMasks of the batch
     terms: dict = field(default_factory=dict)  # first image -> loss terms (len(loss_keys),)
-    ibot_rows: dict = field(default_factory=dict)  # first image -> masked patches of its microbatch
-
-    def ibot_offset(self, lo):
-        """iBOT rows of the microbatches before image lo (the last stage runs the microbatches in order)."""
-        assert all(first < lo for first in self.ibot_rows), (lo, sorted(self.ibot_rows))
-        return sum(self.ibot_rows.values())
 
 
 class PipelinedWebDINOTask(WebDINOTask):
@@ -228,6 +233,9 @@ class PipelinedWebDINOTask(WebDINOTask):
     def pipelined(self, mesh):
         return self
 
+    def live_eval_modules(self):
+        return None  # a rank holds only its stages: the kNN reads the checkpoint
+
     def wrap(self, wrap_fn):
         """Parallelises each stage pair (TP / checkpointing / FSDP over dp), then materialises this rank's stages
         when the models were built on meta (before merging: FSDP2 re-registers its parameters at to_empty)."""
@@ -270,34 +278,49 @@ class PipelinedWebDINOTask(WebDINOTask):
             )
 
     def _image_major_inputs(self, batch):
-        """(student inputs, teacher inputs, B): image-major crops and masks (B, n, ...), so that the schedule's
-        split along dim 0 hands each microbatch whole images."""
+        """(student inputs, teacher inputs, B, MicrobatchMasks): image-major crops and masks (B, n, ...), so that
+        the schedule's split along dim 0 hands each microbatch whole images, and the masked patches per
+        microbatch."""
         lay = self.layout
         g, masks = batch["global_crops"], batch.get("masks")
-        B = g.shape[0] // lay.n_global
+        B, N = g.shape[0] // lay.n_global, lay.global_len - lay.n_prefix
         self._check_batch(B)
         image_major = lambda x, n: x.unflatten(0, (n, B)).transpose(0, 1).contiguous()  # noqa: E731
+        where = batch
         if masks is None:  # no iBOT: masks still travel down the pipeline (they give each stage its b)
-            masks = torch.zeros(lay.n_global * B, lay.global_len - lay.n_prefix, dtype=torch.bool, device=g.device)
+            masks = torch.zeros(lay.n_global * B, N, dtype=torch.bool, device=g.device)
+            where = {"mask_counts": torch.zeros(lay.n_global * B, dtype=torch.int64)}
+            where["mask_indices"] = torch.zeros(0, dtype=torch.int64, device=g.device)
+            where["mask_weights"] = torch.zeros(0, device=g.device)
+        masked = split_masks(
+            where["mask_counts"],
+            where["mask_indices"],
+            where["mask_weights"],
+            B=B,
+            n_global=lay.n_global,
+            n_micro=self.n_micro,
+            n_patches=N,
+        )
         g_img, m_img = image_major(g, lay.n_global), image_major(masks, lay.n_global)
         student = (g_img, image_major(batch["local_crops"], lay.n_local), m_img) if lay.n_local else (g_img, m_img)
-        return student, (g_img, m_img), B
+        return student, (g_img, m_img), B, masked
 
     def forward_backward(self, batch, sched, *, scale=1.0):
         """Teacher pipeline, then the student schedule (forward and backward) on one batch; returns the loss
         terms (0-d tensors, averaged over the microbatches) on every pp rank."""
         assert scale == 1.0, "pipelines take no gradient accumulation (checked at start)"
-        inputs, t_inputs, B = self._image_major_inputs(batch)
+        inputs, t_inputs, B, masked = self._image_major_inputs(batch)
         if self.pipelines is None:
             self.pipelines = self._build_pipelines(inputs, t_inputs)
         student, teacher = self.pipelines
-        t_out = teacher_forward(teacher, *t_inputs)
-        targets = self._teacher_targets(t_out, t_inputs[-1], sched["teacher_temp"]) if self.is_last else None
+        t_out = teacher_forward(teacher, *t_inputs, mask_index=masked.indices_KM)  # split like the images
+        targets = self._teacher_targets(t_out, t_inputs[-1], masked, sched["teacher_temp"]) if self.is_last else None
         student.step(
             *(inputs if self.is_first else ()),
             target=torch.arange(B) if self.is_last else None,  # image indices, on the host
             losses=[] if self.is_last else None,
             loss_kwargs={"targets": targets},
+            mask_index=masked.indices_KM,
         )
         if self.is_last:
             assert len(targets.terms) == self.n_micro, sorted(targets.terms)
@@ -307,30 +330,31 @@ class PipelinedWebDINOTask(WebDINOTask):
         dist.all_reduce(terms, group=self.grad_norm_group)  # only the last stage's rank holds non-zero values
         return dict(zip(self.loss_keys, terms.unbind(0)))
 
-    def _teacher_targets(self, t_out, masks_BGN, teacher_temp):
+    def _teacher_targets(self, t_out, masks_BGN, masked, teacher_temp):
         """BatchTargets of the whole batch from the teacher's last-stage outputs."""
-        dino_BGD, ibot_MD = t_out
+        dino_BGD, ibot_MD = t_out[0], masked.unpad(t_out[1])
         last = [m for _, m in self.t_stages if m.is_last][0]
         tg = PrototypeLogits(dino_BGD.transpose(0, 1), _prototypes(last, "dino_head"))  # [n_g, B, D]
         tp = PrototypeLogits(ibot_MD, _prototypes(last, "ibot_head")) if ibot_MD.shape[0] else None
         dino_t, ibot_t = self.objective.teacher_targets(
             teacher_global=tg, teacher_patches=tp, teacher_temp=teacher_temp
         )
-        return BatchTargets(dino_t, ibot_t, masks_BGN)
+        return BatchTargets(dino_t, ibot_t, masks_BGN, masked)
 
     def _microbatch_loss(self, output, images, *, targets):
         """Losses of the microbatch of images [lo, hi) (on the last stage) against their columns of `targets`;
         records its terms there and returns its total."""
         cls_g, dino_g, dino_l, ibot, dino_protos, ibot_protos, _ = output
         lay = self.layout
-        lo, hi = int(images[0]), int(images[-1]) + 1  # host tensor: no device sync
-        b, M = hi - lo, ibot.shape[0]
+        ids = images.tolist()  # a host tensor: no device sync
+        lo, hi = ids[0], ids[-1] + 1
+        b, k = hi - lo, lo // (hi - lo)  # microbatch k of equal ones
         masks = targets.masks_BGN[lo:hi].transpose(0, 1).flatten(0, 1)  # (n_g*b, N) crop-major
-        sp = it = None
+        M, off = targets.masked.counts[k], targets.masked.starts[k]
+        sp = it = weights = None
         if targets.ibot is not None and M:
-            off = targets.ibot_offset(lo)
-            sp, it = PrototypeLogits(ibot, ibot_protos), targets.ibot.columns(slice(off, off + M))
-        targets.ibot_rows[lo] = M
+            sp, it = PrototypeLogits(ibot[:M], ibot_protos), targets.ibot.columns(slice(off, off + M))
+            weights = targets.masked.weights_KM[k, :M]
         losses = self.objective.student_losses(
             student_global=PrototypeLogits(dino_g.view(lay.n_global, b, -1), dino_protos),
             student_local=PrototypeLogits(dino_l.view(lay.n_local, b, -1), dino_protos) if lay.n_local else None,
@@ -338,6 +362,7 @@ class PipelinedWebDINOTask(WebDINOTask):
             student_patches=sp,
             ibot_targets=it,
             masks=masks,
+            mask_weights=weights,
             student_cls=cls_g.view(lay.n_global, b, -1) if b > 1 else None,
         )
         targets.terms[lo] = torch.stack([losses[k].detach().float() for k in self.loss_keys])

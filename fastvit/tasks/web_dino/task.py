@@ -131,7 +131,7 @@ class WebDINOTask(Task):
         masks = ibot_masks(rng, d.n_global_crops * batch, grid, ratio=d.mask_ratio, prob=d.mask_probability)
         out.update((k, masks[k]) for k in ("masks", "mask_indices", "mask_weights"))
         out = {k: v.to(device) for k, v in out.items()}
-        out["n_masked"] = masks["n_masked"]
+        out["n_masked"], out["mask_counts"] = masks["n_masked"], masks["mask_counts"]
         return out
 
     def schedules(self, step, total):
@@ -161,6 +161,9 @@ class WebDINOTask(Task):
             d.n_local_crops,
             sched["teacher_temp"],
         )
+
+    def live_eval_modules(self):
+        return self.teacher_dp, self.teacher.backbone
 
     def after_step(self, sched):
         ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])
