@@ -210,10 +210,10 @@ def startup_bytes(cfg, world, report, student):
         whole = student if cfg.parallel.pp == 1 else build_task(cfg, torch.device("meta")).student
         return report["params"] + report["teacher"] + largest_param_bytes(whole)
     from fastvit.models.build import backbone_config
-    from fastvit.parallel.plan import Layout, head_params, stage_params
+    from fastvit.parallel.plan import Layout, head_params, planned_heads, stage_params
 
     vit = backbone_config(cfg.model)
-    return 8 * stage_params(vit, head_params(vit.width, cfg.objective.web_dino), Layout(dp=1, tp=1, pp=1, ac="none"))
+    return 8 * stage_params(vit, head_params(vit.width, planned_heads(cfg)), Layout(dp=1, tp=1, pp=1, ac="none"))
 
 
 def layout_str(cfg, dims):

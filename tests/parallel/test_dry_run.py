@@ -15,7 +15,7 @@ from fastvit.config import load_config
 from fastvit.models.build import backbone_config
 from fastvit.parallel.dry_run import compare, dry_run, format_report, parse_rank, rank_of
 from fastvit.parallel.mesh import ParallelDims
-from fastvit.parallel.plan import Layout, checked_memory
+from fastvit.parallel.plan import Layout, checked_memory, planned_heads
 
 SBATCH = Path(__file__).resolve().parents[2] / "fastvit" / "recipes" / "slurm" / "web_dino_vit7b.sbatch"
 
@@ -26,7 +26,7 @@ def recipe(name, **parallel):
 
 def planned(cfg, layout):
     vit = backbone_config(cfg.model)
-    return checked_memory(vit, cfg.objective.web_dino, layout)
+    return checked_memory(vit, planned_heads(cfg), layout)
 
 
 W12_7B = 2 * 10928 * 4096 * 4  # bytes of the 7B's largest parameter (fused SwiGLU w12), the start-up temporary
