@@ -5,6 +5,11 @@ MODEL: a Web-SSL / DINOv2 native .pth / .safetensors file or an HF Dinov2 folder
 as `fastvit convert` infers it, evaluated at its own resolution (data.global_crops_size=... to change it) on the
 config defaults' eval sources plus the key=value overrides; nothing is written.
 
+Under torchrun (a saved run or checkpoint): the evaluated backbone is built on the meta device, sharded over
+all ranks (FSDP2), each rank reads only its shards of the checkpoint (DCP) and extracts the features of every
+world-th image (fastvit.eval.sharded); the features are all-gathered, every rank computes the same score and
+rank 0 prints and records it. A MODEL file is read whole by each rank.
+
 Accuracies are percentages (0-100): `top1` (the key scripts read) and the same value as `top1_pct`, with
 `"unit": "percent"`. The object also says, per side ("train": what the kNN / probe fits on, "val": what it
 scores), the source, how many images were read, how they were chosen (`eval.max_images`: seeded and
@@ -33,6 +38,7 @@ from fastvit.interop.native import load_native
 from fastvit.interop.run_checkpoint import is_run
 from fastvit.models.build import build_backbone
 from fastvit.models.vit import VisionTransformer
+from fastvit.parallel.distributed import init_distributed
 from fastvit.tasks import spec_of
 from fastvit.tasks.spec import eval_command
 from fastvit.train import checkpoint as ckpt
@@ -44,20 +50,29 @@ def is_main_process():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def resolve_checkpoint(path):
-    """(run folder, checkpoint folder) of a run folder or of one of its checkpoints/step_<n> folders."""
+def run_folder(path):
+    """The run folder of a run folder or of one of its checkpoints/step_<n> folders."""
     path = Path(path)
     config = path.parent.parent / "config.yaml" if path.name.startswith("step_") else path / "config.yaml"
     if config.is_symlink():
         raise UserError(f"{config} is a symbolic link; a run folder's files are its own: replace it by the file")
     if (path / "config.yaml").is_file():
-        latest = ckpt.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"{path} has no checkpoint yet; train it first (train.steps=0 writes the initial one)")
-        return path, latest
+        return path
     if path.name.startswith("step_") and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent, path
+        return path.parent.parent
     raise ValueError(f"{path} is neither a run folder (with config.yaml) nor a checkpoints/step_<n> folder")
+
+
+def resolve_checkpoint(path):
+    """(run folder, checkpoint folder) of a run folder (its latest intact checkpoint: the ranks of a process group
+    split the check) or of one of its checkpoints/step_<n> folders."""
+    path, run_dir = Path(path), run_folder(path)
+    if run_dir != path:
+        return run_dir, path
+    latest = ckpt.latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"{path} has no checkpoint yet; train it first (train.steps=0 writes the initial one)")
+    return path, latest
 
 
 def load_teacher_backbone(cfg, checkpoint_path):
@@ -87,28 +102,30 @@ def eval_source(cfg, spec, split):
     return source
 
 
-def split_features(backbone, cfg, spec, split, device="cpu", source=None):
-    """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`."""
+def split_features(backbone, cfg, spec, split, device="cpu", source=None, extract=extract_features):
+    """(features, labels, what was read) of one evaluation side: the eval.max_images subset of `spec`.
+    extract: extract_features, or sharded_extract for a backbone sharded over the ranks."""
     e = cfg.eval
     source = source or eval_source(cfg, spec, split)
     indices, how = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
     kw = {"mode": e.features, "batch_size": e.batch_size, "indices": indices, "device": device}
-    x, y = extract_features(backbone, source, cfg.data.global_crops_size, **kw)
+    x, y = extract(backbone, source, cfg.data.global_crops_size, **kw)
     info = {"source": spec, "images": int(len(y)), "subset": how, "classes": class_names_seen(source, y.tolist())}
     return x, y, info
 
 
-def score_with_info(backbone, cfg, kind, device="cpu"):
+def score_with_info(backbone, cfg, kind, device="cpu", extract=extract_features):
     """(top-1 in percent of `kind` evaluation of a backbone (moved to `device`) on the config's eval sources,
-    {"train": what the kNN / probe fit on, "val": what it scored})."""
+    {"train": what the kNN / probe fit on, "val": what it scored}); extract: see split_features."""
     e = cfg.eval
     if not cfg.data.val_source:
         raise ValueError("data.val_source is empty: set it to labelled data, e.g. data.val_source=imagefolder:DIR")
     train_spec = e.train_source or cfg.data.source
     train_src, val_src = eval_source(cfg, train_spec, "train"), eval_source(cfg, cfg.data.val_source, "val")
-    backbone = backbone.to(device)
-    train_x, train_y, train_info = split_features(backbone, cfg, train_spec, "train", device, train_src)
-    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device, val_src)
+    if extract is extract_features:
+        backbone = backbone.to(device)
+    train_x, train_y, train_info = split_features(backbone, cfg, train_spec, "train", device, train_src, extract)
+    val_x, val_y, val_info = split_features(backbone, cfg, cfg.data.val_source, "val", device, val_src, extract)
     train_y, val_y, missing = shared_labels(train_src, train_y, val_src, val_y)  # by class name, not position
     if missing:
         val_info["classes_not_in_train"] = missing  # their images count as misses
@@ -151,6 +168,41 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
     return result
 
 
+def load_sharded_backbone(cfg, checkpoint_path, device):
+    """The evaluated module's backbone of a DCP checkpoint, built on meta and sharded over every rank of the
+    default process group (FSDP2), each rank reading only its shards."""
+    from fastvit.parallel.mesh import ParallelDims, build_mesh
+    from fastvit.parallel.parallelize import apply_fsdp
+
+    backbone = build_backbone(cfg.model)  # meta
+    apply_fsdp(backbone, build_mesh(ParallelDims(dp=dist.get_world_size(), tp=1, pp=1), device.type))
+    backbone.to_empty(device=device)
+    key = spec_of(cfg.objective.name).eval_module
+    return ckpt.load_module(checkpoint_path, backbone, key, "backbone.", sharded=True)
+
+
+def sharded_extract(backbone, source, size, *, mode, batch_size, indices, device):
+    """extract_features of an FSDP2-sharded backbone: each rank every world-th image, gathered on every rank."""
+    from fastvit.eval.sharded import sharded_features
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    kw = {"mode": mode, "batch_size": batch_size, "device": device, "dp_rank": rank, "dp": world, "group": None}
+    backbone.eval()
+    return sharded_features(backbone, backbone, source, size, indices, **kw)
+
+
+def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device):
+    """evaluate_run on every rank of a torchrun job (see the module docstring): the same result dict on every
+    rank; rank 0 writes it into eval.json."""
+    result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
+    backbone = load_sharded_backbone(cfg, checkpoint, device)
+    top1, sides = score_with_info(backbone, cfg, kind, device, extract=sharded_extract)
+    result.update({"top1": top1, "top1_pct": top1, "unit": "percent", **sides, "ranks": dist.get_world_size()})
+    if is_main_process():
+        _record(Path(run_dir) / "eval.json", kind, result)
+    return result
+
+
 def evaluate_model(path, kind, overrides=(), device="cpu"):
     """Evaluates a native checkpoint file or an HF folder (no run folder) at its resolution (unless
     data.global_crops_size is among the overrides); model.heads=N names the attention heads of a native file
@@ -187,13 +239,19 @@ def main(argv):
     if not is_run(target) and (Path(target).is_file() or (Path(target) / "config.json").is_file()):
         print(json.dumps(evaluate_model(target, kind, overrides)))
         return 0
-    run_dir, checkpoint = resolve_checkpoint(target)
-    saved = read_config(run_dir / "config.yaml")
+    saved = read_config(run_folder(target) / "config.yaml")
     cfg = validate_eval(apply_overrides(copy.deepcopy(saved), overrides))
     conflicts = ckpt.resume_conflicts(saved, cfg)
     if conflicts:
         raise UserError(
             f"{', '.join(conflicts)}: the checkpoint holds the saved model; drop these overrides to evaluate it"
         )
-    print(json.dumps(evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)))
+    _, world, device = init_distributed(cfg.parallel.timeout_s)  # under torchrun: every rank its shards
+    run_dir, checkpoint = resolve_checkpoint(target)  # with the process group up, the ranks split the check
+    if world > 1:
+        result = evaluate_run_sharded(run_dir, cfg, kind, checkpoint=checkpoint, device=device)
+    else:
+        result = evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)
+    if is_main_process():
+        print(json.dumps(result))
     return 0

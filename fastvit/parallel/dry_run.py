@@ -201,16 +201,19 @@ def dry_run(cfg, rank, world, *, checkpoint=True):
 
 def startup_bytes(cfg, world, report, student):
     """Peak bytes of this rank while student and teacher are built: on the meta path (fastvit.parallel.meta_init)
-    its shards of both plus one full fp32 parameter; otherwise the whole student and teacher (DDP, pipelines)."""
+    its shards of both plus one full fp32 parameter, the largest of the whole model (a pipeline rank draws the
+    other stages' init on temporaries too); otherwise (DDP) the whole student and teacher."""
     from fastvit.parallel.meta_init import defers, largest_param_bytes
+    from fastvit.train.tasks import build_task
 
     if world == 1 or defers(cfg.parallel, world):
-        return report["params"] + report["teacher"] + largest_param_bytes(student)
+        whole = student if cfg.parallel.pp == 1 else build_task(cfg, torch.device("meta")).student
+        return report["params"] + report["teacher"] + largest_param_bytes(whole)
     from fastvit.models.build import backbone_config
-    from fastvit.parallel.plan import Layout, head_params, stage_params
+    from fastvit.parallel.plan import Layout, head_params, planned_heads, stage_params
 
     vit = backbone_config(cfg.model)
-    return 8 * stage_params(vit, head_params(vit.width, cfg.objective.web_dino), Layout(dp=1, tp=1, pp=1, ac="none"))
+    return 8 * stage_params(vit, head_params(vit.width, planned_heads(cfg)), Layout(dp=1, tp=1, pp=1, ac="none"))
 
 
 def layout_str(cfg, dims):

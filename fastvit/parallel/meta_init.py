@@ -3,7 +3,7 @@
     with deferred_init(enabled):           # fastvit.train.loop.build_training, around building the task
         task = build_task(cfg, device)     # build_on_meta(...) returns meta student / teacher and records init
     task.wrap(...)                         # TP -> activation checkpointing -> compile -> FSDP2, on meta
-    materialize_deferred(device)           # to_empty (local shards only), then the recorded init, shard by shard
+    materialize_deferred()                 # to_empty (local shards only), then the recorded init, shard by shard
 
 The weights equal a one-process start-up for the same seed: build_on_meta records the torch.nn.init calls the
 module's init function makes (on meta they do nothing) and the RNG state before them; materialisation restores
@@ -14,11 +14,21 @@ full parameter. The teacher's shards are then copied from the student's (the tea
 both are sharded alike). torchtitan starts its models the same way (meta, parallelise, init_weights on the
 shards), but initialises the DTensor shards directly, whose values depend on the layout.
 
-Without deferred_init (one process, dry runs, DDP, pipelines) build_on_meta materialises at once, as before.
+Pipelines cut a rank's stages out of the meta model and parallelise them; their task's wrap then calls
+materialize_stages with those stage modules (parameters under the whole model's names) before it merges them:
+only they are materialised, and the other stages' calls still draw on a temporary (the generator has no cheap
+skip-ahead), so the rank's parameters get the one-process values.
+
+model.init (fastvit.train.init) hands its full tensors to load_or_defer: on a deferred pair they are kept and
+each rank copies its shard of them after the replayed init (which still draws, so the generator ends where a
+one-process start-up leaves it and the fresh parameters, e.g. new heads, get the one-process values).
+
+Without deferred_init (one process, dry runs, DDP) build_on_meta materialises at once, as before.
 """
 
 import contextlib
 import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -38,7 +48,20 @@ _INIT_FNS = (
     "orthogonal_",
     "eye_",
 )
-_PENDING = None  # list of pending (student, teacher, calls, rng state) while deferred_init is on
+_NO_DRAW = ("zeros_", "ones_", "constant_", "eye_")  # draw nothing: skipped for another stage's parameters
+_PENDING = None  # list of _Deferred while deferred_init is on
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A student / teacher pair built on meta, waiting for materialisation."""
+
+    students: tuple  # modules to materialise: the whole student, or this rank's pipeline stages of it
+    teachers: tuple  # the teacher's modules, alike
+    calls: list  # record_init's calls on the whole student
+    rng: tuple  # (CPU, CUDA or None) generator states before the init
+    device: torch.device
+    loaded: dict = field(default_factory=dict)  # model.init: {parameter name: full tensor} set after the init
 
 
 @contextlib.contextmanager
@@ -98,7 +121,7 @@ def build_on_meta(factory, device, init_fn):
         rng = _rng_state(device)
         calls = record_init(student, init_fn)
         teacher = copy.deepcopy(student)
-        _PENDING.append((student, teacher, calls, rng))
+        _PENDING.append(_Deferred((student,), (teacher,), calls, rng, device))
     teacher.requires_grad_(False).eval()
     return student, teacher
 
@@ -118,35 +141,79 @@ def _shard_of(full, param, name):
     return full[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
 
 
-@torch.no_grad()
-def materialize_deferred(device):
+def materialize_deferred():
     """Materialises every pair build_on_meta deferred: local shards only, the one-process initial weights."""
     global _PENDING
     pending, _PENDING = _PENDING or [], []
-    for student, teacher, calls, (cpu_rng, cuda_rng) in pending:
-        student.to_empty(device=device)
-        teacher.to_empty(device=device)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, device)
-        params = dict(student.named_parameters())
-        for name, shape, dtype, fn, args, kwargs in calls:
-            full = torch.empty(shape, dtype=dtype, device=device)  # the one temporary of full size
-            getattr(nn.init, fn)(full, *args, **kwargs)
-            p = params[name]
-            local = p.to_local() if isinstance(p, DTensor) else p
-            local.copy_(_shard_of(full, p, name))
-            del full
-        for s, t in zip(student.parameters(), teacher.parameters()):
-            (t.to_local() if isinstance(t, DTensor) else t).copy_(s.to_local() if isinstance(s, DTensor) else s)
+    for d in pending:
+        _materialize(d)
     # the generator continues from the init's draws, as after a one-process start-up
 
 
+def materialize_stages(student, students, teachers):
+    """Pipelines: materialises now, of the pair deferred for the whole meta `student`, only the modules `students`
+    and `teachers` (this rank's stages of student and teacher, parameters under the whole model's names); the
+    other stages stay on meta. Does nothing when `student` is not deferred (one process, dry runs)."""
+    mine = [d for d in _PENDING or [] if d.students[0] is student]
+    for d in mine:
+        _PENDING.remove(d)
+        _materialize(replace(d, students=tuple(students), teachers=tuple(teachers)))
+
+
+@torch.no_grad()
+def _materialize(d):
+    for m in (*d.students, *d.teachers):
+        m.to_empty(device=d.device)
+    cpu_rng, cuda_rng = d.rng
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, d.device)
+    params = _named_parameters(d.students)
+    for name, shape, dtype, fn, args, kwargs in d.calls:
+        p = params.get(name)
+        if p is None and fn in _NO_DRAW:
+            continue
+        full = torch.empty(shape, dtype=dtype, device=d.device)  # the one temporary of full size
+        getattr(nn.init, fn)(full, *args, **kwargs)
+        if p is not None:  # else another pipeline stage's: drawn only to move the generator on
+            _local(p).copy_(_shard_of(full, p, name))
+        del full
+    for name, value in d.loaded.items():
+        if name in params:  # else another pipeline stage's
+            _local(params[name]).copy_(_shard_of(value, params[name], name))
+    teacher = _named_parameters(d.teachers)
+    assert teacher.keys() == params.keys(), sorted(teacher.keys() ^ params.keys())
+    for name, t in teacher.items():
+        _local(t).copy_(_local(params[name]))
+
+
+@torch.no_grad()
+def load_or_defer(module, prefix, state):
+    """Sets the parameters `prefix + key` of `module` (a student or teacher build_on_meta made) to the full
+    tensors of `state` (model.init): now when the module is materialised, else when it is (materialize_*)."""
+    pending = [d for d in _PENDING or [] if module is d.students[0] or module is d.teachers[0]]
+    if pending:  # the teacher is the student's copy: one dict for both
+        names = {name for name, _ in module.named_parameters()}
+        assert all(prefix + key in names for key in state), f"only parameters load on meta, not {sorted(state)[:4]}"
+        pending[0].loaded.update((prefix + key, value) for key, value in state.items())
+        return
+    for key, value in module.get_submodule(prefix.rstrip(".")).state_dict().items():
+        value.copy_(state[key])
+
+
+def _named_parameters(modules):
+    return {n: p for m in modules for n, p in m.named_parameters()}
+
+
+def _local(p):
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
 def defers(cfg_parallel, world):
-    """Whether a `world`-rank run starts on meta: FSDP2 / TP layouts without pipeline stages (DDP broadcasts
-    whole modules at wrapping; pipeline stages are cut from a materialised model)."""
+    """Whether a `world`-rank run starts on meta: FSDP2, TP and pipeline layouts, all but DDP (which broadcasts
+    whole modules at wrapping; it wraps only dp > 1 without tp or pp)."""
     p = cfg_parallel
-    return world > 1 and p.pp == 1 and (p.data_parallel == "fsdp" or p.tp == world)
+    return world > 1 and (p.pp > 1 or p.data_parallel == "fsdp" or p.tp == world)
 
 
 def largest_param_bytes(module):

@@ -69,16 +69,23 @@ class Layout:
         return f"dp={self.dp} tp={self.tp} pp={self.pp} ac={self.ac}" + (" sp" if self.sp else "")
 
 
-def head_params(width, cfg_obj):
-    """Parameters of the DINO and iBOT heads (3-layer MLP + prototypes)."""
-    hid = cfg_obj.head_hidden_dim
+def planned_heads(cfg):
+    """[(hidden, bottleneck, out)] of the objective's heads (its ObjectiveSpec.plan_heads); ValueError for an
+    objective the planner does not model."""
+    from fastvit.tasks import spec_of
 
-    def one(bottleneck, out):
-        return width * hid + hid + hid * hid + hid + hid * bottleneck + bottleneck + out * bottleneck
+    spec = spec_of(cfg.objective.name)
+    if spec.plan_heads is None:
+        raise ValueError(
+            f"fastvit plan models objectives with an EMA teacher and projection heads (ObjectiveSpec.plan_heads); "
+            f"objective.name={cfg.objective.name} declares none: plan with the recipe of one that does"
+        )
+    return spec.plan_heads(cfg.objective.section)
 
-    return one(cfg_obj.dino_bottleneck_dim, cfg_obj.dino_out_dim) + one(
-        cfg_obj.ibot_bottleneck_dim, cfg_obj.ibot_out_dim
-    )
+
+def head_params(width, heads):
+    """Parameters of the heads (each a 3-layer MLP width -> hidden -> hidden -> bottleneck + prototypes)."""
+    return sum(width * h + h + h * h + h + h * b + b + o * b for h, b, o in heads)
 
 
 def block_params(cfg, tp=1):
@@ -132,35 +139,30 @@ def static_memory(cfg, n_head, layout, gpu=True):
     return out
 
 
-def largest_param(cfg, cfg_obj):
+def largest_param(cfg, heads):
     """Elements of the model's largest parameter: the one full temporary of a meta-device start-up."""
-    d, h, hid = cfg.width, cfg.mlp_hidden, cfg_obj.head_hidden_dim
+    d, h = cfg.width, cfg.mlp_hidden
     fc_in = 2 * h if cfg.mlp == "swiglu" else h
-    heads = [hid * d, hid * hid]
-    for bottleneck, out in (
-        (cfg_obj.dino_bottleneck_dim, cfg_obj.dino_out_dim),
-        (cfg_obj.ibot_bottleneck_dim, cfg_obj.ibot_out_dim),
-    ):
-        heads += [bottleneck * hid, out * bottleneck]
-    return max(3 * d * d, fc_in * d, d * h, (1 + cfg.grid**2) * d, *heads)
+    head = [n for hid, b, o in heads for n in (hid * d, hid * hid, b * hid, o * b)]
+    return max(3 * d * d, fc_in * d, d * h, (1 + cfg.grid**2) * d, *head)
 
 
-def startup_memory(cfg, cfg_obj, layout):
-    """Peak bytes per GPU while student and teacher are built. FSDP / TP layouts without pipeline stages start on
-    the meta device (fastvit.parallel.meta_init): the rank's student and teacher shards plus one full fp32
-    parameter; DDP and pipelines materialise the whole student and its teacher copy first."""
-    n_head = head_params(cfg.width, cfg_obj)
-    if layout.pp == 1 and (layout.fsdp or layout.dp == 1):
-        return 8 * gpu_params(cfg, n_head, layout) + 4 * largest_param(cfg, cfg_obj)
+def startup_memory(cfg, heads, layout):
+    """Peak bytes per GPU while student and teacher are built. FSDP, TP and pipeline layouts start on the meta
+    device (fastvit.parallel.meta_init): the rank's student and teacher shards plus one full fp32 parameter (the
+    model's largest); DDP materialises the whole student and its teacher copy first."""
+    n_head = head_params(cfg.width, heads)
+    if layout.pp > 1 or layout.fsdp or layout.dp == 1:
+        return 8 * gpu_params(cfg, n_head, layout) + 4 * largest_param(cfg, heads)
     return 8 * stage_params(cfg, n_head, Layout(dp=1, tp=1, pp=1, ac="none"))
 
 
-def checked_memory(cfg, cfg_obj, layout):
+def checked_memory(cfg, heads, layout):
     """static_memory plus "startup" (startup_memory) and "ckpt_stage": the host bytes (pinned on GPUs) an
     asynchronous checkpoint stages per rank, its params, teacher and AdamW moments. Nothing is gathered at save
     or resume (fastvit.train.dcp_sharded), so a blocking save adds only its files' copies (<= 256 MB)."""
-    mem = static_memory(cfg, head_params(cfg.width, cfg_obj), layout)
-    mem["startup"] = startup_memory(cfg, cfg_obj, layout)
+    mem = static_memory(cfg, head_params(cfg.width, heads), layout)
+    mem["startup"] = startup_memory(cfg, heads, layout)
     mem["ckpt_stage"] = mem["params"] + mem["teacher"] + mem["optim"]
     return mem
 
@@ -227,15 +229,15 @@ def microbatches(layout, batch_dp):
     return min(batch_dp, 4 * layout.pp) if layout.pp > 1 else 1
 
 
-def step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu):
+def step_time(cfg, cfg_data, heads, layout, batch, gpu):
     """(seconds, dict of parts) for one step of the global batch on dp * tp * pp GPUs."""
     crops = [(cfg_data.n_global_crops, cfg_data.global_crops_size), (cfg_data.n_local_crops, cfg_data.local_crops_size)]
-    hid = cfg_obj.head_hidden_dim
+    hid, bottleneck, _ = heads[0]  # the head of every crop's class token
     n_rows = cfg_data.n_global_crops + cfg_data.n_local_crops
-    heads = [(n_rows, [cfg.width, hid, hid, cfg_obj.dino_bottleneck_dim])]
-    fwd = vit_forward_flops(cfg, crops, heads)
+    rows = [(n_rows, [cfg.width, hid, hid, bottleneck])]
+    fwd = vit_forward_flops(cfg, crops, rows)
     blocks = fwd["total"] - fwd["patch_embed"] - fwd["heads"]
-    teacher = vit_forward_flops(cfg, crops[:1], heads[:1])["total"]
+    teacher = vit_forward_flops(cfg, crops[:1], rows[:1])["total"]
     every = CHECKPOINT_EVERY[layout.ac]
     recompute = (1 / every if every else 0.0) * blocks  # one block in `every` runs its forward twice
     flops = batch * (3 * fwd["total"] + recompute + teacher)
@@ -252,7 +254,7 @@ def step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu):
         tp_comm = batch_dp * n_ar * per_tok * cfg.depth / layout.pp
     fsdp = 0.0
     if layout.dp > 1:
-        p = stage_params(cfg, head_params(cfg.width, cfg_obj), layout)
+        p = stage_params(cfg, head_params(cfg.width, heads), layout)
         bw = gpu.nvlink if layout.dp * layout.tp <= gpu.per_node else gpu.net
         moved = (2 + 2 + 2 + 4) if layout.fsdp else 2 * 4  # bf16 gathers: fwd, bwd, teacher; fp32 reduce-scatter
         fsdp = (layout.dp - 1) / layout.dp * p * moved / (bw * GB)
@@ -273,8 +275,8 @@ def candidates(cfg, gpus, batch, sequence_parallel=True):
             yield Layout(dp=dp, tp=tp, pp=pp, ac=ac, sp=sp)
 
 
-def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
-    n_head = head_params(cfg.width, cfg_obj)
+def evaluate(cfg, cfg_data, heads, layout, batch, gpu):
+    n_head = head_params(cfg.width, heads)
     mem = static_memory(cfg, n_head, layout)
     batch_dp = batch // layout.dp
     m = microbatches(layout, batch_dp)
@@ -282,8 +284,8 @@ def evaluate(cfg, cfg_data, cfg_obj, layout, batch, gpu):
     in_flight = min(layout.pp, m)  # 1F1B: up to pp microbatches in flight on the first stage
     mem["activations"] = activation_bytes(cfg, tokens, layout, in_flight=in_flight)
     mem["total"] = sum(mem.values())
-    seconds, parts = step_time(cfg, cfg_data, cfg_obj, layout, batch, gpu)
-    checked = checked_memory(cfg, cfg_obj, layout)
+    seconds, parts = step_time(cfg, cfg_data, heads, layout, batch, gpu)
+    checked = checked_memory(cfg, heads, layout)
     mem["startup"], mem["ckpt_stage"] = checked["startup"], checked["ckpt_stage"]  # not part of the step's total
     return {"layout": layout, "memory": mem, "seconds": seconds, "parts": parts}
 
@@ -295,8 +297,8 @@ def plan(cfg, gpus, gpu_name, batch):
         raise ValueError(f"gpu={gpu_name!r}: choose one of {sorted(GPU_TABLE)}")
     gpu = GPU_TABLE[gpu_name]
     vit = backbone_config(cfg.model)
-    layouts = candidates(vit, gpus, batch, sequence_parallel=cfg.model.drop_path == 0)
-    rows = [evaluate(vit, cfg.data, cfg.objective.web_dino, lay, batch, gpu) for lay in layouts]
+    layouts, heads = candidates(vit, gpus, batch, sequence_parallel=cfg.model.drop_path == 0), planned_heads(cfg)
+    rows = [evaluate(vit, cfg.data, heads, lay, batch, gpu) for lay in layouts]
     if not rows:
         raise ValueError(f"no dp x tp x pp layout of {gpus} GPUs divides batch {batch} and fits {vit.name}")
     budget = HBM_USABLE * gpu.hbm * GB
@@ -411,7 +413,7 @@ def verify_rows(cfg, vit, rows, top=3, tol=0.02):
 
     failed = []
     for r in rows[:top]:
-        line, problems = verify_layout(cfg, r["layout"], checked_memory(vit, cfg.objective.web_dino, r["layout"]), tol)
+        line, problems = verify_layout(cfg, r["layout"], checked_memory(vit, planned_heads(cfg), r["layout"]), tol)
         print(line, flush=True)
         failed += [f"{r['layout']} {p}" for p in problems]
     for p in failed:

@@ -22,7 +22,10 @@ class ObjectiveSpec:
     heads: "module:function" of function(cfg) -> {name: DINOHead} on the meta device, the heads its saved modules
     hold under DINOv2's names (exported with `fastvit export --heads`, loaded by model.init), or None;
     transformers: (section) -> [(width, heads)] of the transformers it trains beside the backbone (MAE decoder,
-    text tower), whose LayerNorm widths and head dims the ahead-of-time compile check covers."""
+    text tower), whose LayerNorm widths and head dims the ahead-of-time compile check covers; plan_heads:
+    (section) -> [(hidden, bottleneck, out)] of the projection heads (3-layer MLP + prototypes) that student and
+    EMA teacher carry, the first applied to every crop's class token, which `fastvit plan` and the dry run
+    count; None: the planner does not model the objective."""
 
     name: str
     config_cls: type
@@ -34,6 +37,7 @@ class ObjectiveSpec:
     min_batch_per_rank: object = lambda section: (1, "")
     heads: str | None = None
     transformers: object = lambda section: []
+    plan_heads: object = None
 
     def task_cls(self):
         return _resolve(self.task)

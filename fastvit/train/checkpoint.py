@@ -406,15 +406,17 @@ def load_all_extras(path):
     return [load_extra(f) for f in files]
 
 
-def load_module(path, module, key, prefix=""):
-    """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place (plain tensors, this process
-    alone, even inside a distributed run), e.g. load_module(path, backbone, "teacher", "backbone.") for the EMA
-    teacher's ViT. The checkpoint's files are verified against its manifest first."""
-    problem = verify_checkpoint(path)
+def load_module(path, module, key, prefix="", *, sharded=False):
+    """Loads the entries `key`.`prefix`<name> of a checkpoint into `module` in place, e.g. load_module(path,
+    backbone, "teacher", "backbone.") for the EMA teacher's ViT. Plain tensors, this process alone (even inside a
+    distributed run); sharded=True: a module sharded over the default process group (FSDP2 DTensors), every rank
+    reading its shards only. The checkpoint's files are verified against its manifest first (split over the
+    ranks when sharded)."""
+    problem = _verify_all_ranks(path) if sharded else verify_checkpoint(path)
     if problem is not None:
         raise UserError(f"checkpoint {path} is damaged ({problem}); evaluate an earlier checkpoint")
     state = {key: {prefix + name: t for name, t in module.state_dict().items()}}  # tensors share the storage
-    _dcp_load(state, path, no_dist=True)
+    _dcp_load(state, path, **({} if sharded else {"no_dist": True}))
     return module
 
 

@@ -19,6 +19,7 @@ from fastvit.interop.heads import head_state_from_native
 from fastvit.interop.native import check_state
 from fastvit.interop.run_checkpoint import is_run, model_state
 from fastvit.models.pos_embed import PosEmbedResampler
+from fastvit.parallel.meta_init import load_or_defer
 from fastvit.tasks import spec_of
 
 
@@ -57,15 +58,15 @@ def resample_pos_embed(state, grid_in, grid_out, offset):
     return {**state, "pos_embed": torch.cat([pos[:, :1], patch], dim=1).to(state["pos_embed"].dtype)}
 
 
-def _load(module, state, what):
-    check_state(module.state_dict(), state, what=what)
-    with torch.no_grad():
-        for key, value in module.state_dict().items():
-            value.copy_(state[key])
+def _load(module, name, state, what):
+    """Checks `state` against module.<name> and loads it (on a meta start-up, when the rank materialises)."""
+    check_state(module.get_submodule(name).state_dict(), state, what=what)
+    load_or_defer(module, f"{name}.", state)
 
 
 def init_task(task, cfg):
-    """Loads model.init into the task's student and teacher (before wrapping); returns a one-line summary."""
+    """Loads model.init into the task's student and teacher (before wrapping; on a meta start-up each rank
+    copies its shards when it materialises, fastvit.parallel.meta_init); returns a one-line summary."""
     path = cfg.model.init
     try:
         vit = task.backbone_cfg
@@ -77,9 +78,9 @@ def init_task(task, cfg):
         for module in (task.student, task.teacher):
             if module is None:
                 continue
-            _load(module.backbone, backbone, model)
+            _load(module, "backbone", backbone, model)
             for name in loaded:
-                _load(module.get_submodule(name), weights.heads[name], f"recipe's {name}")
+                _load(module, name, weights.heads[name], f"recipe's {name}")
     except ValueError as e:
         raise ValueError(f"model.init={path}: {e}") from None
     notes = [f"heads {', '.join(loaded)} loaded" if loaded else "no heads loaded"]

@@ -90,8 +90,7 @@ def build_training(cfg, *, meta=False):
     rank, world, device = init_distributed(cfg.parallel.timeout_s)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     init = cfg.model.init and not meta and ckpt.latest_checkpoint(cfg.train.out, verify=False) is None
-    # model.init loads whole tensors into the unsharded modules: such a run starts materialised, as before meta start-up
-    with deferred_init(not meta and not init and defers(cfg.parallel, world)):  # built on meta, each rank its shards
+    with deferred_init(not meta and defers(cfg.parallel, world)):  # built on meta, each rank its shards
         task = build_task(cfg, torch.device("meta") if meta else device)
         if init:
             note = init_task(task, cfg)  # a new run only: a resumed one reads its own checkpoint
@@ -103,7 +102,7 @@ def build_training(cfg, *, meta=False):
         if dims.pp > 1:
             task = pipelined(task, mesh)
         task.wrap(lambda student, teacher: parallelize_pair(student, teacher, mesh, cfg.parallel))
-        materialize_deferred(device)
+        materialize_deferred()
     # After wrapping: FSDP2 and TP replace the parameters with DTensor ones.
     optimizer = build_optimizer(task.student.named_parameters(), task.backbone_cfg.depth, cfg.optim)
     return Training(cfg, rank, world, device, dims, mesh, task, optimizer, b)
@@ -275,8 +274,8 @@ def _save(run, loader, run_dir, step, saver=None):
 
 
 def _knn_of_checkpoint(cfg, run_dir, path, device):
-    """train.eval_every under pipeline parallelism or for objectives without a teacher: kNN top-1 of checkpoint
-    `path`, computed on rank 0 (also written to eval.json); the other ranks wait for it and get None."""
+    """train.eval_every under pipeline parallelism: kNN top-1 of checkpoint `path`, computed on rank 0 (also
+    written to eval.json); the other ranks wait for it and get None."""
     from fastvit.eval.run import evaluate_run
 
     top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
@@ -286,8 +285,9 @@ def _knn_of_checkpoint(cfg, run_dir, path, device):
 
 
 def _knn_live(run, run_dir, step):
-    """train.eval_every: kNN top-1 of the live EMA teacher, on every rank (fastvit.eval.sharded), written to
-    eval.json by rank 0; no checkpoint is written or read for it."""
+    """train.eval_every: kNN top-1 of the live evaluated module (Task.live_eval_modules: the EMA teacher where
+    the objective has one, else the student), on every rank (fastvit.eval.sharded), written to eval.json by rank 0; no
+    checkpoint is written or read for it."""
     from fastvit.eval.sharded import knn_now
     from fastvit.fileio import update_json
 

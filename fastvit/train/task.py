@@ -120,3 +120,6 @@ class StudentOnlyTask(Task):
 
     def load_state_dict(self, state, optimizer):
         load_trainable_state(self.student_dp, optimizer, state)
+
+    def live_eval_modules(self):
+        return self.student_dp, self.student.backbone

@@ -10,7 +10,7 @@ import fastvit.ops
 from fastvit.config import ModelConfig, load_config
 from fastvit.models.build import NOT_VIT, backbone_config, build_backbone
 from fastvit.models.vit import ViTConfig
-from fastvit.parallel.plan import Layout, head_params, plan, static_memory
+from fastvit.parallel.plan import Layout, head_params, plan, planned_heads, static_memory
 
 
 def test_every_model_key_reaches_the_vit():
@@ -59,9 +59,9 @@ def test_the_planner_sizes_the_model_the_tasks_build():
     assert vit == build_backbone(cfg.model).cfg
     lay = Layout(dp=8, tp=1, pp=1, ac="full")
     with_bias = static_memory(
-        backbone_config(load_config("web_dino_vit1b")), head_params(1536, cfg.objective.web_dino), lay
+        backbone_config(load_config("web_dino_vit1b")), head_params(1536, planned_heads(cfg)), lay
     )
-    without = static_memory(vit, head_params(1536, cfg.objective.web_dino), lay)
+    without = static_memory(vit, head_params(1536, planned_heads(cfg)), lay)
     per_block = 3 * 1536 + 2 * 1536  # qkv bias, two LayerScale gammas
     assert with_bias["params"] - without["params"] == pytest.approx(4 * 40 * per_block / 8)
 

@@ -99,6 +99,9 @@ def test_vit7b_plan_recommends_a_fitting_layout(capsys):
     assert main(["model.name=vit_7b", "gpus=64", "gpu=tpu"]) == 2
     with pytest.raises(ValueError, match="gpu='tpu'"):
         plan(cfg, 64, "tpu", 3072)
+    # an objective whose spec declares no plan_heads is refused, naming it (the planner names no objective)
+    with pytest.raises(ValueError, match="objective.name=web_mae declares none"):
+        plan(load_config("", ["model.name=vit_7b", "objective.name=web_mae"]), 64, "h200", 3072)
 
 
 def test_vit7b_plan_sequence_parallel_layouts(capsys):

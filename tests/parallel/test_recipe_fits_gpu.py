@@ -18,7 +18,7 @@ from fastvit.config import load_config
 from fastvit.info import GPUS
 from fastvit.models.build import backbone_config, build_backbone
 from fastvit.parallel.checkpointing import apply_activation_checkpointing
-from fastvit.parallel.plan import GB, HBM_USABLE, Layout, evaluate
+from fastvit.parallel.plan import GB, HBM_USABLE, Layout, evaluate, planned_heads
 from fastvit.tasks.web_dino.model import WebDINO
 
 GIB = 2**30
@@ -77,7 +77,7 @@ def test_recipe_fits_its_gpu(recipe):
     gpu = GPUS[RECIPE_GPU[recipe]]
     budget = HBM_USABLE * gpu.hbm * GB
     layout = Layout(dp=1, tp=1, pp=1, ac=cfg.parallel.activation_checkpointing)
-    planned = evaluate(vit, cfg.data, cfg.objective.web_dino, layout, cfg.train.batch_size, gpu)["memory"]
+    planned = evaluate(vit, cfg.data, planned_heads(cfg), layout, cfg.train.batch_size, gpu)["memory"]
     print(
         f"{recipe}: {per_image(vit.depth) / GIB:.3f} GiB saved per image -> {acts / GIB:.1f} GiB at batch "
         f"{cfg.train.batch_size} + {static / GIB:.1f} GiB static = {(acts + static) / GIB:.1f} GiB; planner "

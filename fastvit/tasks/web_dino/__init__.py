@@ -24,4 +24,8 @@ SPEC = ObjectiveSpec(
     old_keys={f.name: f.name for f in dataclasses.fields(WebDINOConfig)},
     min_batch_per_rank=_min_batch_per_rank,
     heads="fastvit.tasks.web_dino.model:build_heads",
+    plan_heads=lambda o: [
+        (o.head_hidden_dim, o.dino_bottleneck_dim, o.dino_out_dim),
+        (o.head_hidden_dim, o.ibot_bottleneck_dim, o.ibot_out_dim),
+    ],
 )

@@ -31,6 +31,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from fastvit.models.heads import PrototypeLogits
 from fastvit.models.layers import Packing
+from fastvit.parallel.meta_init import materialize_stages
 from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
 from fastvit.tasks.web_dino.microbatch_masks import split_masks
 from fastvit.tasks.web_dino.model import head_outputs
@@ -191,10 +192,10 @@ class BatchTargets:
 class PipelinedWebDINOTask(WebDINOTask):
     """Web-DINO whose student and teacher run as pipeline stages over mesh.pp (see the module docstring).
 
-    Built from a WebDINOTask (the full models, initialised exactly as in one process, and its objective);
-    `student` / `teacher` are then merged_module()s of this rank's stages, so the plain task's schedules, EMA
-    update, FLOPs and checkpoint state apply as they are. forward_backward runs both pipelines; their schedules
-    are built at the first batch, whose microbatch gives the stages' static shapes.
+    Built from a WebDINOTask (the full models and its objective; on the meta device when the run starts on meta,
+    fastvit.parallel.meta_init); `student` / `teacher` are then merged_module()s of this rank's stages, so the
+    plain task's schedules, EMA update, FLOPs and checkpoint state apply as they are. forward_backward runs both
+    pipelines; their schedules are built at the first batch, whose microbatch gives the stages' static shapes.
     """
 
     def __init__(self, task, mesh):
@@ -218,6 +219,7 @@ class PipelinedWebDINOTask(WebDINOTask):
             ]
 
         self.stages, self.t_stages = stages(task.student, False), stages(task.teacher, True)
+        self._whole = task.student  # until wrap materialises this rank's stages of it
         self.grad_norm_group = mesh.pp.get_group()
         self.n_micro = cfg.parallel.pp_microbatches or 4 * dims.pp
         self.is_first = any(m.is_first for _, m in self.stages)
@@ -235,9 +237,12 @@ class PipelinedWebDINOTask(WebDINOTask):
         return None  # a rank holds only its stages: the kNN reads the checkpoint
 
     def wrap(self, wrap_fn):
-        """Parallelises each stage pair (TP / checkpointing / FSDP over dp)."""
+        """Parallelises each stage pair (TP / checkpointing / FSDP over dp), then materialises this rank's stages
+        when the models were built on meta (before merging: FSDP2 re-registers its parameters at to_empty)."""
         for (_, student), (_, teacher) in zip(self.stages, self.t_stages):
             wrap_fn(student, teacher)
+        materialize_stages(self._whole, [m for _, m in self.stages], [m for _, m in self.t_stages])
+        self._whole = None  # the other stages' modules stay on meta; nothing holds them
         self.student = self.student_dp = merged_module([m for _, m in self.stages])
         self.teacher = self.teacher_dp = merged_module([m for _, m in self.t_stages])
 
