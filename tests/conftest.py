@@ -23,6 +23,10 @@ if not torch.cuda.is_available():
 
 
 def pytest_collection_modifyitems(config, items):
+    # The files holding slow or multirank tests first (stable otherwise): under -n auto the long ones start at
+    # once and the short ones fill the workers' tails, instead of the last worker running one long test alone.
+    long_files = {item.path for item in items if "slow" in item.keywords or "multirank" in item.keywords}
+    items.sort(key=lambda item: item.path not in long_files)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
