@@ -52,6 +52,8 @@ def _panel(title, series, x_max, ylabel):
     values = [v for _, pts in series for _, v in pts]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    legend_h = 12 + 14 * len(series) if series else 0  # headroom: the legend box sits above the highest value
+    hi += (hi - lo) * legend_h / max(bottom - top - legend_h, 1)
     px = lambda s: left + (right - left) * s / max(x_max, 1)  # noqa: E731
     py = lambda v: bottom - (bottom - top) * (v - lo) / (hi - lo)  # noqa: E731
     d.text((left, 6), title, fill="black", font=font)

@@ -2,12 +2,12 @@
 EMA teacher's in-run kNN top-1 on the held-out built-in split (train.eval_every: the step-0 checkpoint, then
 every 50 steps) clearly above its own step-0 value.
 
-Measured (seed 0, the demo's 500-step schedules, 1,000 eval images a side, on a loaded 2-core machine):
-optim.lr=5e-4 (the recipe) 18.4% at step 0, 23.6% at step 50, 28.6% at step 100; the former lr 2e-3 peaked at
-27.7% at step 50 and fell to 21.0% at step 100. This test's own run (seed 0, 100-step schedules): 18.4% ->
-20.3% (step 50) -> 24.5% (step 100), +6.1, in 1,031 s on that loaded machine (about 6 s a step; ~0.6 s on idle
-cores). The evaluation alone spreads by about 1.4 points (binomial, 1,000 val images at ~25%), so a gain over
-4 points is not the noise of one evaluation; the spread over seeds was not measured."""
+Measured, this test's configuration (100 steps, 100-step schedules, 1,000 eval images a side) on a loaded
+2-core machine, kNN at steps 0 / 50 / 100: seed 0 18.4 / 20.3 / 24.5 (+6.1, 1,031 s, an earlier session),
+seed 1 16.5 / 20.8 / 22.7 (+6.2, 646 s), seed 2 17.8 / 19.7 / 22.7 (+4.9, 325 s): a gain of 5.7 +- 0.7 points
+(mean +- sample std over the 3 seeds). MIN_GAIN sits about 3 standard deviations below that mean, so a
+change of the random streams alone should not fail it, while a run that learns nothing (gain about 0) does.
+The full 500-step demo (seed 0) ended at 33.6% against 18.3% at step 0."""
 
 import json
 
@@ -16,7 +16,7 @@ import pytest
 from fastvit.config import load_config
 from fastvit.train.loop import train
 
-MIN_GAIN = 4.0  # points of kNN top-1 (percent) over the step-0 checkpoint
+MIN_GAIN = 3.5  # points of kNN top-1 (percent) over the step-0 checkpoint: 5.7 +- 0.7 measured over 3 seeds
 
 
 @pytest.mark.slow
