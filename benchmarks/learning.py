@@ -9,9 +9,10 @@ The long learning runs, one place, measured as a user runs them (`fastvit train 
   CLIP_MAX_LOSS_FRACTION of ln(batch) and the top-1 at least CLIP_MIN_CHANCE_FACTOR times chance.
 
 The full mode trains each recipe for its own train.steps (key=value overrides apply to both runs, e.g.
-train.seed=1) and exits 1 when a demo misses its bar. quick=1 is CI's smoke mode: QUICK_STEPS steps of each with
-small batches and evaluations; it checks that both runs, their evaluations and curves complete with finite numbers (exit 1
-otherwise) and prints the bars without holding them, which a few steps cannot meet. Writes learning.json.
+train.seed=1) and exits 1 when a demo misses its bar. quick=1 is CI's smoke mode: QUICK_STEPS steps of each
+with small batches and evaluations; it checks that both runs, their evaluations and curves complete with
+finite numbers (exit 1 otherwise) and prints the bars without holding them, which a few steps cannot meet.
+Writes learning.json.
 """
 
 import json
@@ -26,7 +27,7 @@ from fastvit.train.loop import train
 
 BENCH_KEYS = {"quick": 0, "only": "", "out": "bench_out/learning"}
 DEMOS = ("demo", "demo_clip")
-DEMO_MIN_GAIN = 4.0  # kNN points over the step-0 teacher (see tests/train/test_demo_learns.py for the spread)
+DEMO_MIN_GAIN = 10.0  # kNN points over the step-0 teacher; 500-step runs measured +15.3 (seed 0), +13.8 (seed 1)
 CLIP_MAX_LOSS_FRACTION = 0.85  # of ln(batch): measured 0.75 at 100 steps, 0.61 at the recipe's 200
 CLIP_MIN_CHANCE_FACTOR = 2.0  # measured 27.6% at 100 steps, 45.7% at 200, chance 10%
 QUICK_STEPS = 2
