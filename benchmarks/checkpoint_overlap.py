@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import torch.distributed as dist
-from fastvit.benchmarks.step import _batches, _split_args
+from fastvit.benchmarks.step import BENCH_KEYS, _batches, split_bench_args
 
 from fastvit.config import load_config
 from fastvit.train import checkpoint as ckpt
@@ -73,7 +73,7 @@ def measure(run, out_dir, iters):
 
 
 def main(argv):
-    bench, rest = _split_args(argv)
+    bench, rest = split_bench_args(argv, BENCH_KEYS)
     recipe, overrides = split_recipe(rest)
     cfg = load_config(recipe, overrides)
     run = build_training(cfg)

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastvit.benchmarks.step import split_bench_args
+
 from fastvit.cli import main as cli_main
 from fastvit.config import load_config
 from fastvit.train.loop import train
@@ -35,17 +37,6 @@ QUICK = {
     "demo": ["train.batch_size=8", "train.eval_every=1", "eval.max_images=60"],
     "demo_clip": ["train.batch_size=16", "eval.max_images=60"],
 }
-
-
-def _split_args(argv):
-    bench, rest = dict(BENCH_KEYS), []
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if eq and key in bench:
-            bench[key] = type(BENCH_KEYS[key])(value)
-        else:
-            rest.append(a)
-    return bench, rest
 
 
 def _metrics(run):
@@ -98,7 +89,7 @@ def run_demo(recipe, overrides, out, quick):
 
 
 def main(argv):
-    bench, overrides = _split_args(argv)
+    bench, overrides = split_bench_args(argv, BENCH_KEYS)
     recipes = [a for a in overrides if "=" not in a]
     if recipes:
         raise ValueError(f"fastvit bench learning trains the demos itself; got {recipes[0]!r} (use only=...)")

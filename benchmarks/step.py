@@ -25,12 +25,13 @@ from fastvit.train.step import autocast_for, precision, to_device, train_step
 BENCH_KEYS = {"warmup": 2, "iters": 5, "out": "bench_out/step"}
 
 
-def _split_args(argv):
-    bench, rest = dict(BENCH_KEYS), []
+def split_bench_args(argv, defaults):
+    """({key: value} of the benchmark's own keys, typed like `defaults` and defaulting to them, the other args)."""
+    bench, rest = dict(defaults), []
     for a in argv:
         key, eq, value = a.partition("=")
         if eq and key in bench:
-            bench[key] = type(BENCH_KEYS[key])(value)
+            bench[key] = type(defaults[key])(value)
         else:
             rest.append(a)
     return bench, rest
@@ -125,7 +126,7 @@ def _report(result, out_dir):
 
 
 def main(argv):
-    bench, rest = _split_args(argv)
+    bench, rest = split_bench_args(argv, BENCH_KEYS)
     recipe, overrides = split_recipe(rest)
     cfg = load_config(recipe, overrides)
     real_data = any(o.startswith("data.source=") for o in overrides)

@@ -7,6 +7,7 @@ import pytest
 from fastvit.benchmarks import learning
 
 
+@pytest.mark.slow
 def test_learning_smoke_runs_both_demos_with_their_evaluations(tmp_path, capsys):
     assert learning.main(["quick=1", f"out={tmp_path}", "data.num_workers=0"]) == 0
     report = json.loads((tmp_path / "learning.json").read_text())

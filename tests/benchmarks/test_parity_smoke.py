@@ -10,6 +10,7 @@ import torch
 from fastvit.benchmarks import parity
 
 
+@pytest.mark.slow
 def test_parity_smoke_scores_both_sides_with_one_knn(tmp_path, capsys):
     python = os.environ.get("FASTVIT_PARITY_PYTHON", sys.executable)
     argv = ["--smoke", "--seeds", "2", "--out", str(tmp_path), "--python", python, "--workers", "0"]

@@ -55,6 +55,7 @@ def _saved_bytes(cfg, depth, batch):
     return sum(saved.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPE_GPU))
 def test_recipe_fits_its_gpu(recipe):
     cfg = load_config(recipe, ["data.source=builtin", "data.val_source=builtin:val"])

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from tiny import tiny_args
 
 
@@ -42,6 +43,7 @@ def _alive(pids):
     return alive
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_trainer_ends_its_loader_workers(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -71,6 +73,7 @@ def _cmdline(pid):
         return ""
 
 
+@pytest.mark.slow
 def test_workers_end_with_their_forkserver_whatever_killed_it(tmp_path):
     """PR_SET_PDEATHSIG: a worker dies with its parent, the forkserver, even while the trainer still runs (the OOM
     killer may pick the forkserver), within 2 s (without it: torch's own parent check, every 5 s while idle)."""
