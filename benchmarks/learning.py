@@ -97,6 +97,9 @@ def main(argv):
     if any(n not in DEMOS for n in names):
         raise ValueError(f"only={bench['only']!r}: choose one of {', '.join(DEMOS)}")
     out = Path(bench["out"])
+    previous = [out / n for n in names if (out / n / "metrics.jsonl").exists()]
+    if previous:  # train() would resume it: a finished run would "train" 0 steps and report its old numbers
+        raise ValueError(f"{previous[0]} holds a previous run; pass a fresh out=DIR")
     results = [run_demo(name, overrides, out, bench["quick"]) for name in names]
     failed = []
     for r in results:

@@ -38,7 +38,10 @@ def test_the_demo_bar_is_the_knn_gain_over_the_step_0_teacher(tmp_path):
     assert learning._demo(tmp_path / "high", None)["learns"]
 
 
-def test_a_recipe_or_an_unknown_demo_is_refused():
+def test_a_recipe_an_unknown_demo_or_a_used_out_folder_is_refused(tmp_path):
+    _metrics(tmp_path / "demo", [{"step": 0, "knn_top1": 18.0}])
+    with pytest.raises(ValueError, match="holds a previous run; pass a fresh out=DIR"):
+        learning.main([f"out={tmp_path}", "only=demo"])
     with pytest.raises(ValueError, match="only=..."):
         learning.main(["web_dino_vit7b"])
     with pytest.raises(ValueError, match="choose one of demo, demo_clip"):
