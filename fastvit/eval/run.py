@@ -188,7 +188,7 @@ def sharded_extract(backbone, source, size, *, mode, batch_size, indices, device
     rank, world = dist.get_rank(), dist.get_world_size()
     kw = {"mode": mode, "batch_size": batch_size, "device": device, "dp_rank": rank, "dp": world, "group": None}
     backbone.eval()
-    return sharded_features(backbone, backbone, source, size, indices, **kw)
+    return sharded_features([backbone], backbone, source, size, indices, **kw)
 
 
 def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device):
