@@ -15,6 +15,8 @@
 #   train     a 1-rank torchrun of `fastvit train demo` in bf16 (NCCL, Triton, the DALI GPU loader on the JPEGs); passes
 #             when the teacher's kNN beats its random initialisation's by TRAIN_MARGIN_PCT (benchmarks/gpu_suite.py)
 #   step      `fastvit bench step web_dino_vitl_h200` (images/s, MFU)
+#   ckpt      step time with an asynchronous checkpoint write in flight against none, the pinned staging's and the
+#             blocking save's time (benchmarks/checkpoint_overlap.py, web_dino_vitl_h200: ~5 GB of state)
 #   kernels   `fastvit bench kernels quick=1` (no errors, no spilled kernel binaries)
 #   data      `fastvit bench data` (DALI on the GPU among the loaders)
 #   summary   one line per check, OUT_DIR/summary.json and summary.png; exit 1 when a check fails
@@ -26,11 +28,12 @@ GRACE=5
 PLAN=(
   "gpu 12 fg"
   "dataset 15 fg"
-  "compile 220 bg train"
-  "tests 100 fg"
+  "compile 210 bg train"
+  "tests 90 fg"
   "train 116 fg"
   "step 60 fg"
-  "kernels 100 fg"
+  "ckpt 45 fg"
+  "kernels 60 fg"
   "data 32 fg"
   "summary 5 fg"
 )
@@ -51,6 +54,7 @@ command_of() {
         train.precision=bf16 train.steps=250 train.log_every=25 train.checkpoint_every=0 data.loader=dali \
         "data.source=imagefolder:$OUT/jpegs/train" "data.val_source=imagefolder:$OUT/jpegs/val" ;;
     step) echo fastvit bench step web_dino_vitl_h200 "out=$OUT/step" ;;
+    ckpt) echo "$PY" -m fastvit.benchmarks.checkpoint_overlap web_dino_vitl_h200 iters=3 ;;
     kernels) echo fastvit bench kernels quick=1 "out=$OUT/kernels" ;;
     data) echo fastvit bench data "out=$OUT/data" ;;
     summary) echo "$PY" -m fastvit.benchmarks.gpu_suite summary "$OUT" "$START" ;;

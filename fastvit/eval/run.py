@@ -93,6 +93,16 @@ def random_backbone(cfg):
     return backbone
 
 
+def random_backbone_sharded(cfg, device):
+    """random_backbone sharded over every rank (FSDP2), each rank materialising only its shards (on CPUs the
+    same values as random_backbone; on GPUs drawn by the device's generator)."""
+    from fastvit.parallel.meta_init import build_sharded
+
+    torch.manual_seed(cfg.train.seed + 1)
+    factory = lambda: build_backbone(cfg.model)  # noqa: E731
+    return build_sharded(factory, VisionTransformer.init_weights, lambda m: _shard_over_ranks(m, device), device)
+
+
 def eval_source(cfg, spec, split):
     """The labelled source of one evaluation side; UserError when a class folder of it cannot be read."""
     source = source_from_spec(
@@ -168,14 +178,18 @@ def evaluate_run(run_dir, cfg, kind, *, checkpoint=None, compare_random_init=Fal
     return result
 
 
-def load_sharded_backbone(cfg, checkpoint_path, device):
-    """The evaluated module's backbone of a DCP checkpoint, built on meta and sharded over every rank of the
-    default process group (FSDP2), each rank reading only its shards."""
+def _shard_over_ranks(backbone, device):
+    """FSDP2 over every rank of the default process group."""
     from fastvit.parallel.mesh import ParallelDims, build_mesh
     from fastvit.parallel.parallelize import apply_fsdp
 
-    backbone = build_backbone(cfg.model)  # meta
-    apply_fsdp(backbone, build_mesh(ParallelDims(dp=dist.get_world_size(), tp=1, pp=1), device.type))
+    return apply_fsdp(backbone, build_mesh(ParallelDims(dp=dist.get_world_size(), tp=1, pp=1), device.type))
+
+
+def load_sharded_backbone(cfg, checkpoint_path, device):
+    """The evaluated module's backbone of a DCP checkpoint, built on meta and sharded over every rank of the
+    default process group (FSDP2), each rank reading only its shards."""
+    backbone = _shard_over_ranks(build_backbone(cfg.model), device)  # meta
     backbone.to_empty(device=device)
     key = spec_of(cfg.objective.name).eval_module
     return ckpt.load_module(checkpoint_path, backbone, key, "backbone.", sharded=True)
@@ -188,16 +202,21 @@ def sharded_extract(backbone, source, size, *, mode, batch_size, indices, device
     rank, world = dist.get_rank(), dist.get_world_size()
     kw = {"mode": mode, "batch_size": batch_size, "device": device, "dp_rank": rank, "dp": world, "group": None}
     backbone.eval()
-    return sharded_features(backbone, backbone, source, size, indices, **kw)
+    return sharded_features([backbone], backbone, source, size, indices, **kw)
 
 
-def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device):
+def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device, compare_random_init=False):
     """evaluate_run on every rank of a torchrun job (see the module docstring): the same result dict on every
     rank; rank 0 writes it into eval.json."""
     result = {"eval": kind, "checkpoint": str(checkpoint), "step": ckpt.step_of(checkpoint)}
     backbone = load_sharded_backbone(cfg, checkpoint, device)
     top1, sides = score_with_info(backbone, cfg, kind, device, extract=sharded_extract)
     result.update({"top1": top1, "top1_pct": top1, "unit": "percent", **sides, "ranks": dist.get_world_size()})
+    if compare_random_init:
+        del backbone
+        random = random_backbone_sharded(cfg, device)
+        top1 = score_with_info(random, cfg, kind, device, extract=sharded_extract)[0]
+        result["top1_random_init"] = result["top1_random_init_pct"] = top1
     if is_main_process():
         _record(Path(run_dir) / "eval.json", kind, result)
     return result
@@ -251,7 +270,7 @@ def main(argv):
     if world > 1:
         result = evaluate_run_sharded(run_dir, cfg, kind, checkpoint=checkpoint, device=device)
     else:
-        result = evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint)
+        result = evaluate_run(run_dir, cfg, kind, checkpoint=checkpoint, device=device)
     if is_main_process():
         print(json.dumps(result))
     return 0

@@ -1,12 +1,14 @@
 """kNN during training on every rank, from the live (sharded) module: train.eval_every.
 
 The evaluated module is the objective's eval_module (Web-DINO's EMA teacher, MAE's and CLIP's student). Each
-data-parallel rank extracts the features of its slice of the evaluation images (every dp-th image) with
-the module as it is sharded for training (FSDP2 / TP: the root's parameters are unsharded around the calls,
-the blocks gather their own), the features and labels are all-gathered, and every rank computes the same kNN
-top-1. No checkpoint is written or read for it, no rank waits behind a barrier while another evaluates, and the
-ranks' forwards stay in step: a rank whose slice is shorter (or whose files were unreadable) runs a forward on a
-repeated image and drops it, since FSDP's and TP's collectives need every rank in every forward.
+data-parallel rank extracts the features of its slice of the evaluation images (every dp-th image) with the
+module as it is sharded for training (FSDP2 / TP: the roots' parameters are unsharded around the calls, the
+blocks gather their own; under a pipeline each stage runs on its pp rank, fastvit.parallel.pp.StagedBackbone,
+every pp rank of a chain reading the same images), the features and labels are all-gathered, and every rank
+computes the same kNN top-1. No checkpoint is written or read for it, no rank waits behind a barrier while
+another evaluates, and the ranks' forwards stay in step: a rank whose slice is shorter (or whose files were
+unreadable) runs a forward on a repeated image and drops it, since FSDP's, TP's and the pipeline's collectives
+need every rank in every forward.
 """
 
 import math
@@ -48,19 +50,19 @@ def _all_gather_rows(t, device, group):
 
 
 @torch.no_grad()
-def sharded_features(module, backbone, source, size, indices, *, mode, batch_size, device, dp_rank, dp, group):
+def sharded_features(roots, backbone, source, size, indices, *, mode, batch_size, device, dp_rank, dp, group):
     """(features (N, D), labels (N,)) of `indices` of a labelled source, each dp rank computing every dp-th
-    image with `backbone` (a submodule of the FSDP / TP-sharded `module`, or of a DDP-wrapped one), gathered on
-    every rank."""
+    image with `backbone` (inside the FSDP / TP-sharded modules `roots`, or DDP-wrapped ones; under a pipeline
+    pp.StagedBackbone over the stages), gathered on every rank."""
     mine = indices[dp_rank::dp]
     steps = torch.tensor([math.ceil(len(mine) / batch_size)], device=device)
     if dist.is_initialized():
         dist.all_reduce(steps, op=dist.ReduceOp.MAX)  # every rank runs as many forwards
     batches, feats, labels, last = _batches(source, size, mine, batch_size), [], [], None
-    root = module if isinstance(module, FSDPModule) else None
-    if root is not None:
+    fsdp = [root for root in roots if isinstance(root, FSDPModule)]
+    for root in fsdp:
         # FSDP2 makes the first module to run forward its root: at the step-0 kNN (before any step) that would be
-        # the backbone's blocks, and the first training step through `module` then fails; declare it first.
+        # the backbone's blocks, and the first training step through `root` then fails; declare it first.
         root._get_fsdp_state()._lazy_init()
         root.unshard()  # the embeddings and final norm; the blocks unshard themselves in their forward
     try:
@@ -77,7 +79,7 @@ def sharded_features(module, backbone, source, size, indices, *, mode, batch_siz
                 feats.append(f.float().cpu())
                 labels.append(y)
     finally:
-        if root is not None:
+        for root in fsdp:
             root.reshard()
     width = backbone.cfg.width * (1 if mode == "cls" else 2)
     x = torch.cat(feats) if feats else torch.zeros(0, width)
@@ -87,8 +89,9 @@ def sharded_features(module, backbone, source, size, indices, *, mode, batch_siz
     return x, y
 
 
-def knn_now(cfg, module, backbone, *, device, dp_rank=0, dp=1, group=None):
-    """kNN top-1 (percent) of the live `module` (its `backbone`) on every rank (see the module docstring)."""
+def knn_now(cfg, roots, backbone, *, device, dp_rank=0, dp=1, group=None):
+    """kNN top-1 (percent) of the live `backbone` (inside the modules `roots`) on every rank (see the module
+    docstring)."""
     e = cfg.eval
     was_training = backbone.training
     backbone.eval()
@@ -97,7 +100,7 @@ def knn_now(cfg, module, backbone, *, device, dp_rank=0, dp=1, group=None):
         source = source_from_spec(spec, split, seed=cfg.train.seed)
         indices, _ = eval_indices(source, e.max_images, seed=cfg.train.seed, split=split)
         kw = {"mode": e.features, "batch_size": e.batch_size, "device": device, "dp_rank": dp_rank, "dp": dp}
-        sides.append(sharded_features(module, backbone, source, cfg.data.global_crops_size, indices, group=group, **kw))
+        sides.append(sharded_features(roots, backbone, source, cfg.data.global_crops_size, indices, group=group, **kw))
     backbone.train(was_training)
     (train_x, train_y), (val_x, val_y) = sides
     return knn_accuracy(train_x, train_y, val_x, val_y, k=e.knn_k, temperature=e.knn_temperature)

@@ -126,6 +126,19 @@ def build_on_meta(factory, device, init_fn):
     return student, teacher
 
 
+def build_sharded(factory, init_fn, shard_fn, device):
+    """factory() built on the meta device, sharded in place by shard_fn(module) (FSDP2), then materialised on
+    `device` with the values init_fn(module) gives it in one process from the current RNG state, each rank its
+    shards (one full parameter at a time): the random initialisation `fastvit eval` compares with under
+    torchrun."""
+    with torch.device("meta"):
+        module = factory()
+    rng, calls = _rng_state(device), record_init(module, init_fn)
+    shard_fn(module)
+    _materialize(_Deferred((module,), (), calls, rng, device))
+    return module
+
+
 def _shard_of(full, param, name):
     """This rank's local block of the full (model-order) tensor `full` for parameter `param`."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -181,6 +194,8 @@ def _materialize(d):
     for name, value in d.loaded.items():
         if name in params:  # else another pipeline stage's
             _local(params[name]).copy_(_shard_of(value, params[name], name))
+    if not d.teachers:  # build_sharded: a module without a teacher
+        return
     teacher = _named_parameters(d.teachers)
     assert teacher.keys() == params.keys(), sorted(teacher.keys() ^ params.keys())
     for name, t in teacher.items():

@@ -20,6 +20,7 @@ schedule scales the gradients by 1 / n_microbatches, so they equal those of the 
 """
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
@@ -134,3 +135,49 @@ def teacher_forward(pipeline, *inputs, **kwargs):
     with torch.no_grad():
         out = pipeline.eval(*(inputs if pipeline.is_first else ()), **kwargs)
     return out if pipeline.is_last else None
+
+
+class StagedBackbone(nn.Module):
+    """The whole ViT's forward_features over the pipeline ranks, for evaluation from the live stages
+    (train.eval_every under parallel.pp): no schedule and no microbatches. This rank's ViTStages run in stage
+    order on the dense tokens (B, L, D), which travel point to point in fp32 to the next stage's pp rank; the
+    last stage's final-norm tokens are broadcast over pp, so every pp rank returns the model's {"cls",
+    "registers", "patch"} (fp32). Every pp rank of a chain calls it with the same images (as in training, the
+    pp ranks of a data-parallel group read the same ones). Per batch it sends n_stages - 1 activations and
+    broadcasts one: the traffic of one forward of the batch through the pipeline, the other stages' ranks idle
+    meanwhile."""
+
+    _grid_of = VisionTransformer._grid_of
+
+    def __init__(self, stages, mesh):
+        super().__init__()
+        self.stages = nn.ModuleDict({str(s): stage for s, stage in stages})  # stage index -> ViTStage
+        self.cfg = stages[0][1].cfg
+        self.group, self.pp_rank = mesh.pp.get_group(), mesh.rank("pp")
+        self.pp, self.n_stages = mesh.dims.pp, mesh.dims.n_stages
+
+    def forward(self, x_B3HW):
+        cfg, last = self.cfg, self.n_stages - 1
+        h, w = self._grid_of(x_B3HW)
+        shape = (x_B3HW.shape[0], 1 + cfg.n_registers + h * w, cfg.width)
+        x_BLD = None
+        for s in range(self.n_stages):
+            if s % self.pp != self.pp_rank:
+                continue
+            stage = self.stages[str(s)]
+            if s == 0:
+                x_BLD = stage.with_prefix(*stage.patch_tokens(x_B3HW))
+            else:
+                x_BLD = torch.empty(shape, device=x_B3HW.device)
+                dist.recv(x_BLD, group=self.group, group_src=(s - 1) % self.pp)
+            for block in stage.blocks.values():
+                x_BLD = block(x_BLD)
+            if s < last:
+                dist.send(x_BLD.float().contiguous(), group=self.group, group_dst=(s + 1) % self.pp)
+            else:
+                x_BLD = stage.norm(x_BLD).float().contiguous()
+        if self.pp_rank != last % self.pp:
+            x_BLD = torch.empty(shape, device=x_B3HW.device)
+        dist.broadcast(x_BLD, group=self.group, group_src=last % self.pp)
+        r = cfg.n_registers
+        return {"cls": x_BLD[:, 0], "registers": x_BLD[:, 1 : 1 + r], "patch": x_BLD[:, 1 + r :]}

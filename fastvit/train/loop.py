@@ -273,17 +273,6 @@ def _save(run, loader, run_dir, step, saver=None):
     return ckpt.save_checkpoint(run_dir, step, state, extra, **kw)
 
 
-def _knn_of_checkpoint(cfg, run_dir, path, device):
-    """train.eval_every under pipeline parallelism: kNN top-1 of checkpoint `path`, computed on rank 0 (also
-    written to eval.json); the other ranks wait for it and get None."""
-    from fastvit.eval.run import evaluate_run
-
-    top1 = evaluate_run(run_dir, cfg, "knn", checkpoint=path, device=device).get("top1")
-    if dist.is_initialized():
-        dist.barrier()
-    return top1
-
-
 def _knn_live(run, run_dir, step):
     """train.eval_every: kNN top-1 of the live evaluated module (Task.live_eval_modules: the EMA teacher where
     the objective has one, else the student), on every rank (fastvit.eval.sharded), written to eval.json by rank 0; no
@@ -305,11 +294,6 @@ def _knn_live(run, run_dir, step):
         result = {"eval": "knn", "step": step, "top1": top1, "top1_pct": top1, "unit": "percent", "live": True}
         update_json(Path(run_dir) / "eval.json", "knn", result)
     return top1
-
-
-def _live_eval(run):
-    """Whether train.eval_every evaluates the live weights on every rank (Task.live_eval_modules)."""
-    return run.task.live_eval_modules() is not None
 
 
 class _Throughput:
@@ -410,15 +394,10 @@ def _weights_finite(model):
 def _run_steps(run, loader, start_step, run_dir, log, stop, saver):
     cfg, total = run.cfg, run.cfg.train.steps
     if start_step == 0 and (total == 0 or cfg.train.checkpoint_every):
-        path = _save(run, loader, run_dir, 0, saver)  # the initial model, so any run can be evaluated
-        if cfg.train.eval_every and cfg.data.val_source:  # where the kNN curve starts, from the same weights
-            if _live_eval(run):
-                knn = _knn_live(run, run_dir, 0)
-            else:
-                if saver is not None:
-                    saver.wait()  # the kNN reads the checkpoint
-                knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
-            log.log({"step": 0, "knn_top1": knn, "knn_top1_pct": knn})
+        _save(run, loader, run_dir, 0, saver)  # the initial model, so any run can be evaluated
+    if start_step == 0 and cfg.train.eval_every and cfg.data.val_source:  # where the kNN curve starts
+        knn = _knn_live(run, run_dir, 0)
+        log.log({"step": 0, "knn_top1": knn, "knn_top1_pct": knn})
     throughput, autocast = _Throughput(run), autocast_for(cfg, run.device)
     batches = (to_device(batch, run.device) for batch in loader)
     bad_in_a_row, guard = 0, _NormGuard(cfg.train.max_grad_norm_jump)
@@ -449,16 +428,9 @@ def _run_steps(run, loader, start_step, run_dir, log, stop, saver):
         done = step + 1
         save = (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) or done == total
         evaluate = bool(cfg.train.eval_every and cfg.data.val_source and done % cfg.train.eval_every == 0)
-        live = evaluate and _live_eval(run)
-        if save or stopping or (evaluate and not live):  # the kNN of a pipeline reads a checkpoint
-            path = _save(run, loader, run_dir, done, saver)
-        knn = None
-        if live:
-            knn = _knn_live(run, run_dir, done)
-        elif evaluate:
-            if saver is not None:
-                saver.wait()  # the kNN reads the checkpoint
-            knn = _knn_of_checkpoint(cfg, run_dir, path, run.device)
+        if save or stopping:
+            _save(run, loader, run_dir, done, saver)
+        knn = _knn_live(run, run_dir, done) if evaluate else None
         if done % cfg.train.log_every == 0 or done == total or evaluate:
             record = _record(run, out, done, throughput, loader)
             if knn is not None:

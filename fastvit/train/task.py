@@ -94,11 +94,11 @@ class Task(abc.ABC):
         """What follows the optimizer step (the EMA teacher update)."""
         return None
 
+    @abc.abstractmethod
     def live_eval_modules(self):
-        """(root, backbone) for train.eval_every's kNN on every rank from the live, sharded weights
-        (fastvit.eval.sharded): the wrapped module FSDP / TP made the root and the backbone inside it whose
-        features are scored; None where the kNN reads the checkpoint just written instead."""
-        return None
+        """(roots, backbone) for train.eval_every's kNN on every rank from the live, sharded weights
+        (fastvit.eval.sharded): the wrapped modules FSDP / TP made roots (their parameters are unsharded around
+        the evaluation) and the backbone inside them whose features are scored, called the same on every rank."""
 
     def pipelined(self, mesh):
         """The pipeline-parallel version of this task over mesh.pp (supports_pipeline tasks only)."""
@@ -122,4 +122,4 @@ class StudentOnlyTask(Task):
         load_trainable_state(self.student_dp, optimizer, state)
 
     def live_eval_modules(self):
-        return self.student_dp, self.student.backbone
+        return [self.student_dp], self.student.backbone

@@ -32,7 +32,7 @@ def test_plan_fits_the_budget_and_every_check_can_be_killed():
     budget, checks = _plan()
     assert budget == 480
     names = [c["name"] for c in checks]
-    assert {"gpu", "compile", "tests", "train", "step", "kernels", "data", "summary"} <= set(names), names
+    assert {"gpu", "compile", "tests", "train", "step", "ckpt", "kernels", "data", "summary"} <= set(names), names
     for c in checks:
         assert c["command"].startswith(f"timeout -k {c['grace']} {c['cap']} "), c
         assert c["grace"] > 0 and c["cap"] > 0, c

@@ -1,7 +1,8 @@
 """`fastvit eval knn RUN` on 2 gloo ranks (as under torchrun): the teacher backbone is built on meta and sharded
 over the ranks, each rank reads only its shards of the checkpoint (their full tensors equal the one-process
 load), every rank gets the same top-1 within one image of the one-process evaluation, and rank 0 alone prints
-it and writes eval.json."""
+it and writes eval.json. `fastvit train` on 2 ranks ends with the same evaluation, beside a random initialisation
+that each rank materialises as its shards of the one-process random backbone."""
 
 import contextlib
 import io
@@ -14,11 +15,12 @@ import torch
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
-from tiny import tiny_config  # noqa: E402
+from tiny import tiny_args, tiny_config  # noqa: E402
 
 from fastvit.eval import run as eval_run  # noqa: E402
 from fastvit.testing import run_ranks  # noqa: E402
 from fastvit.train import checkpoint as ckpt  # noqa: E402
+from fastvit.train import run as train_run  # noqa: E402
 from fastvit.train.loop import train  # noqa: E402
 
 EVAL = ("eval.batch_size=16", "eval.max_images=60")
@@ -62,3 +64,35 @@ def test_eval_of_a_run_on_two_ranks_reads_shards_and_matches_one_process(tmp_pat
     assert abs(got["top1"] - one["top1"]) <= 100 / one["val"]["images"] + 1e-9, (got["top1"], one["top1"])
     # eval.json holds the last evaluation written: the one-process one, after the two ranks' (same keys)
     assert json.loads((run / "eval.json").read_text())["knn"]["top1"] == one["top1"]
+
+
+TRAIN = ("train.steps=1", "train.checkpoint_every=0", "parallel.data_parallel=fsdp", *EVAL)
+
+
+def _train_rank(rank, world, run):
+    torch.set_num_threads(1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert train_run.main(tiny_args(run, *TRAIN)) == 0
+    random = eval_run.random_backbone_sharded(tiny_config(run, *TRAIN), torch.device("cpu"))
+    local = sum(p.to_local().numel() for p in random.parameters())
+    full = {n: p.full_tensor() for n, p in random.named_parameters()}  # a collective: on every rank
+    lines = printed.getvalue().strip().splitlines()
+    return {"last_line": lines[-1] if lines else "", "local": local, "random": full}
+
+
+@pytest.mark.multirank
+def test_train_on_two_ranks_ends_with_the_sharded_evaluation(tmp_path):
+    run = tmp_path / "run"
+    ranks = run_ranks(_train_rank, 2, str(run))
+    cfg = tiny_config(run, *TRAIN)
+    one = eval_run.evaluate_run(run, cfg, "knn", compare_random_init=True)
+    random = eval_run.random_backbone(cfg)
+    assert sum(r["local"] for r in ranks) == sum(p.numel() for p in random.parameters())
+    for name, p in random.named_parameters():
+        assert torch.equal(ranks[0]["random"][name], p), name
+    got = json.loads(ranks[0]["last_line"])
+    assert got["ranks"] == 2 and got["step"] == one["step"] == 1 and got["curves"].endswith("curves.png")
+    assert not ranks[1]["last_line"].startswith("{")  # rank 0 alone prints the result
+    for key in ("top1", "top1_random_init"):
+        assert abs(got[key] - one[key]) <= 100 / one["val"]["images"] + 1e-9, (key, got[key], one[key])

@@ -1,6 +1,7 @@
 """train.eval_every on 2 FSDP ranks: every rank extracts the features of half the images from its shards of the
 evaluated module (Web-DINO's teacher, Web-MAE's student), all ranks get the same kNN top-1, and it equals
-`fastvit eval knn` of the final checkpoint in one process."""
+`fastvit eval knn` of the final checkpoint in one process. Under a pipeline (pp=2 x dp=2, 2 virtual stages, FSDP
+on each stage) the images pass through the teacher's stages on the pp ranks: the same check on 4 ranks."""
 
 import json
 
@@ -26,7 +27,7 @@ def mae_config(out):
     return load_config("demo_mae", [*MAE, f"train.out={out}"])
 
 
-def _rank(rank, world, out, objective="web_dino"):
+def _rank(rank, world, out, objective="web_dino", extra=()):
     torch.set_num_threads(1)
     top1 = []
     import fastvit.train.loop as loop
@@ -38,7 +39,7 @@ def _rank(rank, world, out, objective="web_dino"):
         return top1[-1]
 
     loop._knn_live = spy
-    train(tiny_config(out, *RUN) if objective == "web_dino" else mae_config(out))
+    train(tiny_config(out, *RUN, *extra) if objective == "web_dino" else mae_config(out))
     return top1
 
 
@@ -62,4 +63,21 @@ def test_mae_eval_every_reads_the_live_student_on_every_rank(tmp_path):
     knn = json.loads((out / "eval.json").read_text())["knn"]
     assert knn["live"] and knn["top1"] == ranks[0][-1] == run_metrics(out)[-1]["knn_top1"]
     one = evaluate_run(out, mae_config(out), "knn")  # one process, the step-2 checkpoint's student
+    assert abs(one["top1"] - ranks[0][-1]) <= 100 / one["val"]["images"] + 1e-9, (one["top1"], ranks[0][-1])
+
+
+PIPELINE = (
+    *("parallel.pp=2", "parallel.dp=2", "parallel.virtual_stages=2", "parallel.pp_schedule=interleaved"),
+    *("parallel.pp_microbatches=2", "model.depth=4", "objective.web_dino.koleo_weight=0"),
+)
+
+
+@pytest.mark.multirank
+def test_eval_every_under_a_pipeline_runs_the_live_stages_on_every_rank(tmp_path):
+    out = tmp_path / "run"
+    ranks = run_ranks(_rank, 4, str(out), "web_dino", PIPELINE)
+    assert all(r == ranks[0] for r in ranks) and len(ranks[0]) == 2  # steps 0 and 2, the same on all 4 ranks
+    knn = json.loads((out / "eval.json").read_text())["knn"]
+    assert knn["live"] and knn["top1"] == ranks[0][-1] == run_metrics(out)[-1]["knn_top1"]
+    one = evaluate_run(out, tiny_config(out, *RUN, *PIPELINE), "knn")  # one process, the step-2 checkpoint
     assert abs(one["top1"] - ranks[0][-1]) <= 100 / one["val"]["images"] + 1e-9, (one["top1"], ranks[0][-1])

@@ -32,7 +32,7 @@ from torch.distributed.fsdp import FSDPModule
 from fastvit.models.heads import PrototypeLogits
 from fastvit.models.layers import Packing
 from fastvit.parallel.meta_init import materialize_stages
-from fastvit.parallel.pp import ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
+from fastvit.parallel.pp import StagedBackbone, ViTStage, build_schedule, stage_blocks, stage_ids, teacher_forward
 from fastvit.tasks.web_dino.microbatch_masks import split_masks
 from fastvit.tasks.web_dino.model import head_outputs
 from fastvit.tasks.web_dino.task import WebDINOTask
@@ -234,7 +234,8 @@ class PipelinedWebDINOTask(WebDINOTask):
         return self
 
     def live_eval_modules(self):
-        return None  # a rank holds only its stages: the kNN reads the checkpoint
+        stages = [m for _, m in self.t_stages]  # the FSDP roots; a rank holds only its stages of the teacher
+        return stages, StagedBackbone([(s, m.backbone) for s, m in self.t_stages], self.mesh)
 
     def wrap(self, wrap_fn):
         """Parallelises each stage pair (TP / checkpointing / FSDP over dp), then materialises this rank's stages

@@ -163,7 +163,7 @@ class WebDINOTask(Task):
         )
 
     def live_eval_modules(self):
-        return self.teacher_dp, self.teacher.backbone
+        return [self.teacher_dp], self.teacher.backbone
 
     def after_step(self, sched):
         ema_update_(list(self.teacher.parameters()), list(self.student.parameters()), sched["momentum"])
