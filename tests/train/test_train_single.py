@@ -177,13 +177,14 @@ def test_eval_every_logs_the_teachers_knn(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(run, "train.steps=4", "train.eval_every=2", "train.log_every=3", "train.checkpoint_every=0"))
     rows = read_metrics(run)
-    assert sorted(rows) == [2, 3, 4]  # eval steps are logged whatever log_every says
-    assert "knn_top1" not in rows[3]
+    assert sorted(rows) == [0, 2, 3, 4]  # the step-0 kNN, then eval steps logged whatever log_every says
+    assert "knn_top1" not in rows[3] and 0.0 <= rows[0]["knn_top1"] <= 100.0
     for step in (2, 4):
         assert 0.0 <= rows[step]["knn_top1"] <= 100.0
     saved = json.loads((run / "eval.json").read_text())["knn"]
     assert saved["step"] == 4 and saved["top1"] == rows[4]["knn_top1"]
-    assert not (run / "checkpoints" / "step_2").exists()  # the live teacher is evaluated: no checkpoint for it
+    for step in (0, 2):  # the live teacher is evaluated: no checkpoint for it
+        assert not (run / "checkpoints" / f"step_{step}").exists()
     assert (run / "curves.png").is_file()  # the loss terms and the kNN, drawn at the end of the run
     # the same kNN as `fastvit eval knn` of the final checkpoint (the teacher of step 4)
     assert evaluate_run(run, tiny_config(run), "knn")["top1"] == rows[4]["knn_top1"]
