@@ -8,7 +8,8 @@ config defaults' eval sources plus the key=value overrides; nothing is written.
 Under torchrun (a saved run or checkpoint): the evaluated backbone is built on the meta device, sharded over
 all ranks (FSDP2), each rank reads only its shards of the checkpoint (DCP) and extracts the features of every
 world-th image (fastvit.eval.sharded); the features are all-gathered, every rank computes the same score and
-rank 0 prints and records it. A MODEL file is read whole by each rank.
+rank 0 prints and records it. A MODEL is sharded alike, each rank copying its shards of the file's tensors (a
+.pth is memory-mapped; a .safetensors file and an HF conversion are read whole by each rank); rank 0 prints.
 
 Accuracies are percentages (0-100): `top1` (the key scripts read) and the same value as `top1_pct`, with
 `"unit": "percent"`. The object also says, per side ("train": what the kNN / probe fits on, "val": what it
@@ -34,7 +35,7 @@ from fastvit.eval.linear import linear_probe_accuracy
 from fastvit.eval.subset import class_names_seen, eval_indices
 from fastvit.fileio import update_json
 from fastvit.interop.convert import read_model
-from fastvit.interop.native import load_native
+from fastvit.interop.native import load_native, normalize_native
 from fastvit.interop.run_checkpoint import is_run
 from fastvit.models.build import build_backbone
 from fastvit.models.vit import VisionTransformer
@@ -222,19 +223,36 @@ def evaluate_run_sharded(run_dir, cfg, kind, *, checkpoint, device, compare_rand
     return result
 
 
+def model_config(overrides):
+    """The config `fastvit eval MODEL` evaluates with: the defaults plus the key=value overrides."""
+    return apply_overrides(Config(), overrides)
+
+
 def evaluate_model(path, kind, overrides=(), device="cpu"):
     """Evaluates a native checkpoint file or an HF folder (no run folder) at its resolution (unless
     data.global_crops_size is among the overrides); model.heads=N names the attention heads of a native file
-    whose width and depth are no size-table row. Returns the result dict."""
-    cfg = apply_overrides(Config(), overrides)
+    whose width and depth are no size-table row. Under torchrun the backbone is sharded over the ranks (FSDP2),
+    each rank copying its shards of the file's tensors (a .pth is memory-mapped: the tensors taken as they are
+    read only the rank's rows) and extracting every world-th image. Returns the result dict (every rank)."""
+    cfg = model_config(overrides)
     native, vit, source_kind, _ = read_model(path, heads=cfg.model.heads or None)
     if not any(o.startswith("data.global_crops_size=") for o in overrides):
         cfg.data.global_crops_size = vit.img_size
     validate_eval(cfg)
-    backbone = load_native(VisionTransformer(vit), native)
-    top1, sides = score_with_info(backbone, cfg, kind, device)
+    sharded = dist.is_initialized() and dist.get_world_size() > 1
+    if sharded:
+        from fastvit.parallel.meta_init import copy_shards
+
+        backbone = _shard_over_ranks(VisionTransformer(vit, device="meta"), device)
+        backbone = copy_shards(backbone.to_empty(device=device), normalize_native(native))
+    else:
+        backbone = load_native(VisionTransformer(vit), native)
+    del native
+    extract = sharded_extract if sharded else extract_features
+    top1, sides = score_with_info(backbone, cfg, kind, device, extract=extract)
     model = {"path": str(path), "format": source_kind, "width": vit.width, "depth": vit.depth, "img_size": vit.img_size}
-    return {"eval": kind, "model": model, "top1": top1, "top1_pct": top1, "unit": "percent", **sides}
+    result = {"eval": kind, "model": model, "top1": top1, "top1_pct": top1, "unit": "percent", **sides}
+    return {**result, "ranks": dist.get_world_size()} if sharded else result
 
 
 def _record(path, kind, result):
@@ -256,7 +274,10 @@ def main(argv):
         raise ValueError("usage: fastvit eval knn|linear|zeroshot RUN_DIR|CHECKPOINT|MODEL [key=value ...]")
     kind, target, overrides = argv[0], argv[1], argv[2:]
     if not is_run(target) and (Path(target).is_file() or (Path(target) / "config.json").is_file()):
-        print(json.dumps(evaluate_model(target, kind, overrides)))
+        _, _, device = init_distributed(model_config(overrides).parallel.timeout_s)  # under torchrun: sharded
+        result = evaluate_model(target, kind, overrides, device)
+        if is_main_process():
+            print(json.dumps(result))
         return 0
     saved = read_config(run_folder(target) / "config.yaml")
     cfg = validate_eval(apply_overrides(copy.deepcopy(saved), overrides))

@@ -12,7 +12,9 @@ from fastvit.errors import UserError, refused_global
 
 
 def load_state_file(path):
-    """A flat or nested dict of tensors from .safetensors / .pth / .pt / .bin; never unpickles code."""
+    """A flat or nested dict of tensors from .safetensors / .pth / .pt / .bin; never unpickles code. torch.save's
+    zip archives are memory-mapped: a tensor's bytes are read when it is used (the ranks of a node share the
+    pages), so a rank that copies only its shards reads only those of the tensors it takes as they are."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint file {str(path)!r} does not exist")
@@ -21,10 +23,11 @@ def load_state_file(path):
 
         check_safetensors(path)
         return load_file(str(path), device="cpu")
-    if not zipfile.is_zipfile(path) and not _legacy_torch_file(path):
+    archive = zipfile.is_zipfile(path)
+    if not archive and not _legacy_torch_file(path):
         raise UserError(f"{str(path)!r} is not a torch checkpoint (neither torch.save's zip archive nor a pickle)")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=archive)
     except pickle.UnpicklingError as e:
         raise UserError(
             f"{str(path)!r} holds more than tensors (it refers to {refused_global(e)}), so it was not loaded and "

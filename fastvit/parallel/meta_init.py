@@ -139,6 +139,18 @@ def build_sharded(factory, init_fn, shard_fn, device):
     return module
 
 
+@torch.no_grad()
+def copy_shards(module, state):
+    """Sets each parameter of the sharded, materialised `module` to its rank's block of the full tensor
+    state[name]; only that block is read (from a memory-mapped file: only its pages)."""
+    params = dict(module.named_parameters())
+    if params.keys() != state.keys():
+        raise ValueError(f"state and module differ in {sorted(params.keys() ^ state.keys())[:4]}")
+    for name, p in params.items():
+        _local(p).copy_(_shard_of(state[name], p, name))
+    return module
+
+
 def _shard_of(full, param, name):
     """This rank's local block of the full (model-order) tensor `full` for parameter `param`."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset

@@ -2,7 +2,8 @@
 over the ranks, each rank reads only its shards of the checkpoint (their full tensors equal the one-process
 load), every rank gets the same top-1 within one image of the one-process evaluation, and rank 0 alone prints
 it and writes eval.json. `fastvit train` on 2 ranks ends with the same evaluation, beside a random initialisation
-that each rank materialises as its shards of the one-process random backbone."""
+that each rank materialises as its shards of the one-process random backbone. A model file exported from the run
+is sharded alike on 2 ranks."""
 
 import contextlib
 import io
@@ -96,3 +97,26 @@ def test_train_on_two_ranks_ends_with_the_sharded_evaluation(tmp_path):
     assert not ranks[1]["last_line"].startswith("{")  # rank 0 alone prints the result
     for key in ("top1", "top1_random_init"):
         assert abs(got[key] - one[key]) <= 100 / one["val"]["images"] + 1e-9, (key, got[key], one[key])
+
+
+def _eval_model_rank(rank, world, path):
+    torch.set_num_threads(1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert eval_run.main(["knn", path, "model.heads=2", *EVAL]) == 0
+    return printed.getvalue()
+
+
+@pytest.mark.multirank
+def test_eval_of_a_model_file_on_two_ranks_is_sharded_and_matches_one_process(tmp_path):
+    from fastvit.cli import main as cli
+
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=1", "train.checkpoint_every=0"))
+    assert cli(["export", str(run), str(tmp_path / "teacher.pth")]) == 0
+    printed = run_ranks(_eval_model_rank, 2, str(tmp_path / "teacher.pth"))
+    one = eval_run.evaluate_model(tmp_path / "teacher.pth", "knn", ["model.heads=2", *EVAL])
+    assert printed[1] == ""  # rank 0 alone prints
+    got = json.loads(printed[0])
+    assert got["ranks"] == 2 and "ranks" not in one and got["val"]["images"] == one["val"]["images"] > 0
+    assert abs(got["top1"] - one["top1"]) <= 100 / one["val"]["images"] + 1e-9, (got["top1"], one["top1"])
