@@ -105,6 +105,20 @@ COMMANDS = {
 }
 
 
+def _run_command(command, argv):
+    """command(argv); a process group the command started (torchrun) is destroyed when it returns, after a
+    barrier, so that no rank tears gloo / NCCL down under a peer and none is left to the interpreter's exit
+    (gloo's threads destroyed there abort the process: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    started_here = not dist.is_initialized()
+    code = command(argv)
+    if started_here and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fastvit", usage=USAGE, add_help=True)
@@ -116,7 +130,7 @@ def main(argv=None):
     from fastvit.errors import StopRequested, one_line, os_error_message
 
     try:
-        return COMMANDS[args.command](argv[1:])
+        return _run_command(COMMANDS[args.command], argv[1:])
     except StopRequested as e:  # SIGTERM / SIGINT: the checkpoint is written; exit non-zero, as preempted
         print(f"fastvit {args.command}: {e}", file=sys.stderr)
         return e.exit_code

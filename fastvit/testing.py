@@ -8,7 +8,6 @@
 """
 
 import os
-import socket
 import tempfile
 
 import torch
@@ -59,17 +58,12 @@ def low_precision_tol(fn, inputs, dtype, *, factor=2.0, floor=1e-6):
     return factor * (lo.double() - hi).abs().max().item() + floor
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world_size, port, fn, args, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)  # the parent's (run_ranks)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -85,10 +79,13 @@ def run_ranks(fn, world_size, *args):
     `fn` must be importable by name (a module-level function); an exception on any rank fails
     the call with that rank's traceback.
     """
+    # the parent listens on a port the system picks and keeps it until the ranks end: no other test's ranks can
+    # take it in between (a port probed free, closed and handed on could be taken by a test running beside)
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _rank_main,
-            args=(world_size, _free_port(), fn, args, out_dir),
+            args=(world_size, store.port, fn, args, out_dir),
             nprocs=world_size,
             join=True,
             start_method="spawn",

@@ -70,7 +70,7 @@ def test_bench_step_on_real_batches(tmp_path, recipe):
 def test_bench_step_pipelined_under_torchrun(tmp_path):
     """parallel.pp=2 on 2 gloo ranks: the pipelined Web-DINO step through the same train_step."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "fastvit.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fastvit.cli"]
     args = ["bench", "step", "demo", *TINY, "parallel.pp=2", "parallel.pp_microbatches=2"]
     proc = subprocess.run(
         [*cmd, *args, "warmup=1", "iters=1", f"out={tmp_path}"], env=env, capture_output=True, text=True, timeout=600
